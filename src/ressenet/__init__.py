@@ -1,0 +1,9 @@
+"""ressenet: ResNet, SE-ResNet and Res-SE-Net for CIFAR-10/100 (Varshaneya et al., arXiv:1902.06066).
+
+    import ressenet
+    model = ressenet.create_model("res_se_net56", num_classes=100)
+"""
+from ressenet.models import create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "__version__"]

@@ -1,0 +1,198 @@
+"""Command-line front end: it parses arguments and calls library functions, nothing more.
+
+    ressenet models [FILTER] [--json]
+    ressenet data info|download ...
+    ressenet train --model res_se_net20 --dataset cifar10 --out runs/x
+    ressenet eval --checkpoint runs/x/last.pt
+    ressenet grid PRESET --runs-dir runs
+    ressenet report RUNS_DIR --out report
+    ressenet reproduce PRESET
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser", "train_overrides"]
+
+# Flag -> config key for `ressenet train` (and grid/reproduce, which pass them to every cell).
+TRAIN_FLAGS: dict[str, str] = {
+    "--model": "model.name", "--num-classes": "model.num_classes", "--shortcut": "model.shortcut",
+    "--se-reduction": "model.se_reduction", "--layout": "model.layout",
+    "--dataset": "data.dataset", "--data-root": "data.data_root", "--cache-dir": "data.cache_dir",
+    "--val-split": "data.val_split", "--normalization": "data.normalization",
+    "--iters": "optim.iters", "--batch-size": "optim.batch_size", "--lr": "optim.lr", "--momentum": "optim.momentum",
+    "--weight-decay": "optim.weight_decay", "--milestones": "optim.milestones", "--gamma": "optim.gamma",
+    "--out": "run.out", "--seed": "run.seed", "--device": "run.device", "--precision": "run.precision",
+    "--eval-every": "run.eval_every", "--log-every": "run.log_every", "--ckpt-every": "run.ckpt_every",
+    "--eval-batch-size": "run.eval_batch_size", "--progress": "run.progress",
+}
+# Boolean switches: --flag / --no-flag.
+TRAIN_SWITCHES: dict[str, str] = {
+    "nesterov": "optim.nesterov", "channels-last": "run.channels_last", "compile": "run.compile",
+    "sync-bn": "run.sync_bn", "download": "data.download", "augment": "data.augment",
+}
+
+
+def _add_train_options(p: argparse.ArgumentParser, *, with_model: bool = True) -> None:
+    g = p.add_argument_group("configuration (defaults: the paper's protocol; flags override --config)")
+    g.add_argument("--config", metavar="YAML", help="YAML file with sections model/data/optim/run")
+    for flag, key in TRAIN_FLAGS.items():
+        if not with_model and key in ("model.name", "run.out", "run.seed"):
+            continue
+        g.add_argument(flag, dest=key, metavar=key.split(".")[1].upper(), default=None, help=f"sets {key}")
+    for name, key in TRAIN_SWITCHES.items():
+        g.add_argument(f"--{name}", dest=key, action=argparse.BooleanOptionalAction, default=None, help=f"sets {key}")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, e.g. --set optim.gamma=0.2 (repeatable)")
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config overrides given on the command line, as {"section.key": value}."""
+    from ressenet.engine.config import ConfigError
+
+    out = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    for item in getattr(args, "sets", []) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. --set optim.lr=0.05")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ressenet import __version__
+
+    parser = argparse.ArgumentParser(prog="ressenet", description="ResNet / SE-ResNet / Res-SE-Net on CIFAR.")
+    parser.add_argument("--version", action="version", version=f"ressenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the registered models with their costs")
+    p.add_argument("filter", nargs="?", help="substring or shell pattern, e.g. 'res_se_net*'")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("data", help="inspect or download datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    for name, func, hlp in (("info", _cmd_data_info, "formats, counts and statistics per split"),
+                            ("download", _cmd_data_download, "download and verify the official archive")):
+        q = dsub.add_parser(name, help=hlp)
+        q.add_argument("--dataset", required=True, choices=("cifar10", "cifar100", "imagefolder", "synthetic")
+                       if name == "info" else ("cifar10", "cifar100"))
+        q.add_argument("--data-root", default=None, help="folder (or image-folder archive); default ./data")
+        q.add_argument("--cache-dir", default=None)
+        if name == "info":
+            q.add_argument("--download", action="store_true", help="download when missing")
+            q.add_argument("--json", action="store_true")
+        else:
+            q.add_argument("--url", default=None, help="mirror URL of the archive (default: the official one)")
+        q.set_defaults(func=func)
+
+    p = sub.add_parser("train", help="train a model with the paper's protocol (resumes an existing --out)")
+    _add_train_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace a run directory holding another configuration")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's")
+    p.add_argument("--data-root", default=None, help="default: the checkpoint's")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    # --- experiments (grid / report / reproduce) -------------------------------------------------------
+    from ressenet.experiments.cli import add_experiment_commands
+
+    add_experiment_commands(sub, _add_train_options)
+    return parser
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ressenet.models import describe_model, list_models
+
+    names = list_models(args.filter)
+    if not names:
+        print(f"no model matches {args.filter!r}; run `ressenet models` for all names", file=sys.stderr)
+        return 2
+    rows = [describe_model(n, num_classes=args.num_classes) for n in names]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':32} {'params':>10} {'MMACs':>9} {'SE':>4} {'bridges':>7}  block")
+    for r in rows:
+        print(f"{r['name']:32} {r['params']:>10,} {r['macs'] / 1e6:>9.1f} {r['se_blocks']:>4} {r['bridges']:>7}  "
+              f"{r['block']}")
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from ressenet.data import dataset_info, format_info
+
+    info = dataset_info(args.dataset, args.data_root, download=args.download, cache_dir=args.cache_dir)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from ressenet.data import download
+
+    path = download(args.dataset, args.data_root or "./data", url=args.url)
+    print(f"{args.dataset} verified at {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ressenet.engine.config import load_config
+    from ressenet.engine.train import train
+
+    cfg = load_config(args.config, train_overrides(args))
+    summary = train(cfg, overwrite=args.overwrite)
+    if summary is not None:
+        print(f"final test top-1 {summary['test_top1']:.2f}%  top-5 {summary['test_top5']:.2f}%  "
+              f"({summary['iters']} iterations, {summary['wall_seconds']:.0f} s) -> {cfg.run.out}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ressenet.engine.train import evaluate_checkpoint
+
+    res = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
+                              cache_dir=args.cache_dir, split=args.split, device=args.device,
+                              batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['model']} on {res['dataset']} {res['split']} ({res['images']} images): top-1 {res['top1']:.2f}%  "
+              f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. User errors (bad config, missing data, bad names) print one line and exit with 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ressenet.errors import USER_ERRORS
+
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        if os.environ.get("RESSENET_DEBUG"):
+            raise
+        print(f"ressenet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ressenet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""An explicit model registry: ``@register_model`` factories, ``create_model`` and ``list_models``."""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+__all__ = ["register_model", "create_model", "list_models", "is_model"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Add a factory under its function name; a second registration of a name is a bug and raises."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise RuntimeError(f"model {name!r} is already registered")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered by a shell-style pattern (``"res_se_net*"``)."""
+    names = sorted(_MODELS, key=_natural_key)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern) or (not _has_glob(pattern) and pattern in n)]
+    return names
+
+
+def is_model(name: str) -> bool:
+    return name in _MODELS
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model. ``None`` values are dropped so the model's own defaults apply (as timm does).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or a bad option value.
+    """
+    if name not in _MODELS:
+        close = [n for n in list_models() if n.split("_")[0] == name.split("_")[0]][:8]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; `ressenet models` lists all {len(_MODELS)} names")
+    return _MODELS[name](**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _has_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _natural_key(name: str) -> tuple:
+    # resnet20 < resnet110 < resnet1202, families grouped: sort by (prefix, depth, suffix).
+    import re
+
+    m = re.match(r"^([a-z_]+?)(\d+)(.*)$", name)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else (name, 0, "")
