@@ -1,0 +1,1 @@
+"""Training engine: configuration, the training loop, checkpoints, data-parallel helpers."""
