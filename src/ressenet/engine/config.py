@@ -40,6 +40,9 @@ class DataConfig:
     val_split: int = 0  # images held out of the training set for model selection (He et al.: 5000)
     normalization: str = "paper"  # "paper": SPEC.md's constants for every dataset; "dataset": per-dataset stats
     augment: bool = True  # zero-pad 4, random 32x32 crop, horizontal flip (the paper's)
+    # Smoke-test sizes: use a fixed random subset of N images (0 = all); for `synthetic`, the split sizes.
+    train_limit: int = 0
+    test_limit: int = 0
 
 
 @dataclass
@@ -99,6 +102,8 @@ class Config:
             _require(getattr(r, key) >= 0, f"run.{key}", getattr(r, key), "0 or a positive number of iterations")
         _require(r.eval_batch_size > 0, "run.eval_batch_size", r.eval_batch_size, "a positive batch size")
         _require(d.val_split >= 0, "data.val_split", d.val_split, "0 (no validation split) or e.g. 5000")
+        _require(d.train_limit >= 0 and d.test_limit >= 0, "data.train_limit", (d.train_limit, d.test_limit),
+                 "0 (all images) or a positive number of images")
         _require(d.normalization in ("paper", "dataset"), "data.normalization", d.normalization, "paper|dataset")
         return self
 

@@ -84,8 +84,11 @@ def load_data(cfg: Config) -> dict[str, Any]:
     from ressenet.data import load_datasets, normalization, train_val_split
 
     d = cfg.data
-    splits = load_datasets(d.dataset, d.data_root, download=d.download, cache_dir=d.cache_dir)
-    train_ds, test_ds = splits["train"], splits["test"]
+    extra = {}
+    if d.dataset == "synthetic":
+        extra = {"train_size": d.train_limit or 50_000, "test_size": d.test_limit or 10_000}
+    splits = load_datasets(d.dataset, d.data_root, download=d.download, cache_dir=d.cache_dir, **extra)
+    train_ds, test_ds = (_limit(splits["train"], d.train_limit), _limit(splits["test"], d.test_limit))
     val_ds = None
     if d.val_split:
         # A fixed split seed: every run seed holds out the same images, as He et al.'s 45k/5k split.
@@ -96,6 +99,14 @@ def load_data(cfg: Config) -> dict[str, Any]:
     mean, std = normalization(d.dataset, d.normalization, train=train_ds) if d.normalization == "dataset" \
         else normalization(d.dataset, d.normalization)
     return {"train": train_ds, "val": val_ds, "test": test_ds, "mean": mean, "std": std}
+
+
+def _limit(ds: Any, n: int) -> Any:
+    """A fixed random subset of ``n`` images (folders are sorted by class, so "the first n" would be one class)."""
+    if not n or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return ds.subset(idx)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -119,7 +130,7 @@ def _versions(device: torch.device) -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    return {"ressenet": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"ressenet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "git_commit": commit, "device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
             "host": platform.node()}
 
@@ -339,6 +350,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
     torch.manual_seed(cfg.run.seed)  # model init identical on every rank (DDP also broadcasts rank 0's)
     raw_model = build_model(cfg, len(classes))
     n_params = count_params(raw_model)
+    if cfg.run.sync_bn and device.type != "cuda":
+        raise RessenetError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernels); drop --sync-bn")
     if cfg.run.sync_bn and dist_info.enabled:
         raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     raw_model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,0 +1,17 @@
+"""Experiments: grids of runs (one directory per model x dataset x seed) and the report beside the paper's tables.
+
+    from ressenet.experiments import load_grid, expand_grid, run_grid, write_report
+    cells = expand_grid(load_grid("quick"), "runs/quick")
+    run_grid(cells)
+    write_report("runs/quick", "reports/quick")
+"""
+from ressenet.experiments.grid import (
+    Cell, CellState, GridResult, GridSpec, cell_state, emit_commands, expand_grid, list_presets, load_grid, run_grid,
+    train_command,
+)
+from ressenet.experiments.report import collect_runs, write_report
+
+__all__ = [
+    "Cell", "CellState", "GridResult", "GridSpec", "cell_state", "collect_runs", "emit_commands", "expand_grid",
+    "list_presets", "load_grid", "run_grid", "train_command", "write_report",
+]

@@ -1,9 +1,178 @@
-"""Parsers for `ressenet grid`, `report` and `reproduce` (placeholder until the experiments land)."""
+"""Parsers for ``ressenet grid``, ``ressenet report`` and ``ressenet reproduce``: they parse and call the library.
+
+    ressenet grid PRESET --runs-dir DIR [--seeds 3] [--dry-run] [--gpus 0,1] [--jobs N] [--emit-commands FILE]
+    ressenet report RUNS_DIR --out REPORT_DIR
+    ressenet reproduce PRESET [--runs-dir runs/PRESET] [--out reports/PRESET]
+
+Grid and reproduce accept the ``ressenet train`` options (all but --model, --seed and --out) and apply them to
+every cell; precedence: the preset's values < ``--config FILE`` < flags and ``--set``. ``--dataset`` replaces the
+preset's dataset axis.
+"""
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_experiment_commands", "grid_overrides"]
 
 
 def add_experiment_commands(sub: argparse._SubParsersAction, add_train_options: Callable) -> None:
     """Register grid/report/reproduce on the top-level sub-parsers."""
+    from ressenet.experiments.grid import list_presets
+
+    presets = ", ".join(list_presets())
+    p = sub.add_parser("grid", help="run (or list, or emit) the cells of an experiment grid",
+                       description="Run every unfinished cell of a grid as its own `ressenet train` process: finished "
+                                   "cells are skipped, unfinished ones resumed.")
+    p.add_argument("preset", help=f"a preset ({presets}) or the path of a grid YAML file")
+    _add_grid_options(p)
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    p.add_argument("--emit-commands", metavar="FILE", default=None,
+                   help="write one `ressenet train` line per unfinished cell to FILE and a Slurm job-array script "
+                        "beside it (FILE.slurm); run nothing")
+    add_train_options(p, with_model=False)
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("report", help="tables beside the paper's, statistics and figures from run directories",
+                       description="Read finished run directories (never trains) and write report.md, CSV files "
+                                   "and figures.")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories (searched recursively)")
+    p.add_argument("--out", metavar="REPORT_DIR", default=None, help="default: reports/<name of RUNS_DIR>")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="run a grid, then write its report: one command",
+                       description="`ressenet grid PRESET` then `ressenet report`. Re-running it resumes.")
+    p.add_argument("preset", help=f"a preset ({presets}) or the path of a grid YAML file")
+    _add_grid_options(p)
+    p.add_argument("--out", metavar="REPORT_DIR", default=None, help="default: reports/<preset>")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
+    add_train_options(p, with_model=False)
+    p.set_defaults(func=cmd_reproduce)
+
+
+def _add_grid_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid")
+    g.add_argument("--runs-dir", metavar="DIR", default=None, help="one directory per cell (default: runs/<preset>)")
+    g.add_argument("--seeds", default=None, metavar="N|LIST",
+                   help="a count (3: seeds 0,1,2) or a list (0,4,7); default: the preset's (3 unless it says)")
+    g.add_argument("--gpus", default=None, metavar="0,1,...",
+                   help="GPU ids: one cell per GPU in parallel (CUDA_VISIBLE_DEVICES); default: one cell at a time")
+    g.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="cells at once (default: one per listed GPU, else 1); more than the GPUs share them")
+    g.add_argument("--filter", default=None, metavar="GLOB",
+                   help="only the cells whose name matches, e.g. '*-cifar10-*' or 'res_se_net*'")
+
+
+def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Overrides for every cell: the ``--config`` file's values, then the flags and ``--set`` (which win)."""
+    import yaml
+
+    from ressenet.cli import train_overrides
+    from ressenet.engine.config import ConfigError
+    from ressenet.experiments.grid import flatten_tree
+
+    out: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        out.update(flatten_tree({k: v for k, v in tree.items() if k != "meta"} if isinstance(tree, dict) else tree,
+                                str(path)))
+    out.update(train_overrides(args))
+    return out
+
+
+def _cells(args: argparse.Namespace):
+    from ressenet.engine.config import ConfigError
+    from ressenet.experiments.grid import expand_grid, load_grid
+
+    spec = load_grid(args.preset)
+    runs_dir = Path(args.runs_dir or Path("runs") / spec.name)
+    if args.jobs is not None and args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: expected a positive number of cells at once")
+    cells = expand_grid(spec, runs_dir.absolute(), seeds=args.seeds, overrides=grid_overrides(args))
+    if args.filter:
+        pattern = args.filter if any(c in args.filter for c in "*?[") else f"*{args.filter}*"
+        cells = [c for c in cells if fnmatch.fnmatchcase(c.name, pattern)]
+        if not cells:
+            raise ConfigError(f"--filter {args.filter!r} matches no cell of grid {spec.name!r}")
+    return spec, runs_dir, cells
+
+
+def _gpus(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus:
+        from ressenet.engine.config import ConfigError
+
+        raise ConfigError(f"--gpus {text!r}: expected GPU ids such as 0,1,2,3")
+    return gpus
+
+
+def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
+    """Shared by grid and reproduce: dry run, emit, or run. Returns (spec, runs_dir, exit code or None)."""
+    from ressenet.experiments.grid import emit_commands, format_plan, run_grid
+
+    spec, runs_dir, cells = _cells(args)
+    if args.dry_run:
+        print(format_plan(spec, cells, runs_dir))
+        return spec, runs_dir, 0
+    if getattr(args, "emit_commands", None):
+        path, script, conflicts = emit_commands(cells, args.emit_commands, job_name=f"ressenet-{spec.name}",
+                                                log_dir=Path(runs_dir) / "slurm-logs")
+        n = sum(1 for _ in path.read_text().splitlines())
+        print(f"wrote {n} command(s) to {path}" + (f" and a Slurm job array to {script} (sbatch {script})"
+                                                    if script else " (nothing left to run)"))
+        for c in conflicts:
+            print(f"left out {c.name}: its directory holds another configuration", file=sys.stderr)
+        return spec, runs_dir, 1 if conflicts else 0
+    print(f"grid {spec.name!r}: {spec.description}" if spec.description else f"grid {spec.name!r}")
+    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=args.jobs)
+    print(f"grid {spec.name!r}: {len(result.skipped)} already done, {len(result.succeeded)} finished now, "
+          f"{len(result.failed)} failed, {len(result.conflicts)} in conflict")
+    for name, rc, log in result.failed:
+        print(f"  FAILED {name}: exit code {rc}; log {log}", file=sys.stderr)
+    for name, detail in result.conflicts:
+        print(f"  CONFLICT {name}: {detail}", file=sys.stderr)
+    return spec, runs_dir, 0 if result.ok else 1
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    return _run(args)[2] or 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ressenet.experiments.report import write_report
+
+    out = Path(args.out) if args.out else Path("reports") / Path(args.runs_dir).absolute().name
+    res = write_report(args.runs_dir, out, figures=args.figures)
+    print(f"report of {res.n_runs} finished run(s) ({res.n_unfinished} unfinished skipped) -> {res.report}")
+    for p in res.problems:
+        print(f"  warning: {p}", file=sys.stderr)
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ressenet.experiments.report import write_report
+
+    spec, runs_dir, code = _run(args)
+    if args.dry_run:
+        return code or 0
+    out = Path(args.out) if args.out else Path("reports") / spec.name
+    if not runs_dir.is_dir():
+        print(f"no runs under {runs_dir}: nothing to report", file=sys.stderr)
+        return code or 1
+    res = write_report(runs_dir, out, figures=args.figures)
+    print(f"report of {res.n_runs} finished run(s) -> {res.report}")
+    return code or 0

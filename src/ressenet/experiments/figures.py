@@ -1,0 +1,179 @@
+"""Figures of the report (PNG, matplotlib's object API with the Agg canvas: no display, no pyplot state).
+
+* training loss against iteration per model, one panel per depth (the paper's figure), mean over seeds;
+* test top-1 against depth per family with ± std error bars, the paper's printed numbers as hollow markers;
+* test top-1 against parameters per family.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ressenet.experiments.paper import paper_result
+
+if TYPE_CHECKING:
+    from ressenet.experiments.report import Group, Run
+
+__all__ = ["plot_protocol", "train_loss_curve", "FAMILY_COLORS"]
+
+FAMILY_COLORS = {
+    "resnet": "#1f77b4", "se_resnet": "#2ca02c", "res_se_net": "#d62728", "resnet_nobridge": "#7f7f7f",
+    "res_se_net_se_before_conv": "#ff7f0e", "res_se_net_se_all_identity": "#9467bd",
+}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:n_panels]
+
+
+def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, training loss) from a run's ``metrics.jsonl`` "train" lines (all lines when none say so)."""
+    points: dict[int, float] = {}
+    fallback: dict[int, float] = {}
+    try:
+        lines = (run.path / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            it, loss = int(rec["iter"]), float(rec["train_loss"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if not math.isfinite(loss):
+            continue
+        (points if rec.get("kind") == "train" else fallback)[it] = loss
+    points = points or fallback
+    its = np.array(sorted(points), dtype=float)
+    return its, np.array([points[int(i)] for i in its], dtype=float)
+
+
+def _label(g: Group) -> str:
+    from ressenet.experiments.report import FAMILY_TITLES
+
+    return FAMILY_TITLES.get(g.family or "", g.model)
+
+
+def _family_key(g: Group) -> tuple:
+    from ressenet.experiments.report import _family_order
+
+    return (_family_order(g.family), g.model)
+
+
+def plot_train_loss(groups: Sequence[Group], path: Path, title: str) -> bool:
+    """Training loss against iteration, one panel per depth, one line per family (mean over seeds)."""
+    depths = sorted({g.depth or 0 for g in groups})
+    fig, axes = _new_figure(len(depths))
+    drawn = False
+    for ax, depth in zip(axes, depths):
+        for g in sorted((g for g in groups if (g.depth or 0) == depth), key=_family_key):
+            curves = [c for c in (train_loss_curve(r) for r in g.runs) if c[0].size]
+            if not curves:
+                continue
+            common = sorted(set.intersection(*(set(c[0].tolist()) for c in curves)))
+            if not common:
+                continue
+            stacked = np.stack([np.interp(common, c[0], c[1]) for c in curves])
+            color = FAMILY_COLORS.get(g.family or "")
+            for c in curves if len(curves) > 1 else []:
+                ax.plot(c[0], c[1], color=color, alpha=0.2, linewidth=0.6)
+            ax.plot(common, stacked.mean(axis=0), color=color, linewidth=1.3, label=f"{_label(g)} (n={len(curves)})")
+            drawn = True
+        ax.set_title(f"depth {depth}" if depth else "other models")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    if drawn:
+        fig.savefig(path, dpi=110)
+    return drawn
+
+
+def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str) -> bool:
+    """Final test top-1 (mean ± std) against depth or parameters per family, one panel per dataset."""
+    from ressenet.experiments.report import _label_order
+
+    labels = sorted({g.label for g in groups}, key=_label_order)
+    fig, axes = _new_figure(len(labels))
+    drawn = False
+    for ax, label in zip(axes, labels):
+        fams: dict[str, list[Group]] = {}
+        for g in groups:
+            if g.label == label and g.family and g.depth:
+                fams.setdefault(g.family, []).append(g)
+        for fam, gs in sorted(fams.items(), key=lambda kv: _family_key(kv[1][0])):
+            gs = sorted((g for g in gs if g.stat("test_top1").n), key=lambda g: g.depth)
+            xs = [g.depth if x == "depth" else (g.params or 0) / 1e6 for g in gs]
+            if not gs or (x == "params" and not all(xs)):
+                continue
+            stats = [g.stat("test_top1") for g in gs]
+            color = FAMILY_COLORS.get(fam)
+            ax.errorbar(xs, [s.mean for s in stats], yerr=[0 if math.isnan(s.std) else s.std for s in stats],
+                        marker="o", capsize=3, color=color, linewidth=1.2, label=f"{_label(gs[0])} (final)")
+            if x == "params":
+                for xi, g, s in zip(xs, gs, stats):
+                    ax.annotate(str(g.depth), (xi, s.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            compare = gs[0].compare_to
+            if compare and x == "depth":
+                paper = [(g.depth, paper_result(fam, g.depth, compare)) for g in gs]
+                paper = [(d, p.top1) for d, p in paper if p is not None]
+                if paper:
+                    ax.plot([d for d, _ in paper], [v for _, v in paper], linestyle="--", marker="o",
+                            markerfacecolor="none", color=color, alpha=0.7, linewidth=0.8,
+                            label=f"{_label(gs[0])} (paper, best-on-test)")
+            drawn = True
+        ax.set_title(label)
+        ax.set_xlabel("depth" if x == "depth" else "parameters (millions, as trained)")
+        if x == "depth":
+            ax.set_xticks(sorted({g.depth for gs in fams.values() for g in gs}))
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    if drawn:
+        fig.savefig(path, dpi=110)
+    return drawn
+
+
+def plot_protocol(groups: Sequence[Group], fig_dir: Path, suffix: str = "") -> list[tuple[Path, str]]:
+    """All figures for the groups of one protocol; returns (path, caption) of each file written."""
+    from ressenet.experiments.report import _label_order
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    sfx = f"_{suffix}" if suffix else ""
+    out: list[tuple[Path, str]] = []
+    for label in sorted({g.label for g in groups}, key=_label_order):
+        path = fig_dir / f"train_loss_{_slug(label)}{sfx}.png"
+        caption = f"Training loss against iteration on {label} (mean over seeds; faint lines: single seeds)."
+        if plot_train_loss([g for g in groups if g.label == label], path, f"Training loss — {label}"):
+            out.append((path, caption))
+    path = fig_dir / f"top1_vs_depth{sfx}.png"
+    if plot_top1_vs(groups, path, "depth", "Test top-1 against depth"):
+        out.append((path, "Final test top-1 against depth, mean ± std over seeds; hollow dashed: the paper's printed "
+                          "(best-on-test, single-run) numbers where the data is comparable."))
+    path = fig_dir / f"top1_vs_params{sfx}.png"
+    if plot_top1_vs(groups, path, "params", "Test top-1 against parameters"):
+        out.append((path, "Final test top-1 against parameters, mean ± std over seeds; labels are depths."))
+    return out

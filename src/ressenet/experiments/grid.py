@@ -1,0 +1,652 @@
+"""Experiment grids: a preset (or a user's YAML file) expands to cells, one run directory per cell.
+
+The grids reproduce the tables of Varshaneya et al., "Res-SE-Net: Boosting Performance of Resnets by Enhancing
+Bridge-connections" (arXiv:1902.06066) with several seeds. A cell is one ``ressenet train`` run, named from its
+(model, dataset, overrides, seed), e.g. ``res_se_net44-cifar100-s2`` or ``resnet20-cifar10-val_split=5000-s0``.
+Re-running a grid skips finished cells (``summary.json`` present) and resumes unfinished ones (the trainer resumes
+from ``last.pt``). Cells run as separate processes: one at a time on CPU, one per listed GPU in parallel, or are
+written out as ``ressenet train`` lines plus a Slurm job-array script.
+
+A grid file (``presets/*.yaml`` are the shipped ones)::
+
+    description: what it is and what it costs
+    seeds: 3                        # default number of seeds (0..n-1) or an explicit list
+    depths: [20, 32, 44, 56, 110]   # fills "{depth}" in model names
+    models: ["resnet{depth}", "res_se_net{depth}"]
+    datasets: [cifar10, cifar100]
+    variants: [{}, {data.val_split: 5000}]   # optional: override sets, an extra axis (named in the run dirs)
+    config:                         # applied to every cell, below command-line flags
+      optim: {iters: 64000, milestones: [32000, 48000]}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs
+
+__all__ = [
+    "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
+    "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan", "flatten_tree",
+]
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+GRID_KEYS = frozenset({"name", "description", "seeds", "depths", "models", "datasets", "variants", "config"})
+# Keys a grid sets per cell; a user override of these would make every cell the same run.
+AXIS_KEYS = ("model.name", "run.seed", "run.out")
+# Keys passed as their own `ressenet train` flags; every other difference from the defaults goes through --set.
+FLAG_KEYS = {"model.name": "--model", "data.dataset": "--dataset", "run.seed": "--seed", "run.out": "--out",
+             "data.data_root": "--data-root"}
+MAX_TAG_CHARS = 80
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grid specification
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GridSpec:
+    """A parsed grid file. ``base`` and each variant are flat ``{"section.key": value}`` dicts."""
+
+    name: str
+    description: str
+    models: tuple[str, ...]
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    base: dict[str, Any] = field(default_factory=dict)
+    variants: tuple[dict[str, Any], ...] = ({},)
+    source: str = ""
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with the package (``paper``, ``ablations``, ``quick``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def flatten_tree(tree: dict[str, Any], where: str) -> dict[str, Any]:
+    """``{"optim": {"iters": 5}, "run.seed": 1}`` -> ``{"optim.iters": 5, "run.seed": 1}`` (both forms accepted)."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(tree).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if "." in str(key):
+            flat[str(key)] = value
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            raise ConfigError(f"{where}: {key!r} must be a section (model, data, optim, run) or a dotted key")
+    return flat
+
+
+def parse_seeds(value: int | str | Sequence[int]) -> tuple[int, ...]:
+    """``3`` or ``"3"`` -> (0, 1, 2); ``"0,4,7"`` or ``[0, 4, 7]`` -> (0, 4, 7); ``"12,"`` -> (12,)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"seeds={value!r}: expected a count or a list of seeds")
+    if isinstance(value, int):
+        seeds: tuple[int, ...] = tuple(range(value))
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seeds = tuple(int(s) for s in text.split(",") if s.strip()) if "," in text else tuple(range(int(text)))
+        except ValueError:
+            raise ConfigError(f"--seeds {value!r}: expected a count (3) or a comma-separated list (0,1,2)") from None
+    else:
+        try:
+            seeds = tuple(int(s) for s in value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"seeds={value!r}: expected a count or a list of integers") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"seeds={value!r}: expected at least one seed, no repeats, none negative")
+    return seeds
+
+
+def load_grid(preset: str | Path) -> GridSpec:
+    """Load a shipped preset by name or a grid YAML file by path.
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, or a malformed grid (the message names the fix).
+    """
+    path = Path(preset)
+    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown grid preset {str(preset)!r}; presets: {', '.join(list_presets())} "
+                              f"(or pass the path of a grid YAML file)")
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} not found")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"grid file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    where = str(path)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: a grid file holds a mapping with models, datasets, seeds, config")
+    unknown = sorted(set(tree) - GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown grid key(s) {', '.join(unknown)}; valid: {', '.join(sorted(GRID_KEYS))}")
+    models = _expand_models(tree.get("models"), tree.get("depths"), where)
+    datasets = tree.get("datasets", ["cifar10"])
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if not isinstance(datasets, list) or not datasets or not all(isinstance(d, str) for d in datasets):
+        raise ConfigError(f"{where}: datasets must be a list of dataset names, e.g. [cifar10, cifar100]")
+    variants = tree.get("variants") or [{}]
+    if not isinstance(variants, list):
+        raise ConfigError(f"{where}: variants must be a list of override mappings, "
+                          f"e.g. [{{}}, {{data.val_split: 5000}}]")
+    spec = GridSpec(
+        name=str(tree.get("name") or path.stem),
+        description=" ".join(str(tree.get("description", "")).split()),
+        models=models,
+        datasets=tuple(datasets),
+        seeds=parse_seeds(tree.get("seeds", 3)),
+        base=flatten_tree(tree.get("config") or {}, f"{where}: config"),
+        variants=tuple(flatten_tree(v or {}, f"{where}: variants[{i}]") for i, v in enumerate(variants)),
+        source=str(path),
+    )
+    for key in (*AXIS_KEYS, "data.dataset"):
+        if key in spec.base or any(key in v for v in spec.variants):
+            raise ConfigError(f"{where}: {key} is set by the grid's axes (models, datasets, seeds), not by config")
+    _check_overrides(spec.base, where)
+    for v in spec.variants:
+        _check_overrides({**spec.base, **v}, where)
+    return spec
+
+
+def _expand_models(models: Any, depths: Any, where: str) -> tuple[str, ...]:
+    from ressenet.models import is_model
+
+    if isinstance(models, str):
+        models = [models]
+    if not isinstance(models, list) or not models:
+        raise ConfigError(f"{where}: models must be a list of registry names, e.g. [resnet20, 'res_se_net{{depth}}']")
+    if depths is not None and (not isinstance(depths, list) or not all(isinstance(d, int) for d in depths)):
+        raise ConfigError(f"{where}: depths must be a list of integers, e.g. [20, 32, 44, 56, 110]")
+    names: list[str] = []
+    # Depth-major order: the cells of the shallow (fast) nets come first, so a partial grid is already a table.
+    for depth in depths or [None]:
+        for m in models:
+            if "{depth}" in str(m):
+                if depth is None:
+                    raise ConfigError(f"{where}: model {m!r} uses {{depth}} but the grid has no depths list")
+                names.append(str(m).format(depth=depth))
+            elif str(m) not in names:
+                names.append(str(m))
+    bad = [n for n in names if not is_model(n)]
+    if bad:
+        raise ConfigError(f"{where}: unknown model(s) {', '.join(bad)}; `ressenet models` lists the names")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: models repeat after filling in depths: {names}")
+    return tuple(names)
+
+
+def _check_overrides(flat: dict[str, Any], where: str) -> None:
+    try:
+        apply_overrides(Config(), dict(flat)).validate()
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: the resolved config, its run directory and the overrides that name it."""
+
+    name: str
+    model: str
+    dataset: str
+    seed: int
+    tags: tuple[tuple[str, Any], ...]  # (dotted key, value) pairs in the name, sorted by key
+    config: Config
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.run.out)  # type: ignore[arg-type]
+
+
+def expand_grid(spec: GridSpec, runs_dir: str | Path, *, seeds: int | str | Sequence[int] | None = None,
+                overrides: dict[str, Any] | None = None) -> list[Cell]:
+    """All cells of a grid, seed-major (every cell of seed 0 first), then dataset, then model.
+
+    Args:
+        spec: the grid (``load_grid``).
+        runs_dir: the folder holding one directory per cell.
+        seeds: a count or list overriding the grid's default.
+        overrides: ``{"section.key": value}`` from the command line (``--config`` file values first, then
+            flags); they win over the grid's config. ``data.dataset`` replaces the grid's dataset axis.
+
+    A cell is named ``{model}-{dataset}[-{key}={value}...]-s{seed}``: the tags are the variant's overrides and
+    the user's overrides that change the grid's value and are not result-neutral (``data.data_root``,
+    ``run.device`` and the like never enter the name), so the same command always maps to the same directories
+    and a changed protocol never reuses another protocol's runs.
+
+    Raises:
+        ConfigError: a bad override, or overrides that make two cells share a name.
+    """
+    user = dict(overrides or {})
+    for key in AXIS_KEYS:
+        if key in user:
+            raise ConfigError(f"{key} cannot be overridden for a whole grid: a grid sets it per cell "
+                              f"(choose models in a grid file, seeds with --seeds)")
+    datasets = spec.datasets
+    if "data.dataset" in user:
+        datasets = (str(user.pop("data.dataset")),)
+    seed_list = spec.seeds if seeds is None else parse_seeds(seeds)
+    runs = Path(runs_dir)
+    cells: list[Cell] = []
+    for seed in seed_list:
+        for dataset in datasets:
+            for model in spec.models:
+                for variant in spec.variants:
+                    cells.append(_make_cell(spec, runs, model, dataset, seed, variant, user))
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        if c.name in seen:
+            raise ConfigError(f"two cells of grid {spec.name!r} share the name {c.name!r}: a command-line override "
+                              f"probably replaces a variant's value; drop the override or the variant")
+        seen[c.name] = c
+    return cells
+
+
+def _make_cell(spec: GridSpec, runs: Path, model: str, dataset: str, seed: int, variant: dict[str, Any],
+               user: dict[str, Any]) -> Cell:
+    axes = {"model.name": model, "data.dataset": dataset, "run.seed": seed}
+    preset_cfg = apply_overrides(Config(), {**spec.base, **variant, **axes})
+    cfg = apply_overrides(Config(), {**spec.base, **variant, **user, **axes})
+    preset_flat, flat = _flat(preset_cfg), _flat(cfg)
+    tag_keys = set(variant) | {k for k in user if flat[k] != preset_flat[k] and k not in RESULT_NEUTRAL_KEYS}
+    tags = tuple((k, flat[k]) for k in sorted(tag_keys))
+    name = "-".join([model, dataset, *_tag_strings(tags), f"s{seed}"])
+    cfg.run.out = str(runs / name)
+    return Cell(name=name, model=model, dataset=dataset, seed=seed, tags=tags, config=cfg.validate())
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
+
+
+def _leaf_names() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key in _flat(Config()):
+        leaf = key.split(".")[1]
+        counts[leaf] = counts.get(leaf, 0) + 1
+    return counts
+
+
+def _tag_strings(tags: tuple[tuple[str, Any], ...]) -> list[str]:
+    if not tags:
+        return []
+    leaves = _leaf_names()
+    out = []
+    for key, value in tags:
+        label = key.split(".")[1] if leaves.get(key.split(".")[1], 0) == 1 else key
+        out.append(f"{label}={_safe(_value_text(value))}")
+    if sum(len(t) + 1 for t in out) > MAX_TAG_CHARS:  # keep directory names readable: hash long override sets
+        digest = hashlib.sha1(json.dumps([[k, v] for k, v in tags], sort_keys=True).encode()).hexdigest()[:10]
+        return [f"cfg{digest}"]
+    return out
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_value_text(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace(",", "_")).strip("_") or "_"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cell state: done / partial / pending / conflict
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellState:
+    state: str  # "done" | "partial" | "pending" | "conflict"
+    detail: str = ""
+
+    @property
+    def runnable(self) -> bool:
+        return self.state in ("pending", "partial")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _existing_config(out: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    if summary is not None and isinstance(summary.get("config"), dict):
+        return summary["config"]
+    path = out / "config.yaml"
+    if path.is_file():
+        try:
+            tree = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            return None
+        return tree if isinstance(tree, dict) else None
+    return None
+
+
+def _conflicts(cell: Cell, existing: dict[str, Any]) -> list[str]:
+    """Result-relevant keys whose value in an existing run directory differs from the cell's.
+
+    Keys the cell leaves to be resolved at run time (``None``, ``"auto"``) are not compared: the trainer writes
+    the resolved value (e.g. ``model.num_classes: 10``) into the directory.
+    """
+    mine = cell.config.to_dict()
+    try:
+        keys = diff_configs(mine, existing)
+    except ConfigError:
+        return ["config.yaml (unreadable)"]
+    flat = _flat(cell.config)
+    return [k for k in keys if flat.get(k, "?") not in (None, "auto")]
+
+
+def last_iteration(out: Path) -> int | None:
+    """The ``iter`` of the last line of ``metrics.jsonl`` (None when absent or empty)."""
+    path = out / "metrics.jsonl"
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["iter"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def cell_state(cell: Cell) -> CellState:
+    """What a re-run would do with this cell's directory.
+
+    ``done``: ``summary.json`` present with the same config (skipped); ``partial``: ``last.pt`` or
+    ``metrics.jsonl`` without a summary (resumed); ``pending``: nothing yet; ``conflict``: the directory holds a
+    run of another configuration (never touched; move it away or use another ``--runs-dir``).
+    """
+    out = cell.out
+    summary_path = out / "summary.json"
+    summary = _read_json(summary_path) if summary_path.is_file() else None
+    if summary_path.is_file() and summary is None:
+        return CellState("conflict", "summary.json is unreadable")
+    started = summary is not None or (out / "last.pt").is_file() or (out / "metrics.jsonl").is_file()
+    existing = _existing_config(out, summary) if started or (out / "config.yaml").is_file() else None
+    if existing is not None:
+        bad = _conflicts(cell, existing)
+        if bad:
+            flat_old = {f"{s}.{k}": v for s, sec in existing.items() if isinstance(sec, dict) for k, v in sec.items()}
+            flat_new = _flat(cell.config)
+            shown = ", ".join(f"{k} (dir {flat_old.get(k)!r}, grid {flat_new.get(k)!r})" for k in bad[:3])
+            return CellState("conflict", f"directory holds another config: {shown}{' ...' if len(bad) > 3 else ''}")
+    if summary is not None:
+        top1 = summary.get("test_top1")
+        text = f"test top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else "finished"
+        return CellState("done", f"{text} ({summary.get('iters', '?')} iterations)")
+    if started:
+        it = last_iteration(out)
+        where = f"at iteration {it:,}/{cell.config.optim.iters:,}" if it is not None else "checkpoint present"
+        return CellState("partial", f"{where}; resumes")
+    return CellState("pending", "")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------------
+def train_command(cell: Cell, program: Sequence[str] = ("ressenet",)) -> list[str]:
+    """``ressenet train --model M --dataset D --seed S --out DIR [--data-root R] [--set k=v ...]``.
+
+    Every config value that differs from the defaults (the paper's protocol) and has no flag of its own goes
+    through ``--set``, so parsing the line with ``ressenet train``'s parser gives back ``cell.config``.
+    """
+    flat, default = _flat(cell.config), _flat(Config())
+    argv = [*program, "train"]
+    for key, flag in FLAG_KEYS.items():
+        if key in ("model.name", "data.dataset", "run.seed", "run.out") or flat[key] != default[key]:
+            argv += [flag, _value_text(flat[key])]
+    for key in sorted(flat):
+        if key not in FLAG_KEYS and flat[key] != default[key]:
+            argv += ["--set", f"{key}={_value_text(flat[key])}"]
+    return argv
+
+
+def _default_command(cell: Cell) -> list[str]:
+    return train_command(cell, program=(sys.executable, "-m", "ressenet"))
+
+
+def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "ressenet-grid",
+                  log_dir: str | Path | None = None) -> tuple[Path, Path | None, list[Cell]]:
+    """Write one ``ressenet train`` line per unfinished cell, and a Slurm job-array script beside it.
+
+    The script is ``path`` with the suffix ``.slurm``; array task ``i`` runs line ``i``. Cells whose directory
+    holds another configuration are left out (and returned so the caller can warn). Returns (commands file,
+    Slurm script or None when nothing is left to run, left-out conflicting cells).
+    """
+    path = Path(path)
+    todo, conflicts = [], []
+    for c in cells:
+        st = cell_state(c)
+        if st.runnable:
+            todo.append(c)
+        elif st.state == "conflict":
+            conflicts.append(c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(shlex.join(train_command(c)) + "\n" for c in todo))
+    if not todo:
+        return path, None, conflicts
+    script = path.with_suffix(".slurm") if path.suffix else path.with_name(path.name + ".slurm")
+    logs = Path(log_dir) if log_dir is not None else path.parent / "slurm-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    script.write_text(_SLURM_TEMPLATE.format(
+        n=len(todo), job=job_name, logs=shlex.quote(str(logs.absolute())), commands=shlex.quote(str(path.absolute())),
+        file=path.name))
+    return path, script, conflicts
+
+
+_SLURM_TEMPLATE = """#!/bin/bash
+# Slurm job array: task i runs line i of {file} (one `ressenet train` per unfinished grid cell, {n} in all).
+# Submit with `sbatch {file}.slurm` after adjusting partition, time and resources to your cluster. Each run resumes
+# from its last.pt when requeued, and a finished run returns at once, so resubmitting the array is safe.
+#SBATCH --job-name={job}
+#SBATCH --array=1-{n}
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=16G
+#SBATCH --time=24:00:00
+#SBATCH --output={logs}/%x-%A_%a.out
+#SBATCH --requeue
+set -euo pipefail
+# Activate the environment that has `ressenet` installed, e.g.: source ~/venvs/ressenet/bin/activate
+LINE=$(sed -n "${{SLURM_ARRAY_TASK_ID}}p" {commands})
+echo "task ${{SLURM_ARRAY_TASK_ID}}: $LINE"
+eval "$LINE"
+"""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class GridResult:
+    """What ``run_grid`` did: cells skipped (done), run successfully, failed (name, return code, log)."""
+
+    skipped: list[str] = field(default_factory=list)
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.conflicts
+
+
+def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: int | None = None,
+             command: Callable[[Cell], list[str]] | None = None, echo: Callable[[str], None] = print,
+             env: dict[str, str] | None = None) -> GridResult:
+    """Run the unfinished cells as separate processes and report each one's outcome.
+
+    Args:
+        cells: from ``expand_grid``.
+        gpus: GPU ids; each process sees one through ``CUDA_VISIBLE_DEVICES``. None: no GPU pinning.
+        jobs: processes at once (default: one per listed GPU, else 1). With more jobs than GPUs they share
+            GPUs round-robin; on CPU each of several jobs gets an equal share of the cores (``OMP_NUM_THREADS``).
+        command: builds the argv of a cell (default ``python -m ressenet train ...``); tests pass a fake trainer.
+        echo: where progress lines go.
+        env: extra environment variables for every process.
+
+    A failing cell (non-zero exit, or exit 0 without ``summary.json``) is reported with its return code and log
+    (``DIR/train.log``, appended to on each attempt) and the others go on. Ctrl-C stops the running processes.
+    """
+    build = command or _default_command
+    result = GridResult()
+    todo: list[Cell] = []
+    for c in cells:
+        st = cell_state(c)
+        if st.state == "done":
+            result.skipped.append(c.name)
+        elif st.state == "conflict":
+            result.conflicts.append((c.name, st.detail))
+            echo(f"conflict  {c.name}: {st.detail}; not run (move {c.out} away or use another --runs-dir)")
+        else:
+            todo.append(c)
+    gpu_list = [str(g) for g in gpus] if gpus else []
+    n_slots = max(1, jobs or len(gpu_list) or 1)
+    echo(f"{len(cells)} cells: {len(result.skipped)} done, {len(todo)} to run"
+         f"{f', {len(result.conflicts)} in conflict' if result.conflicts else ''}; "
+         f"{n_slots} at a time{' on GPUs ' + ','.join(gpu_list) if gpu_list else ''}")
+    if not todo:
+        return result
+
+    base_env = {**os.environ, **(env or {})}
+    if not gpu_list and n_slots > 1 and "OMP_NUM_THREADS" not in base_env:
+        base_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
+    lock = threading.Lock()
+    queue = list(enumerate(todo, 1))
+    procs: dict[int, subprocess.Popen] = {}
+    stopping = threading.Event()
+
+    def worker(slot: int) -> None:
+        gpu = gpu_list[slot % len(gpu_list)] if gpu_list else None
+        while not stopping.is_set():
+            with lock:
+                if not queue:
+                    return
+                index, cell = queue.pop(0)
+            _run_one(slot, gpu, index, cell)
+
+    def _run_one(slot: int, gpu: str | None, index: int, cell: Cell) -> None:
+        argv = build(cell)
+        proc_env = dict(base_env)
+        if gpu is not None:
+            proc_env["CUDA_VISIBLE_DEVICES"] = gpu
+        cell.out.mkdir(parents=True, exist_ok=True)
+        log_path = cell.out / "train.log"
+        where = f" on GPU {gpu}" if gpu is not None else ""
+        echo(f"[{index}/{len(todo)}] start {cell.name}{where}")
+        start = time.time()
+        with log_path.open("a") as log:
+            log.write(f"# ressenet grid {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                      f"{f' CUDA_VISIBLE_DEVICES={gpu}' if gpu is not None else ''}: {shlex.join(argv)}\n")
+            log.flush()
+            try:
+                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=proc_env,
+                                        stdin=subprocess.DEVNULL)
+            except OSError as e:
+                log.write(f"# could not start: {e}\n")
+                with lock:
+                    result.failed.append((cell.name, -1, str(log_path)))
+                echo(f"[{index}/{len(todo)}] FAILED {cell.name}: could not start ({e}); log {log_path}")
+                return
+            with lock:
+                procs[slot] = proc
+            rc = proc.wait()
+            with lock:
+                procs.pop(slot, None)
+        seconds = time.time() - start
+        summary = _read_json(cell.out / "summary.json")
+        if rc == 0 and summary is not None:
+            top1 = summary.get("test_top1")
+            score = f": test top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else ""
+            with lock:
+                result.succeeded.append(cell.name)
+            echo(f"[{index}/{len(todo)}] done {cell.name} in {seconds:.0f} s{score}")
+        elif stopping.is_set():
+            echo(f"[{index}/{len(todo)}] interrupted {cell.name} after {seconds:.0f} s; re-run the grid to resume it")
+        else:
+            why = f"exit code {rc}" if rc != 0 else "exit code 0 but no summary.json"
+            with lock:
+                result.failed.append((cell.name, rc if rc != 0 else 1, str(log_path)))
+            echo(f"[{index}/{len(todo)}] FAILED {cell.name} ({why}) after {seconds:.0f} s; log {log_path}")
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(todo)))]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)
+    except KeyboardInterrupt:
+        stopping.set()
+        with lock:
+            running = list(procs.values())
+        for p in running:  # the trainer saves last.pt on SIGINT/SIGTERM where it can; re-running resumes
+            p.terminate()
+        for p in running:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    result.failed.sort(key=lambda f: [c.name for c in cells].index(f[0]))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------------------------
+def format_plan(spec: GridSpec, cells: Sequence[Cell], runs_dir: str | Path) -> str:
+    """A dry-run listing: every cell with its state, then counts."""
+    states = [cell_state(c) for c in cells]
+    datasets = sorted({c.dataset for c in cells}, key=[c.dataset for c in cells].index)
+    seeds = sorted({c.seed for c in cells})
+    lines = [f"grid {spec.name!r} ({spec.source}): {len(cells)} cells = {len(spec.models)} models x "
+             f"{len(datasets)} dataset(s) x {len(spec.variants)} variant(s) x {len(seeds)} seed(s) "
+             f"({', '.join(map(str, seeds))}) in {runs_dir}"]
+    if spec.description:
+        lines.append(f"  {spec.description}")
+    width = max((len(c.name) for c in cells), default=10)
+    lines.append(f"  {'state':9} {'cell':{width}}  detail")
+    for c, st in zip(cells, states):
+        lines.append(f"  {st.state:9} {c.name:{width}}  {st.detail}".rstrip())
+    counts = {s: sum(st.state == s for st in states) for s in ("done", "partial", "pending", "conflict")}
+    lines.append(f"{counts['done']} done, {counts['partial']} partial, {counts['pending']} pending, "
+                 f"{counts['conflict']} conflict: {counts['partial'] + counts['pending']} to run")
+    return "\n".join(lines)

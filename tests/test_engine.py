@@ -1,0 +1,318 @@
+"""Training engine: run directory contract, exact resume after SIGKILL, errors, config precedence, eval, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ressenet.cli import main as cli_main
+from ressenet.engine.checkpoint import load_checkpoint
+from ressenet.engine.config import Config, ConfigError, load_config
+from ressenet.engine.train import lr_at, train
+from ressenet.errors import RessenetError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small, fast, learnable problem: synthetic 10-class images, resnet20 at batch 32.
+SMOKE = ["--model", "resnet20", "--dataset", "synthetic", "--set", "data.train_limit=512",
+         "--set", "data.test_limit=256", "--batch-size", "32", "--milestones", "30,45", "--progress", "plain",
+         "--device", "cpu"]
+
+
+def smoke_config(out: Path, **over) -> Config:
+    base = {"model.name": "resnet20", "data.dataset": "synthetic", "data.train_limit": 512, "data.test_limit": 256,
+            "optim.batch_size": 32, "optim.iters": 20, "optim.milestones": [10, 15], "run.out": str(out),
+            "run.eval_every": 10, "run.log_every": 5, "run.ckpt_every": 10, "run.progress": "none",
+            "run.device": "cpu"}
+    base.update(over)
+    return load_config(None, base)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # same threads in every process: bit-exact comparisons need the same kernels
+    return env
+
+
+def _train_cmd(out: Path, iters: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ressenet", "train", *SMOKE, "--iters", str(iters), "--out", str(out),
+            "--ckpt-every", "4", "--eval-every", "20", "--log-every", "4", *extra]
+
+
+def test_lr_schedule_is_the_papers():
+    cfg = Config()
+    assert (cfg.optim.iters, cfg.optim.batch_size, cfg.optim.momentum, cfg.optim.weight_decay, cfg.run.seed) == (
+        64_000, 128, 0.9, 1e-4, 12)
+    assert not cfg.optim.nesterov
+    assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 31_999) == 0.1
+    assert lr_at(cfg, 32_000) == pytest.approx(0.01) and lr_at(cfg, 48_000) == pytest.approx(0.001)
+
+
+def test_short_run_writes_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    summary = train(smoke_config(out, **{"optim.iters": 40, "optim.milestones": [20, 30], "optim.lr": 0.05}))
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "summary.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "best.pt").exists()  # no validation split, so no "best" checkpoint
+    tree = yaml.safe_load((out / "config.yaml").read_text())
+    assert tree["model"]["name"] == "resnet20" and tree["optim"]["iters"] == 40
+    assert {"python", "torch", "ressenet", "git_commit", "device"} <= set(tree["meta"])
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in lines] == [5, 10, 15, 20, 25, 30, 35, 40]
+    for r in lines:
+        assert {"iter", "epoch", "lr", "train_loss", "train_top1", "images_per_second"} <= set(r)
+    evals = [r for r in lines if r["kind"] == "eval"]
+    assert [r["iter"] for r in evals] == [10, 20, 30, 40]
+    assert all({"test_top1", "test_top5", "test_loss"} <= set(r) for r in evals)
+    assert lines[0]["lr"] == 0.05 and lines[-1]["lr"] == pytest.approx(0.0005)
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]  # it learns the synthetic classes
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == summary
+    assert saved["test_top1"] == evals[-1]["test_top1"] and saved["test_top5"] == evals[-1]["test_top5"]
+    assert saved["best_test_top1"] == max(r["test_top1"] for r in evals)
+    assert saved["params"] == 272_474 and saved["iters"] == 40 and saved["data"]["num_classes"] == 10
+    assert saved["train_images_per_second"] > 0 and saved["wall_seconds"] > 0
+    assert saved["selected_test_top1"] is None
+    state = load_checkpoint(out / "last.pt")
+    assert state["iter"] == 40 and {"optimizer", "scaler", "data", "rng", "config", "scheduler"} <= set(state)
+    # Re-running a finished run returns its summary without training.
+    assert train(smoke_config(out, **{"optim.iters": 40, "optim.milestones": [20, 30], "optim.lr": 0.05})) == saved
+
+
+def test_validation_split_selects_best_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    summary = train(smoke_config(out, **{"data.val_split": 100}))
+    assert (out / "best.pt").is_file()
+    assert summary["data"]["val_size"] == 100 and summary["data"]["train_size"] == 412
+    assert summary["best_val_iter"] in (10, 20) and summary["selected_test_top1"] is not None
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_top1" in r for r in lines if r["kind"] == "eval")
+    assert load_checkpoint(out / "best.pt")["iter"] == summary["best_val_iter"]
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(path)
+    flat = {f"model.{k}": v for k, v in state["model"].items()}
+    for pid, s in state["optimizer"]["state"].items():
+        flat[f"momentum.{pid}"] = s["momentum_buffer"]
+    return flat
+
+
+def _assert_bitwise_equal(a: Path, b: Path) -> None:
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), f"{k} differs"
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
+    iters = 48
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref, iters), env=_env(), check=True, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(run, iters), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(run / "last.pt", proc)
+    time.sleep(0.15)  # somewhere between checkpoints, mid-step
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists(), "the run finished before it could be killed"
+    killed_at = load_checkpoint(run / "last.pt")["iter"]
+    assert 0 < killed_at < iters
+
+    done = subprocess.run(_train_cmd(run, iters), env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run} at iteration {killed_at}" in done.stdout
+    _assert_bitwise_equal(ref / "last.pt", run / "last.pt")
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in lines] == sorted({r["iter"] for r in lines})  # no duplicated or lost lines
+    ref_lines = [json.loads(ln) for ln in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in lines] == [r["train_loss"] for r in ref_lines]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_sigint_checkpoint_and_exit_cleanly(tmp_path, sig):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(run, 400, "--ckpt-every", "1000"), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(run / "metrics.jsonl", proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    stopped = load_checkpoint(run / "last.pt")["iter"]
+    assert 4 <= stopped < 400
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(smoke_config(out))
+    (out / "summary.json").unlink()
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(RessenetError, match="corrupt or truncated"):
+        train(smoke_config(out))
+    args = ["train", *SMOKE, "--iters", "20", "--milestones", "10,15", "--eval-every", "10", "--log-every", "5",
+            "--ckpt-every", "10", "--progress", "none", "--out", str(out)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "last.pt is corrupt or truncated" in err[0]
+
+
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cfg = smoke_config(out, **{"optim.lr": 1e30, "run.ckpt_every": 1, "run.log_every": 1, "optim.iters": 30})
+    with pytest.raises(RessenetError, match=r"non-finite at iteration (\d+)") as e:
+        train(cfg)
+    bad = int(e.value.args[0].split("iteration ")[1].split()[0])
+    state = load_checkpoint(out / "last.pt")
+    assert state["iter"] == bad - 1  # the last good one
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (out / "summary.json").exists()
+
+
+def test_out_with_other_config_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    train(smoke_config(out))
+    with pytest.raises(RessenetError, match=r"another configuration \(optim.lr: 0.1 -> 0.05"):
+        train(smoke_config(out, **{"optim.lr": 0.05}))
+    summary = train(smoke_config(out, **{"optim.lr": 0.05}), overwrite=True)
+    assert summary["config"]["optim"]["lr"] == 0.05
+    # Result-neutral keys (logging, device, progress) do not block a resume.
+    assert train(smoke_config(out, **{"optim.lr": 0.05, "run.log_every": 2})) == summary
+
+
+def test_config_precedence_defaults_yaml_flags(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("optim:\n  lr: 0.2\n  iters: 500\n  milestones: [100, 200]\nrun:\n  seed: 3\n")
+    cfg = load_config(yml, {"optim.lr": "0.05", "run.channels_last": "false"})
+    assert (cfg.optim.lr, cfg.optim.iters, cfg.optim.milestones, cfg.run.seed) == (0.05, 500, [100, 200], 3)
+    assert cfg.optim.momentum == 0.9 and cfg.run.channels_last is False
+    from ressenet.cli import build_parser, train_overrides
+
+    args = build_parser().parse_args(["train", "--config", str(yml), "--iters", "700", "--no-nesterov",
+                                      "--set", "optim.gamma=0.2", "--milestones", "300,600"])
+    cfg = load_config(args.config, train_overrides(args))
+    assert (cfg.optim.lr, cfg.optim.iters, cfg.optim.gamma, cfg.optim.milestones) == (0.2, 700, 0.2, [300, 600])
+    yml.write_text("optim:\n  lrr: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        load_config(yml)
+    with pytest.raises(ConfigError, match="optim.milestones"):
+        load_config(None, {"optim.milestones": "48000,32000"})
+    with pytest.raises(ConfigError, match="not a valid int"):
+        load_config(None, {"optim.iters": "many"})
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--model", "resnet21"], "unknown model 'resnet21'"),
+    (["--iters", "0"], "optim.iters=0 is invalid"),
+    (["--dataset", "cifar10", "--data-root", "/nonexistent/x"], "CIFAR-10"),
+    (["--set", "optim.foo=1"], "unknown config key"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, argv, msg):
+    base = ["train", *SMOKE, "--out", str(tmp_path / "r"), "--iters", "5"]
+    assert cli_main(base + argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+
+
+def test_eval_cli_on_written_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = train(smoke_config(out))
+    assert cli_main(["eval", "--checkpoint", str(out / "last.pt"), "--json", "--device", "cpu"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["top1"] == pytest.approx(summary["test_top1"]) and res["top5"] == pytest.approx(summary["test_top5"])
+    assert res["images"] == 256 and res["iter"] == 20
+
+
+def test_real_data_short_run(tmp_path, cifar10_jpeg_root, data_cache_dir):
+    """A few iterations on the real CIFAR-10 (JPEG copy), through the image-folder archive and its cache."""
+    out = tmp_path / "run"
+    cfg = smoke_config(out, **{"model.name": "res_se_net20", "data.dataset": "imagefolder",
+                               "data.data_root": str(cifar10_jpeg_root), "data.cache_dir": str(data_cache_dir),
+                               "data.train_limit": 0, "data.test_limit": 500, "optim.iters": 10,
+                               "run.eval_every": 10})
+    summary = train(cfg)
+    assert summary["data"]["train_size"] == 50_000 and summary["data"]["test_size"] == 500
+    assert summary["data"]["classes"][:2] == ["airplane", "automobile"] and summary["data"]["source"] == "imagefolder"
+    assert 0 <= summary["test_top1"] <= 100
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_matches_single_process(tmp_path):
+    common = ["--iters", "40", "--log-every", "5", "--eval-every", "20", "--ckpt-every", "20",
+              "--progress", "plain", "--set", "optim.lr=0.05"]
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "ressenet", "train", *SMOKE, *common, "--out", str(single)], env=_env(),
+                   check=True, capture_output=True)
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "ressenet", "train", *SMOKE, *common, "--out", str(ddp)]
+    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in ddp.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
+    s = json.loads((ddp / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["iters"] == 40 and s["data"]["test_size"] == 256
+    a = [json.loads(ln)["train_loss"] for ln in (single / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(ln)["train_loss"] for ln in (ddp / "metrics.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 8
+    assert abs(a[0] - b[0]) < 0.1 and b[-1] < b[0] and a[-1] < a[0]
+    # Exactly what DDP should compute: the same global batches with BatchNorm statistics per half-batch
+    # ("ghost batches" of 16), gradients averaged. This pins the sharding and the gradient reduction.
+    assert b == pytest.approx(_ghost_batch_losses(iters=40, lr=0.05, halves=2), abs=2e-3)
+
+
+def _ghost_batch_losses(iters: int, lr: float, halves: int) -> list[float]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the OMP_NUM_THREADS=1 subprocesses: the same kernels, the same rounding
+    try:
+        return _ghost_batch_run(iters, lr, halves)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ghost_batch_run(iters: int, lr: float, halves: int) -> list[float]:
+    import torch.nn.functional as F
+
+    from ressenet.data import TrainLoader
+    from ressenet.engine.train import build_model, load_data
+
+    cfg = smoke_config(Path("unused"), **{"optim.iters": iters, "optim.milestones": [30, 45], "optim.lr": lr})
+    data = load_data(cfg)
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg, 10).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    loader = TrainLoader(data["train"], 32, mean=data["mean"], std=data["std"], seed=cfg.run.seed, channels_last=True)
+    losses, total = [], 0.0
+    for it in range(iters):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, it)
+        x, y = loader.next()
+        loss = sum(F.cross_entropy(model(xc), yc) for xc, yc in zip(x.chunk(halves), y.chunk(halves))) / halves
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item()
+        if (it + 1) % 5 == 0:
+            losses.append(total / 5)
+            total = 0.0
+    return losses
