@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--json", action="store_true")
         else:
             q.add_argument("--url", default=None, help="mirror URL of the archive (default: the official one)")
+            q.add_argument("--variant", default="python", choices=("python", "binary"),
+                           help="which official archive (python pickles or binary records)")
         q.set_defaults(func=func)
 
     p = sub.add_parser("train", help="train a model with the paper's protocol (resumes an existing --out)")
@@ -145,7 +147,7 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 def _cmd_data_download(args: argparse.Namespace) -> int:
     from ressenet.data import download
 
-    path = download(args.dataset, args.data_root or "./data", url=args.url)
+    path = download(args.dataset, args.data_root or "./data", url=args.url, variant=args.variant)
     print(f"{args.dataset} verified at {path}")
     return 0
 
@@ -189,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"ressenet {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ressenet models | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"ressenet {args.command}: interrupted", file=sys.stderr)
         return 130

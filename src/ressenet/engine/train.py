@@ -411,8 +411,11 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
             old_handlers[sig] = signal.signal(sig, lambda s, _f: stop.append(s))
 
     # Device-side accumulators: no host synchronisation inside the loop (read at log/eval/checkpoint).
-    acc = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, correct, images
+    # Nothing below creates a tensor from host data per step: on CUDA that copy would wait for the GPU.
+    acc = torch.zeros(2, device=device, dtype=torch.float64)  # loss sum, correct
+    images = 0  # seen since the last boundary, on this rank (a host count: the batch shape is known)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+    step = torch.full((), start_it, device=device, dtype=torch.int64)  # device-side copy of `it`
     t_start = time.perf_counter()
     t_interval, it_interval = time.perf_counter(), start_it
     last_eval: dict[str, Any] = {}
@@ -432,9 +435,11 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
             scaler.step(optimizer)
             scaler.update()
             ld = loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(ld), torch.tensor(it, device=device), first_bad)
-            acc += torch.stack([ld.double() * len(y), (logits.detach().argmax(1) == y).sum().double(),
-                                torch.tensor(float(len(y)), device=device, dtype=torch.float64)])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(ld), step, first_bad)
+            acc[0] += ld.double() * len(y)
+            acc[1] += (logits.detach().argmax(1) == y).sum()
+            images += len(y)
+            step += 1
             it += 1
 
             is_end = it == cfg.optim.iters
@@ -444,12 +449,14 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
             if not (do_log or do_eval or do_ckpt):
                 continue
 
-            # A boundary: synchronise once, check the loss, log, evaluate, checkpoint.
-            bad = int(first_bad.item())
-            if bad >= 0:
+            # A boundary: synchronise once (summed over ranks, so every rank stops together), check the loss,
+            # log, evaluate, checkpoint.
+            totals = all_reduce_sum(torch.cat([acc, acc.new_tensor([images]), (first_bad >= 0).double()[None]]),
+                                    dist_info).tolist()
+            if totals[3] > 0:
+                bad = int(first_bad.item()) if first_bad.item() >= 0 else it - 1
                 raise RessenetError(f"the training loss became non-finite at iteration {bad + 1} (lr {lr_at(cfg, bad):g});"
                                     f" the last good checkpoint is kept in {last_path}; lower --lr or check the data")
-            totals = all_reduce_sum(acc.clone(), dist_info).tolist()
             now = time.perf_counter()
             seconds = now - t_interval
             if it_interval > start_it:
@@ -461,6 +468,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
                    "images_per_second": (it - it_interval) * cfg.optim.batch_size / max(seconds, 1e-9),
                    "time": elapsed_before + now - t_start}
             acc.zero_()
+            images = 0
             if do_eval:
                 rec["kind"] = "eval"
                 test = _eval_split(raw_model, data["test"], data, cfg, device, channels_last, amp, dist_info)
