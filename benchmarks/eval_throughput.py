@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (  # noqa: E402
+from train_throughput import (
     DEFAULT_MODELS,
     Switch,
     _accuracy,

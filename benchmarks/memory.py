@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (  # noqa: E402
+from train_throughput import (
     add_data_args,
     data_overrides,
     footer,
@@ -167,7 +167,7 @@ def main() -> int:
     print()
     print(f"run: {args.iters} iterations of {args.model}, batch {args.batch_size}, {wall:.0f} s, "
           f"{len(samples)} samples every {args.sample_every:g} s")
-    print(f"{'quantity':<58} {'MiB':>9}")
+    print(f"{'quantity':<72} {'MiB':>9}")
     rows = [
         ("peak resident set, whole process (ru_maxrss)", peak),
         ("largest VmHWM sampled", hwm),
@@ -177,7 +177,7 @@ def main() -> int:
         (f"model parameters + gradients + momentum ({params:,} float32 x 3)", 12 * params),
     ]
     for name, b in rows:
-        print(f"{name:<58} {b / MIB:9.1f}")
+        print(f"{name:<72} {b / MIB:9.1f}")
 
     growth: dict[str, Any] = {}
     if len(seen) >= 2:

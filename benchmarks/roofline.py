@@ -1,4 +1,4 @@
-"""Roofline: training FLOPs per image, the machine's measured matrix-multiply rate, and the fraction each model achieves.
+"""Roofline: training FLOPs per image, the measured matrix-multiply rate, and the fraction each model achieves.
 
 * **FLOPs per image**, counted from the layers (``ressenet.models.count_macs``: every convolution and linear layer
   of one forward pass; BN, ReLU, pooling, the SE scale and the additions, about 1%, are left out as in He et al.):
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (  # noqa: E402
+from train_throughput import (
     DEFAULT_MODELS,
     Switch,
     add_data_args,
@@ -193,7 +193,7 @@ def main() -> int:
         e = statistics.median(rates[m]["engine"]) if rates[m]["engine"] else None
         b = statistics.median(rates[m]["bare"]) if rates[m]["bare"] else None
 
-        def cols(v: float | None) -> str:
+        def cols(v: float | None, f: int = f) -> str:
             return f"{v:12.1f} {v * f / 1e9:8.1f} {100 * v * f / peak:7.1f}%" if v else f"{'-':>12} {'-':>8} {'-':>8}"
 
         print(f"{m:<15} {f / 1e9:9.3f} {peak / f:11.0f} {cols(e)} {cols(b)[2:]}")

@@ -31,7 +31,6 @@ Helpers here (header, switches, engine/bare/reference runs) are shared by the ot
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -76,16 +75,16 @@ def torchvision_version() -> str:
         import torchvision
 
         return torchvision.__version__
-    except Exception as e:  # ImportError, or an operator-registration error against a mismatched torch
+    except Exception as e:  # noqa: BLE001  ImportError, or an operator-registration error against a mismatched torch
         return f"not importable ({type(e).__name__})"
 
 
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True, capture_output=True,
-                             timeout=5).stdout.strip()
+                             timeout=5, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True,
-                               capture_output=True, timeout=5).stdout.strip()
+                               capture_output=True, timeout=5, check=False).stdout.strip()
         return (out + ("+dirty" if dirty else "")) if out else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
