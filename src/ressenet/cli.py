@@ -29,7 +29,7 @@ TRAIN_FLAGS: dict[str, str] = {
     "--weight-decay": "optim.weight_decay", "--milestones": "optim.milestones", "--gamma": "optim.gamma",
     "--out": "run.out", "--seed": "run.seed", "--device": "run.device", "--precision": "run.precision",
     "--eval-every": "run.eval_every", "--log-every": "run.log_every", "--ckpt-every": "run.ckpt_every",
-    "--eval-batch-size": "run.eval_batch_size", "--progress": "run.progress",
+    "--eval-batch-size": "run.eval_batch_size", "--progress": "run.progress", "--compile-mode": "run.compile_mode",
 }
 # Boolean switches: --flag / --no-flag.
 TRAIN_SWITCHES: dict[str, str] = {

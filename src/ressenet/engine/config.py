@@ -65,6 +65,7 @@ class RunConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto = bf16 on a GPU that supports it, else fp32
     channels_last: bool | None = None  # None: on where it is faster (CUDA, and CPU convolutions)
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (launch-bound small nets)
     eval_every: int = 1_000  # iterations between test (and validation) evaluations; 0 = only at the end
     log_every: int = 100
     ckpt_every: int = 1_000
@@ -95,6 +96,8 @@ class Config:
                  "optim.milestones", o.milestones, "increasing positive iterations, e.g. 32000,48000")
         _require(not (o.nesterov and o.momentum == 0), "optim.nesterov", o.nesterov, "momentum > 0 with Nesterov")
         _require(r.precision in ("auto", "fp32", "bf16", "fp16"), "run.precision", r.precision, "auto|fp32|bf16|fp16")
+        _require(r.compile_mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                 "run.compile_mode", r.compile_mode, "default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
         _require(r.progress in ("auto", "bar", "plain", "none"), "run.progress", r.progress, "auto|bar|plain|none")
         _require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device", r.device,
                  "auto|cpu|cuda|cuda:N")
@@ -112,7 +115,7 @@ class Config:
 # prints, not what it computes.
 RESULT_NEUTRAL_KEYS = frozenset({
     "run.out", "run.device", "run.progress", "run.log_every", "run.ckpt_every", "run.eval_batch_size",
-    "run.compile", "data.data_root", "data.download", "data.cache_dir",
+    "run.compile", "run.compile_mode", "data.data_root", "data.download", "data.cache_dir",
 })
 
 

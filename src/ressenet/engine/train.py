@@ -341,6 +341,8 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
 def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, loader_cls: Any,
            count_params: Any) -> dict[str, Any] | None:
     is_main = dist_info.is_main
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every training batch has the same shape (the loader drops the rest)
     precision = resolve_precision(cfg.run.precision, device)
     channels_last = resolve_channels_last(cfg.run.channels_last, device)
     amp = autocast_context(precision, device)
@@ -382,7 +384,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(model) if cfg.run.compile else model
+    step_model = torch.compile(model, mode=cfg.run.compile_mode) if cfg.run.compile else model
 
     if is_main:
         tree = cfg.to_dict()
