@@ -32,18 +32,10 @@ import torch
 
 from ressenet.data import TrainLoader, load_split, normalization
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+DEFAULT_ROOT = common.REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def time_batches(next_batch, batches: int, repeats: int, warmup: int) -> list[float]:
@@ -57,23 +49,6 @@ def time_batches(next_batch, batches: int, repeats: int, warmup: int) -> list[fl
             next_batch()
         rates.append(batches / (time.perf_counter() - start))
     return rates
-
-
-class PILImages(torch.utils.data.Dataset):
-    """Map-style dataset of PIL images, as torchvision.datasets.CIFAR10 serves them."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.images = images  # (N, 32, 32, 3) uint8
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
 def endless(loader):
@@ -106,13 +81,14 @@ def main() -> int:
     try:
         import torchvision
         from torchvision import transforms
-    except Exception as e:  # ImportError, or an operator-registration error against a mismatched torch
+    except Exception as e:  # noqa: BLE001  ImportError, or an operator-registration error against a mismatched torch
         torchvision = None
         tv_error = f"{type(e).__name__}: {e}"
 
     print(f"python {platform.python_version()}, torch {torch.__version__}, "
           f"torchvision {torchvision.__version__ if torchvision else 'NOT AVAILABLE'}, numpy {np.__version__}")
-    print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores, torch intra-op threads {torch.get_num_threads()}")
+    print(f"cpu: {common.cpu_model()}, {os.cpu_count()} logical cores, "
+          f"torch intra-op threads {torch.get_num_threads()}")
 
     t0 = time.perf_counter()
     if args.dataset == "synthetic":
@@ -141,7 +117,7 @@ def main() -> int:
         transforms.ToTensor(),
         transforms.Normalize(mean, std),
     ])
-    baseline_ds = PILImages(ds.images.permute(0, 2, 3, 1).contiguous().numpy(), ds.labels.numpy(), transform)
+    baseline_ds = common.PILImages(ds.images.permute(0, 2, 3, 1).contiguous().numpy(), ds.labels.numpy(), transform)
     dl = torch.utils.data.DataLoader(baseline_ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
                                      num_workers=args.workers, persistent_workers=args.workers > 0)
     theirs = time_batches(endless(dl), args.batches, args.repeats, args.warmup)

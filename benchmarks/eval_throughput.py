@@ -31,23 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (
-    DEFAULT_MODELS,
-    Switch,
-    _accuracy,
-    add_data_args,
-    apply_threads,
-    fmt_rate,
-    footer,
-    header,
-    load_engine_data,
-    parse_list,
-    parse_switch,
-    resolve_device,
-    summary_stats,
-    sync,
-    write_json,
-)
+import _common as common
 
 
 def build(name: str, checkpoint: Path | None, num_classes: int) -> tuple[str, nn.Module]:
@@ -68,7 +52,7 @@ def build(name: str, checkpoint: Path | None, num_classes: int) -> tuple[str, nn
     return f"{cfg.model.name} ({checkpoint}, iter {state.get('iter')})", model
 
 
-def engine_eval(model: nn.Module, data: dict[str, Any], switch: Switch, device: torch.device, batch_size: int,
+def engine_eval(model: nn.Module, data: dict[str, Any], switch: common.Switch, device: torch.device, batch_size: int,
                 limit: int | None = None) -> tuple[float, dict[str, float]]:
     """(images/s, metrics) of one engine evaluation of the test split (``limit`` images: a warm-up)."""
     from ressenet.data import eval_batches
@@ -77,12 +61,12 @@ def engine_eval(model: nn.Module, data: dict[str, Any], switch: Switch, device: 
     r = switch.resolved(device)
     model.to(device, memory_format=torch.channels_last if r.channels_last else torch.contiguous_format)
     ds = data["test"] if limit is None else data["test"].subset(torch.arange(min(limit, len(data["test"]))))
-    sync(device)
+    common.sync(device)
     t0 = time.perf_counter()
     batches = eval_batches(ds, batch_size, mean=data["mean"], std=data["std"], device=device,
                            channels_last=r.channels_last)
     res = evaluate(model, batches, amp=autocast_context(r.precision, device))
-    sync(device)
+    common.sync(device)
     return res["images"] / (time.perf_counter() - t0), res
 
 
@@ -90,12 +74,11 @@ class ReferenceEval:
     """The released script's ``test()`` loop over a map-style PIL test set."""
 
     def __init__(self, data: dict[str, Any], device: torch.device, *, batch_size: int = 100, workers: int = 2):
-        from data_pipeline import PILImages
         from torchvision import transforms
 
         ds = data["test"]
         tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data["mean"], data["std"])])
-        self.dataset = PILImages(ds.images.permute(0, 2, 3, 1).contiguous().numpy(), ds.labels.numpy(), tf)
+        self.dataset = common.PILImages(ds.images.permute(0, 2, 3, 1).contiguous().numpy(), ds.labels.numpy(), tf)
         self.batch_size, self.workers, self.device = batch_size, workers, device
 
     def run(self, model: nn.Module, limit: int | None = None) -> tuple[float, dict[str, float]]:
@@ -105,20 +88,20 @@ class ReferenceEval:
         model.to(self.device, memory_format=torch.contiguous_format).eval()
         crit = nn.CrossEntropyLoss()
         n, loss_sum, top1_sum, top5_sum = 0, 0.0, 0.0, 0.0
-        sync(self.device)
+        common.sync(self.device)
         t0 = time.perf_counter()
         with torch.no_grad():
             for inputs, targets in loader:
                 inputs, targets = inputs.to(self.device), targets.to(self.device)
                 outputs = model(inputs)
                 loss = crit(outputs, targets)
-                prec1, prec5 = _accuracy(outputs.data, targets.data, topk=(1, 5))
+                prec1, prec5 = common.accuracy(outputs.data, targets.data, topk=(1, 5))
                 b = inputs.size(0)
                 loss_sum += loss.item() * b
                 top1_sum += prec1.item() * b
                 top5_sum += prec5.item() * b
                 n += b
-        sync(self.device)
+        common.sync(self.device)
         rate = n / (time.perf_counter() - t0)
         return rate, {"loss": loss_sum / n, "top1": top1_sum / n, "top5": top5_sum / n, "images": n}
 
@@ -126,7 +109,7 @@ class ReferenceEval:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", default=DEFAULT_MODELS)
+    parser.add_argument("--models", default=common.DEFAULT_MODELS)
     parser.add_argument("--checkpoint", type=Path, action="append", default=[],
                         help="engine checkpoint to evaluate instead of a fresh model of the same name (repeatable)")
     parser.add_argument("--switches", default=None,
@@ -138,18 +121,19 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warmup-images", type=int, default=2000, help="images evaluated untimed before each run")
     parser.add_argument("--repeats", type=int, default=3)
-    add_data_args(parser)
+    common.add_data_args(parser)
     parser.set_defaults(test_limit=0)  # the whole test split
     args = parser.parse_args()
-    apply_threads(args)
+    common.apply_threads(args)
 
-    device = resolve_device(args.device)
-    switches = [parse_switch(s) for s in
-                parse_list(args.switches or ("fp32,fp32+cl,bf16+cl" if device.type == "cuda" else "fp32,default"))]
+    device = common.resolve_device(args.device)
+    default_switches = "fp32,fp32+cl,bf16+cl" if device.type == "cuda" else "fp32,default"
+    switches = [common.parse_switch(s) for s in common.parse_list(args.switches or default_switches)]
     use_ref = args.reference == "auto"
-    info = header("evaluation throughput: engine vs the released-code test loop", device, with_torchvision=use_ref)
+    info = common.header("evaluation throughput: engine vs the released-code test loop", device,
+                         with_torchvision=use_ref)
     t_start = time.perf_counter()
-    data = load_engine_data(args)
+    data = common.load_engine_data(args)
     n_classes = len(data["train"].classes)
     print(f"data: {data['test'].description}: {len(data['test'])} test images; engine batch {args.eval_batch_size}, "
           f"reference batch {args.ref_batch_size} with {args.workers} workers; {args.repeats} alternating repeats "
@@ -161,7 +145,7 @@ def main() -> int:
         from ressenet.engine.checkpoint import load_checkpoint
 
         ckpts[load_checkpoint(c)["config"]["model"]["name"]] = c
-    models = parse_list(args.models)
+    models = common.parse_list(args.models)
     models += [m for m in ckpts if m not in models]
 
     results: dict[str, Any] = {"info": info, "models": {}}
@@ -197,20 +181,17 @@ def main() -> int:
             lines.append(("reference (released test())", row["reference"], row["metrics"]["reference"]))
         for i, (lbl, vals, m) in enumerate(lines):
             ratio = f"{statistics.median(vals) / ref_med:10.2f}x" if ref_med else f"{'-':>11}"
-            print(f"{name if i == 0 else '':<15} {lbl:<30} {fmt_rate(vals):>28} {ratio:>11} {m['top1']:7.2f} "
+            print(f"{name if i == 0 else '':<15} {lbl:<30} {common.fmt_rate(vals):>28} {ratio:>11} {m['top1']:7.2f} "
                   f"{m['top5']:7.2f}")
-        row["summary"] = {"engine": {k: summary_stats(v) for k, v in row["engine"].items() if v},
-                          "reference": summary_stats(row["reference"]) if row["reference"] else None}
+        row["summary"] = {"engine": {k: common.summary_stats(v) for k, v in row["engine"].items() if v},
+                          "reference": common.summary_stats(row["reference"]) if row["reference"] else None}
         if "reference" in row["metrics"]:
             fp32 = [row["metrics"][f"engine {s.name}"] for s in switches if s.resolved(device).precision == "fp32"]
             worst = max((abs(m["top1"] - row["metrics"]["reference"]["top1"]) for m in fp32), default=0.0)
             print(f"{'':<15} check: fp32 engine top-1 within {worst:.2f} pp of the reference's")
     print("top-1/top-5 in percent on the whole test split"
           + ("" if ckpts else " (fresh seeded weights: about chance; pass --checkpoint for trained ones)"))
-    print(f"total {time.perf_counter() - t_start:.0f} s")
-    footer(info)
-    write_json(args.json, results)
-    return 0
+    return common.finish(info, args.json, results, t_start)
 
 
 if __name__ == "__main__":

@@ -31,15 +31,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (
-    add_data_args,
-    data_overrides,
-    footer,
-    header,
-    load_engine_data,
-    resolve_device,
-    write_json,
-)
+import _common as common
 
 MIB = 1024 * 1024
 
@@ -100,19 +92,19 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=0.1,
                         help="fraction of the iterations left out of the growth fit (start-up)")
     parser.add_argument("--out", type=Path, default=None, help="keep the run directory here (default: a temp dir)")
-    add_data_args(parser)
+    common.add_data_args(parser)
     parser.set_defaults(test_limit=0, device="cpu")
     args = parser.parse_args()
 
-    device = resolve_device(args.device)
-    info = header(f"memory: peak resident set and growth of a {args.model} training run", device)
+    device = common.resolve_device(args.device)
+    info = common.header(f"memory: peak resident set and growth of a {args.model} training run", device)
     tmp = None
     if args.out is None:
         tmp = tempfile.TemporaryDirectory(prefix="ressenet-mem-")
         out = Path(tmp.name) / "run"
     else:
         out = args.out
-    ov = data_overrides(args)
+    ov = common.data_overrides(args)
     cmd = [sys.executable, "-m", "ressenet", "train", "--model", args.model, "--dataset", ov["data.dataset"],
            "--iters", str(args.iters), "--batch-size", str(args.batch_size), "--log-every", str(args.log_every),
            "--eval-every", str(args.eval_every), "--ckpt-every", str(args.ckpt_every), "--progress", "none",
@@ -152,7 +144,7 @@ def main() -> int:
         return 1
 
     # Dataset bytes (loaded after the run, so the child had the machine to itself) ---------------------------
-    data = load_engine_data(args)
+    data = common.load_engine_data(args)
     tr, te = data["train"], data["test"]
     ds_bytes = {"train_images": tr.images.nbytes, "train_labels": tr.labels.nbytes,
                 "test_images": te.images.nbytes, "test_labels": te.labels.nbytes}
@@ -215,11 +207,10 @@ def main() -> int:
             print(f"  resident at iteration ~{s['iter']:>6}: {s['rss'] / MIB:8.1f} MiB (t = {s['t']:.0f} s)")
     print(f"torch {torch.__version__}, threads in the child: torch's default ({os.cpu_count()} cores)"
           if not args.threads else f"OMP_NUM_THREADS={args.threads} in the child")
-    footer(info)
-    write_json(args.json, {"info": info, "command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak,
-                           "max_vmhwm_bytes": hwm, "dataset_bytes": ds_bytes, "trainloader_store_bytes": store,
-                           "params": params, "growth": growth, "samples": samples,
-                           "log_seen": {str(k): v for k, v in seen.items()}})
+    common.finish(info, args.json, {"info": info, "command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak,
+                                    "max_vmhwm_bytes": hwm, "dataset_bytes": ds_bytes, "trainloader_store_bytes": store,
+                                    "params": params, "growth": growth, "samples": samples,
+                                    "log_seen": {str(k): v for k, v in seen.items()}})
     if tmp is not None:
         tmp.cleanup()
     return 0

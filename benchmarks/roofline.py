@@ -29,22 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (
-    DEFAULT_MODELS,
-    Switch,
-    add_data_args,
-    apply_threads,
-    bare_run,
-    engine_run,
-    footer,
-    header,
-    parse_list,
-    parse_switch,
-    resolve_device,
-    scaled_log_every,
-    sync,
-    write_json,
-)
+import _common as common
 
 
 def flops_breakdown(model_name: str) -> dict[str, int]:
@@ -82,18 +67,18 @@ def matmul_rates(n: int, dtype: torch.dtype, device: torch.device, repeats: int)
     c = torch.empty(n, n, device=device, dtype=dtype)
     flops = 2.0 * n ** 3
     torch.mm(a, b, out=c)  # warm-up (and a first estimate of the time)
-    sync(device)
+    common.sync(device)
     t0 = time.perf_counter()
     torch.mm(a, b, out=c)
-    sync(device)
+    common.sync(device)
     inner = max(1, int(0.05 / max(time.perf_counter() - t0, 1e-6)))
     rates = []
     for _ in range(repeats):
-        sync(device)
+        common.sync(device)
         t0 = time.perf_counter()
         for _ in range(inner):
             torch.mm(a, b, out=c)
-        sync(device)
+        common.sync(device)
         rates.append(flops * inner / (time.perf_counter() - t0))
     return rates
 
@@ -101,7 +86,7 @@ def matmul_rates(n: int, dtype: torch.dtype, device: torch.device, repeats: int)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--models", default=DEFAULT_MODELS)
+    parser.add_argument("--models", default=common.DEFAULT_MODELS)
     parser.add_argument("--switch", default="default",
                         help="engine switch whose images/s are set against the peak (see train_throughput.py)")
     parser.add_argument("--sizes", default=None, help="square matmul sizes (default: 1024,2048,4096 on the CPU, "
@@ -115,15 +100,15 @@ def main() -> int:
     parser.add_argument("--from-json", type=Path, default=None,
                         help="images/s from a train_throughput.py --json file (engine default switch, bare step)")
     parser.add_argument("--batch-size", type=int, default=128)
-    add_data_args(parser)
+    common.add_data_args(parser)
     args = parser.parse_args()
-    apply_threads(args)
+    common.apply_threads(args)
 
-    device = resolve_device(args.device)
-    models = parse_list(args.models)
-    switch = parse_switch(args.switch)
+    device = common.resolve_device(args.device)
+    models = common.parse_list(args.models)
+    switch = common.parse_switch(args.switch)
     res = switch.resolved(device)
-    info = header("roofline: training FLOPs, matmul peak, achieved fraction", device)
+    info = common.header("roofline: training FLOPs, matmul peak, achieved fraction", device)
     t_start = time.perf_counter()
 
     # FLOPs ---------------------------------------------------------------------------------------------------
@@ -137,7 +122,8 @@ def main() -> int:
     print("(MMAC = 1e6 multiply-accumulates of one forward pass; training FLOPs = 3 passes x 2 FLOPs x MACs)")
 
     # Peak ----------------------------------------------------------------------------------------------------
-    sizes = [int(s) for s in parse_list(args.sizes or ("4096,8192" if device.type == "cuda" else "1024,2048,4096"))]
+    default_sizes = "4096,8192" if device.type == "cuda" else "1024,2048,4096"
+    sizes = [int(s) for s in common.parse_list(args.sizes or default_sizes)]
     dtypes = {"fp32": torch.float32} | ({"bf16": torch.bfloat16} if device.type == "cuda" else {})
     peaks: dict[str, float] = {}
     mm: dict[str, Any] = {}
@@ -163,7 +149,7 @@ def main() -> int:
             if row is None:
                 print(f"  {m}: not in {args.from_json}; not measured", file=sys.stderr)
                 continue
-            sname = row["summary"].get("engine_default_switch") if switch == Switch() else switch.name
+            sname = row["summary"].get("engine_default_switch") if switch == common.Switch() else switch.name
             rates[m]["engine"] = list(row["engine"].get(sname, [])) if sname else []
             rates[m]["bare"] = list(row["bare"].get(switch.name, []))
         print(f"images/s taken from {args.from_json}")
@@ -171,13 +157,14 @@ def main() -> int:
         log_base = args.log_every or (50 if device.type == "cuda" else 10)
         macs_min = min(c["total"] for c in costs.values())
         for m in models:
-            le = scaled_log_every(log_base, costs[m]["total"], macs_min)
+            le = common.scaled_log_every(log_base, costs[m]["total"], macs_min)
             for rep in range(args.repeats):
                 if not args.no_engine:
-                    r = engine_run(m, switch, args, log_every=le, intervals=args.intervals, batch_size=args.batch_size)
+                    r = common.engine_run(m, switch, args, log_every=le, intervals=args.intervals,
+                                          batch_size=args.batch_size)
                     rates[m]["engine"].append(r["images_per_second"])
-                rates[m]["bare"].append(bare_run(m, switch, device, warmup=le, iters=le * args.intervals,
-                                                 batch_size=args.batch_size))
+                rates[m]["bare"].append(common.bare_run(m, switch, device, warmup=le, iters=le * args.intervals,
+                                                        batch_size=args.batch_size))
                 print(f"  [{m} rep {rep + 1}] engine "
                       f"{rates[m]['engine'][-1] if rates[m]['engine'] else float('nan'):8.1f}  bare step "
                       f"{rates[m]['bare'][-1]:8.1f} img/s", flush=True)
@@ -200,11 +187,8 @@ def main() -> int:
         table[m] = {"train_flops": f, "engine": e, "bare": b, "engine_fraction": e * f / peak if e else None,
                     "bare_fraction": b * f / peak if b else None, "engine_runs": rates[m]["engine"],
                     "bare_runs": rates[m]["bare"]}
-    print(f"total {time.perf_counter() - t_start:.0f} s")
-    footer(info)
-    write_json(args.json, {"info": info, "flops": costs, "matmul": mm, "peaks": peaks, "switch": switch.name,
-                           "achieved": table})
-    return 0
+    return common.finish(info, args.json, {"info": info, "flops": costs, "matmul": mm, "peaks": peaks,
+                                           "switch": switch.name, "achieved": table}, t_start)
 
 
 if __name__ == "__main__":

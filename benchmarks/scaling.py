@@ -26,21 +26,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import (
-    add_data_args,
-    apply_threads,
-    bare_run,
-    engine_run,
-    fmt_rate,
-    footer,
-    header,
-    parse_list,
-    parse_switch,
-    resolve_device,
-    scaled_log_every,
-    train_flops_per_image,
-    write_json,
-)
+import _common as common
 
 
 def main() -> int:
@@ -60,36 +46,36 @@ def main() -> int:
     parser.add_argument("--intervals", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tolerance", type=float, default=0.10, help="flag |measured / predicted - 1| above this")
-    add_data_args(parser)
+    common.add_data_args(parser)
     args = parser.parse_args()
-    apply_threads(args)
+    common.apply_threads(args)
 
-    device = resolve_device(args.device)
-    switch = parse_switch(args.switch)
-    info = header(f"scaling with depth and batch size ({args.mode}, switch {switch.label(device)})", device)
+    device = common.resolve_device(args.device)
+    switch = common.parse_switch(args.switch)
+    info = common.header(f"scaling with depth and batch size ({args.mode}, switch {switch.label(device)})", device)
     t_start = time.perf_counter()
     log_base = args.log_every or (50 if device.type == "cuda" else 10)
-    families, depths = parse_list(args.families), [int(d) for d in parse_list(args.depths)]
-    batch_sizes = [int(b) for b in parse_list(args.batch_sizes)]
+    families, depths = common.parse_list(args.families), [int(d) for d in common.parse_list(args.depths)]
+    batch_sizes = [int(b) for b in common.parse_list(args.batch_sizes)]
 
     def measure(model: str, batch: int, log_every: int) -> float:
         if args.mode == "bare":
-            return bare_run(model, switch, device, warmup=log_every, iters=log_every * args.intervals,
-                            batch_size=batch)
-        return engine_run(model, switch, args, log_every=log_every, intervals=args.intervals,
-                          batch_size=batch)["images_per_second"]
+            return common.bare_run(model, switch, device, warmup=log_every, iters=log_every * args.intervals,
+                                   batch_size=batch)
+        return common.engine_run(model, switch, args, log_every=log_every, intervals=args.intervals,
+                                 batch_size=batch)["images_per_second"]
 
     results: dict[str, Any] = {"info": info, "mode": args.mode, "switch": switch.name}
     notes: list[str] = []
 
     if args.sweep in ("depth", "both"):
         models = [(f, d, f"{f}{d}") for d in depths for f in families]
-        cost = {name: train_flops_per_image(name) for _, _, name in models}
+        cost = {name: common.train_flops_per_image(name) for _, _, name in models}
         macs_min = min(c[0] for c in cost.values())
         rates: dict[str, list[float]] = {name: [] for _, _, name in models}
         for rep in range(args.repeats):
             for _, _, name in models:
-                le = scaled_log_every(log_base, cost[name][0], macs_min)
+                le = common.scaled_log_every(log_base, cost[name][0], macs_min)
                 rates[name].append(measure(name, args.depth_batch, le))
                 print(f"  [depth rep {rep + 1}] {name:<15} {rates[name][-1]:9.1f} img/s", flush=True)
         print()
@@ -110,7 +96,7 @@ def main() -> int:
                 name, base = f"{f}{d}", f"{f}{depths[0]}"
                 med = statistics.median(rates[name])
                 pred = statistics.median(rates[base]) * cost[base][1] / cost[name][1]
-                line += f" | {fmt_rate(rates[name]):>28} {pred:7.1f} {med / pred:9.2f}"
+                line += f" | {common.fmt_rate(rates[name]):>28} {pred:7.1f} {med / pred:9.2f}"
                 entry[f] = {"runs": rates[name], "median": med, "predicted": pred, "train_flops": cost[name][1]}
                 if abs(med / pred - 1) > args.tolerance:
                     notes.append(f"{name}: {med:.1f} img/s is {med / pred:.2f}x the FLOP prediction {pred:.1f} "
@@ -151,7 +137,7 @@ def main() -> int:
         table_b = []
         for b in batch_sizes:
             med = statistics.median(rates_b[b])
-            print(f"{b:>6} {fmt_rate(rates_b[b]):>28} {med / ref:10.2f}x {1000 * b / med:8.1f}")
+            print(f"{b:>6} {common.fmt_rate(rates_b[b]):>28} {med / ref:10.2f}x {1000 * b / med:8.1f}")
             table_b.append({"batch": b, "runs": rates_b[b], "median": med, "relative": med / ref})
             if abs(med / ref - 1) > args.tolerance:
                 notes.append(f"{name} batch {b}: {med / ref:.2f}x the batch-{ref_b} images/s (FLOPs predict 1.00x)")
@@ -165,10 +151,7 @@ def main() -> int:
     else:
         print(f"cost follows the FLOP count within {100 * args.tolerance:.0f}% everywhere measured")
     results["notes"] = notes
-    print(f"total {time.perf_counter() - t_start:.0f} s")
-    footer(info)
-    write_json(args.json, results)
-    return 0
+    return common.finish(info, args.json, results, t_start)
 
 
 if __name__ == "__main__":

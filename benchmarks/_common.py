@@ -1,0 +1,352 @@
+"""Helpers shared by the benchmark scripts in this folder (not a benchmark itself).
+
+* what ran where: the header every benchmark prints first (command line, versions, git commit, device, CPU, threads,
+  load average with a warning when other work is running), the footer (load average at the end), ``finish`` (total
+  time, footer, ``--json`` file);
+* figures: medians (min..max) of repeated timings, device synchronisation before reading the clock;
+* data and device arguments (``add_data_args``), the engine's own data, engine switches (precision, channels-last,
+  compile);
+* the measurements several scripts share: a short engine run (``train(cfg)``), the bare training step on a synthetic
+  batch, the released code's ``accuracy`` helper and its map-style PIL dataset.
+
+The scripts are run as ``python benchmarks/<script>.py`` from the repository root and put this folder on
+``sys.path``, then ``import _common as common``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+
+# Where the CIFAR-10 JPEG archive is looked for: the GPU machine's carried copy first, then shared/ beside the repo.
+ARCHIVE_CANDIDATES = (REPO / ".gpu" / "cifar10-jpeg.tar.gz", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+DEFAULT_MODELS = "resnet20,res_se_net20,res_se_net56,res_se_net110"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Header: what ran where
+# ---------------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def torchvision_version() -> str:
+    try:
+        import torchvision
+
+        return torchvision.__version__
+    except Exception as e:  # noqa: BLE001  ImportError, or an operator-registration error against a mismatched torch
+        return f"not importable ({type(e).__name__})"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True, capture_output=True,
+                             timeout=5, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, text=True,
+                               capture_output=True, timeout=5, check=False).stdout.strip()
+        return (out + ("+dirty" if dirty else "")) if out else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def resolve_device(name: str) -> torch.device:
+    from ressenet.engine.train import resolve_device as engine_resolve
+
+    return engine_resolve(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def header(title: str, device: torch.device, *, with_torchvision: bool = False) -> dict[str, Any]:
+    """Prints (and returns) the command line, versions, device, CPU and threads; every benchmark starts with it."""
+    from ressenet import __version__
+
+    info = {
+        "benchmark": title,
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "python": platform.python_version(), "torch": str(torch.__version__), "numpy": np.__version__,
+        "torchvision": torchvision_version() if with_torchvision else "not used",
+        "ressenet": __version__, "git": git_commit(),
+        "device": str(device), "device_name": device_name(device),
+        "cpu": cpu_model(), "logical_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "load_average_start": [round(v, 2) for v in os.getloadavg()],
+    }
+    print(f"== {title}")
+    print(f"command: {info['command']}")
+    print(f"python {info['python']}, torch {info['torch']}, torchvision {info['torchvision']}, numpy {info['numpy']}, "
+          f"ressenet {info['ressenet']} (git {info['git']})")
+    print(f"device: {device} ({info['device_name']}); cpu: {info['cpu']}, {info['logical_cores']} logical cores, "
+          f"torch intra-op threads {info['threads']}")
+    print(f"load average (1, 5, 15 min) at start: {info['load_average_start']}"
+          + ("  <- other work is running; figures will be low and noisy" if info["load_average_start"][0] > 0.5
+             else ""))
+    return info
+
+
+def footer(info: dict[str, Any]) -> None:
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    print(f"load average at end: {info['load_average_end']}")
+
+
+def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=1) + "\n")
+        print(f"wrote {path}")
+
+
+def summary_stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def fmt_rate(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):9.1f} ({min(values):.0f}..{max(values):.0f})"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def finish(info: dict[str, Any], json_path: Path | None, payload: dict[str, Any], t_start: float | None = None) -> int:
+    """A benchmark's last lines: total time since ``t_start`` (when given), the footer, the ``--json`` file; 0."""
+    if t_start is not None:
+        print(f"total {time.perf_counter() - t_start:.0f} s")
+    footer(info)
+    write_json(json_path, payload)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data and switch arguments
+# ---------------------------------------------------------------------------------------------------------------
+def default_archive() -> Path:
+    for p in ARCHIVE_CANDIDATES:
+        if p.exists():
+            return p
+    return ARCHIVE_CANDIDATES[-1]
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and device")
+    g.add_argument("--dataset", choices=["imagefolder", "synthetic"], default="imagefolder",
+                   help="imagefolder: the CIFAR-10 JPEG copy (default); synthetic: random images, nothing to read")
+    g.add_argument("--data-root", type=Path, default=None,
+                   help=f"image folder or archive (default: first of {', '.join(map(str, ARCHIVE_CANDIDATES))})")
+    g.add_argument("--cache-dir", default=None, help="decoded-image cache (default: ressenet's)")
+    g.add_argument("--train-limit", type=int, default=0, help="use a fixed subset of N training images (0 = all)")
+    g.add_argument("--test-limit", type=int, default=1000,
+                   help="test images for the evaluation train() always runs at its end (kept small: not timed)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    g.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    root = args.data_root or default_archive()
+    return {"data.dataset": args.dataset, "data.data_root": str(root) if args.dataset == "imagefolder" else None,
+            "data.cache_dir": args.cache_dir, "data.train_limit": args.train_limit, "data.test_limit": args.test_limit}
+
+
+def load_engine_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's own data (``load_data``): train/test ImageDatasets and the normalisation it uses."""
+    from ressenet.engine.config import load_config
+    from ressenet.engine.train import load_data
+
+    return load_data(load_config(None, data_overrides(args)))
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One engine setting: ``precision`` (auto|fp32|bf16|fp16), ``channels_last`` (None: engine default), compile."""
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        if self == Switch():
+            return "default"
+        parts = [self.precision]
+        if self.channels_last is not None:
+            parts.append("cl" if self.channels_last else "nchw")
+        if self.compile:
+            parts.append("compile")
+        return "+".join(parts)
+
+    def resolved(self, device: torch.device) -> Switch:
+        from ressenet.engine.train import resolve_channels_last, resolve_precision
+
+        return Switch(resolve_precision(self.precision, device), resolve_channels_last(self.channels_last, device),
+                      self.compile)
+
+    def label(self, device: torch.device) -> str:
+        r = self.resolved(device)
+        return self.name if r == self else f"{self.name} (= {r.name})"
+
+
+def parse_switch(text: str) -> Switch:
+    """``default`` (the engine's own choice), or ``PRECISION[+cl|+nchw][+compile]``; fp32 alone means NCHW."""
+    text = text.strip()
+    if text == "default":
+        return Switch()
+    prec, *rest = text.split("+")
+    if prec not in ("auto", "fp32", "bf16", "fp16"):
+        raise SystemExit(f"switch {text!r}: start with a precision (auto, fp32, bf16, fp16) or say 'default'")
+    cl: bool | None = None if prec == "auto" else False
+    comp = False
+    for tok in rest:
+        if tok == "cl":
+            cl = True
+        elif tok == "nchw":
+            cl = False
+        elif tok == "compile":
+            comp = True
+        else:
+            raise SystemExit(f"switch {text!r}: unknown part {tok!r} (expected cl, nchw or compile)")
+    return Switch(prec, cl, comp)
+
+
+def parse_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def train_flops_per_image(model_name: str) -> tuple[int, int]:
+    """(forward MACs, training FLOPs) per 32x32 image: FLOPs = 3 passes (forward, two backward matmuls) x 2 x MACs."""
+    from ressenet.models import count_macs, create_model
+
+    macs = count_macs(create_model(model_name, num_classes=10))
+    return macs, 6 * macs
+
+
+def scaled_log_every(base: int, macs: int, macs_min: int) -> int:
+    """Iterations per logging interval: ``base`` for the cheapest model, proportionally fewer for costlier ones."""
+    return max(1, round(base * macs_min / macs))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements shared by the benchmarks
+# ---------------------------------------------------------------------------------------------------------------
+def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_every: int, intervals: int,
+               batch_size: int = 128, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Times ``train(cfg)`` on ``(1 + intervals) * log_every`` iterations; returns its steady-state images/s."""
+    from ressenet.engine.config import load_config
+    from ressenet.engine.train import train
+
+    iters = log_every * (1 + intervals)
+    with tempfile.TemporaryDirectory(prefix="ressenet-bench-") as tmp:
+        overrides = data_overrides(args) | {
+            "model.name": model, "optim.iters": iters, "optim.batch_size": batch_size,
+            "run.out": tmp, "run.device": args.device, "run.precision": switch.precision,
+            "run.channels_last": switch.channels_last, "run.compile": switch.compile,
+            "run.eval_every": 0, "run.ckpt_every": 0, "run.log_every": log_every, "run.progress": "none",
+        } | (extra or {})
+        cfg = load_config(None, overrides)
+        t0 = time.perf_counter()
+        summary = train(cfg, overwrite=True)
+        wall = time.perf_counter() - t0
+        recs = [json.loads(ln) for ln in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    rates = [r["images_per_second"] for r in recs]
+    steady = summary["train_images_per_second"] if summary else None
+    if steady is None:  # a single interval: nothing after the warm-up one
+        steady = rates[-1]
+    return {"images_per_second": steady, "interval_rates": rates[1:], "first_interval_rate": rates[0],
+            "iters": iters, "log_every": log_every, "wall_seconds": wall, "final_loss": recs[-1]["train_loss"]}
+
+
+def bare_run(model_name: str, switch: Switch, device: torch.device, *, warmup: int, iters: int,
+             batch_size: int = 128) -> float:
+    """Images/s of forward + backward + SGD step on one fixed synthetic batch, as the engine would set it up."""
+    from ressenet.engine.train import autocast_context
+    from ressenet.models import create_model
+
+    r = switch.resolved(device)
+    fmt = torch.channels_last if r.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10).to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          **({"fused": True} if device.type == "cuda" else {}))
+    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    step_model = torch.compile(model) if r.compile else model
+    amp = autocast_context(r.precision, device)
+
+    def step() -> None:
+        with amp:
+            loss = F.cross_entropy(step_model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return batch_size * iters / (time.perf_counter() - t0)
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[torch.Tensor]:
+    """The released code's ``accuracy`` helper (from its utils/eval.py), verbatim in behaviour."""
+    maxk = max(topk)
+    batch_size = target.size(0)
+    _, pred = output.topk(maxk, 1, True, True)
+    pred = pred.t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return [correct[:k].reshape(-1).float().sum(0).mul_(100.0 / batch_size) for k in topk]
+
+
+class PILImages(torch.utils.data.Dataset):
+    """Map-style dataset of PIL images, as torchvision.datasets.CIFAR10 serves them."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images = images  # (N, 32, 32, 3) uint8
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
