@@ -214,20 +214,25 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> Config:
     return apply_overrides(Config(), _flatten(tree, where)).validate()
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested mapping in a ``--config`` YAML file, with one-line errors for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {p} must hold a mapping with sections model/data/optim/run")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then overrides; validated."""
     cfg = Config()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {p} must hold a mapping with sections model/data/optim/run")
-        apply_overrides(cfg, _flatten(tree, str(p)))
+        apply_overrides(cfg, _flatten(read_config_file(path), str(path)))
     apply_overrides(cfg, overrides or {})
     return cfg.validate()
 

@@ -10,6 +10,7 @@ augmentation are pure functions of (seed, epoch, position), and nothing else dra
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import signal
@@ -218,8 +219,6 @@ def _prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path,
             for name in RUN_FILES + ("train.log",):
                 (out / name).unlink(missing_ok=True)
         elif (out / "summary.json").is_file() and not overwrite:
-            import json
-
             return out, json.loads((out / "summary.json").read_text())
         elif overwrite and is_main:
             for name in RUN_FILES:
@@ -240,9 +239,7 @@ class _MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (rank 0 only); on resume drops lines past the checkpoint."""
 
     def __init__(self, path: Path, enabled: bool, resume_iter: int | None) -> None:
-        import json
-
-        self.path, self.enabled, self._json = path, enabled, json
+        self.path, self.enabled = path, enabled
         if enabled and resume_iter is not None and path.exists():
             keep = [ln for ln in path.read_text().splitlines() if ln.strip() and _line_iter(ln) <= resume_iter]
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
@@ -252,13 +249,11 @@ class _MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(self._json.dumps(record) + "\n")
+                f.write(json.dumps(record) + "\n")
                 f.flush()
 
 
 def _line_iter(line: str) -> int:
-    import json
-
     try:
         return int(json.loads(line)["iter"])
     except (ValueError, KeyError, TypeError):

@@ -71,23 +71,14 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Overrides for every cell: the ``--config`` file's values, then the flags and ``--set`` (which win)."""
-    import yaml
-
     from ressenet.cli import train_overrides
-    from ressenet.engine.config import ConfigError
+    from ressenet.engine.config import read_config_file
     from ressenet.experiments.grid import flatten_tree
 
     out: dict[str, Any] = {}
     if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass an existing YAML file to --config")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        out.update(flatten_tree({k: v for k, v in tree.items() if k != "meta"} if isinstance(tree, dict) else tree,
-                                str(path)))
+        tree = read_config_file(args.config)
+        out.update(flatten_tree({k: v for k, v in tree.items() if k != "meta"}, str(args.config)))
     out.update(train_overrides(args))
     return out
 
