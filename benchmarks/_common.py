@@ -193,11 +193,13 @@ def load_engine_data(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Switch:
-    """One engine setting: ``precision`` (auto|fp32|bf16|fp16), ``channels_last`` (None: engine default), compile."""
+    """One engine setting: ``precision`` (auto|fp32|bf16|fp16), ``channels_last`` (None: engine default), compile,
+    and the compile mode (``reduce-overhead`` adds CUDA graphs: the token ``ro``)."""
 
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    compile_mode: str = "default"
 
     @property
     def name(self) -> str:
@@ -208,13 +210,25 @@ class Switch:
             parts.append("cl" if self.channels_last else "nchw")
         if self.compile:
             parts.append("compile")
+            if self.compile_mode == "reduce-overhead":
+                parts.append("ro")
         return "+".join(parts)
+
+    @property
+    def flags(self) -> list[str]:
+        """The ``ressenet train`` flags that select this switch (empty for the engine's defaults)."""
+        out = [] if self.precision == "auto" else ["--precision", self.precision]
+        if self.channels_last is not None:
+            out.append("--channels-last" if self.channels_last else "--no-channels-last")
+        if self.compile:
+            out += ["--compile", "--compile-mode", self.compile_mode]
+        return out
 
     def resolved(self, device: torch.device) -> Switch:
         from ressenet.engine.train import resolve_channels_last, resolve_precision
 
         return Switch(resolve_precision(self.precision, device), resolve_channels_last(self.channels_last, device),
-                      self.compile)
+                      self.compile, self.compile_mode)
 
     def label(self, device: torch.device) -> str:
         r = self.resolved(device)
@@ -222,7 +236,8 @@ class Switch:
 
 
 def parse_switch(text: str) -> Switch:
-    """``default`` (the engine's own choice), or ``PRECISION[+cl|+nchw][+compile]``; fp32 alone means NCHW."""
+    """``default`` (the engine's own choice), or ``PRECISION[+cl|+nchw][+compile[+ro]]``; fp32 alone means NCHW;
+    ``ro`` is torch.compile's ``reduce-overhead`` mode (CUDA graphs) and implies ``compile``."""
     text = text.strip()
     if text == "default":
         return Switch()
@@ -230,7 +245,7 @@ def parse_switch(text: str) -> Switch:
     if prec not in ("auto", "fp32", "bf16", "fp16"):
         raise SystemExit(f"switch {text!r}: start with a precision (auto, fp32, bf16, fp16) or say 'default'")
     cl: bool | None = None if prec == "auto" else False
-    comp = False
+    comp, mode = False, "default"
     for tok in rest:
         if tok == "cl":
             cl = True
@@ -238,9 +253,11 @@ def parse_switch(text: str) -> Switch:
             cl = False
         elif tok == "compile":
             comp = True
+        elif tok == "ro":
+            comp, mode = True, "reduce-overhead"
         else:
-            raise SystemExit(f"switch {text!r}: unknown part {tok!r} (expected cl, nchw or compile)")
-    return Switch(prec, cl, comp)
+            raise SystemExit(f"switch {text!r}: unknown part {tok!r} (expected cl, nchw, compile or ro)")
+    return Switch(prec, cl, comp, mode)
 
 
 def parse_list(text: str) -> list[str]:
@@ -275,9 +292,12 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
             "model.name": model, "optim.iters": iters, "optim.batch_size": batch_size,
             "run.out": tmp, "run.device": args.device, "run.precision": switch.precision,
             "run.channels_last": switch.channels_last, "run.compile": switch.compile,
+            "run.compile_mode": switch.compile_mode,
             "run.eval_every": 0, "run.ckpt_every": 0, "run.log_every": log_every, "run.progress": "none",
         } | (extra or {})
         cfg = load_config(None, overrides)
+        if switch.compile:
+            torch._dynamo.reset()  # each model compiles afresh: no recompile limit, no graphs of the last model
         t0 = time.perf_counter()
         summary = train(cfg, overwrite=True)
         wall = time.perf_counter() - t0
@@ -304,7 +324,9 @@ def bare_run(model_name: str, switch: Switch, device: torch.device, *, warmup: i
                           **({"fused": True} if device.type == "cuda" else {}))
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    step_model = torch.compile(model) if r.compile else model
+    if r.compile:
+        torch._dynamo.reset()
+    step_model = torch.compile(model, mode=r.compile_mode) if r.compile else model
     amp = autocast_context(r.precision, device)
 
     def step() -> None:
