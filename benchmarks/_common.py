@@ -193,13 +193,13 @@ def load_engine_data(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Switch:
-    """One engine setting: ``precision`` (auto|fp32|bf16|fp16), ``channels_last`` (None: engine default), compile,
-    and the compile mode (``reduce-overhead`` adds CUDA graphs: the token ``ro``)."""
+    """One engine setting: ``precision`` (auto|fp32|bf16|fp16), ``channels_last`` and ``compile`` (None: the
+    engine's default), and the compile mode (``reduce-overhead`` adds CUDA graphs: the token ``ro``)."""
 
     precision: str = "auto"
     channels_last: bool | None = None
-    compile: bool = False
-    compile_mode: str = "default"
+    compile: bool | None = None
+    compile_mode: str = "auto"
 
     @property
     def name(self) -> str:
@@ -220,15 +220,16 @@ class Switch:
         out = [] if self.precision == "auto" else ["--precision", self.precision]
         if self.channels_last is not None:
             out.append("--channels-last" if self.channels_last else "--no-channels-last")
-        if self.compile:
-            out += ["--compile", "--compile-mode", self.compile_mode]
+        if self.compile is not None:
+            out += ["--compile", "--compile-mode", self.compile_mode] if self.compile else ["--no-compile"]
         return out
 
     def resolved(self, device: torch.device) -> Switch:
-        from ressenet.engine.train import resolve_channels_last, resolve_precision
+        from ressenet.engine.train import resolve_channels_last, resolve_compile, resolve_precision
 
+        on, mode = resolve_compile(self.compile, self.compile_mode, device)
         return Switch(resolve_precision(self.precision, device), resolve_channels_last(self.channels_last, device),
-                      self.compile, self.compile_mode)
+                      on, mode if on else "default")
 
     def label(self, device: torch.device) -> str:
         r = self.resolved(device)
@@ -236,8 +237,8 @@ class Switch:
 
 
 def parse_switch(text: str) -> Switch:
-    """``default`` (the engine's own choice), or ``PRECISION[+cl|+nchw][+compile[+ro]]``; fp32 alone means NCHW;
-    ``ro`` is torch.compile's ``reduce-overhead`` mode (CUDA graphs) and implies ``compile``."""
+    """``default`` (the engine's own choices), or ``PRECISION[+cl|+nchw][+compile[+ro]]``: fp32 alone means NCHW
+    and eager; ``ro`` is torch.compile's ``reduce-overhead`` mode (CUDA graphs) and implies ``compile``."""
     text = text.strip()
     if text == "default":
         return Switch()
@@ -245,7 +246,8 @@ def parse_switch(text: str) -> Switch:
     if prec not in ("auto", "fp32", "bf16", "fp16"):
         raise SystemExit(f"switch {text!r}: start with a precision (auto, fp32, bf16, fp16) or say 'default'")
     cl: bool | None = None if prec == "auto" else False
-    comp, mode = False, "default"
+    comp: bool | None = None if prec == "auto" else False
+    mode = "auto" if prec == "auto" else "default"
     for tok in rest:
         if tok == "cl":
             cl = True
@@ -296,7 +298,7 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
             "run.eval_every": 0, "run.ckpt_every": 0, "run.log_every": log_every, "run.progress": "none",
         } | (extra or {})
         cfg = load_config(None, overrides)
-        if switch.compile:
+        if switch.resolved(resolve_device(args.device)).compile:
             torch._dynamo.reset()  # each model compiles afresh: no recompile limit, no graphs of the last model
         t0 = time.perf_counter()
         summary = train(cfg, overwrite=True)

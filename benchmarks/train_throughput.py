@@ -109,7 +109,7 @@ class Reference:
 # ---------------------------------------------------------------------------------------------------------------
 def default_switches(device: torch.device) -> str:
     if device.type == "cuda":
-        return "fp32,fp32+cl,bf16+cl,bf16+cl+compile"
+        return "fp32,fp32+cl,bf16+cl,bf16+cl+compile+ro"
     return "fp32,fp32+cl,bf16+cl,fp32+cl+compile"
 
 

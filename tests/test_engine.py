@@ -16,7 +16,7 @@ import yaml
 from ressenet.cli import main as cli_main
 from ressenet.engine.checkpoint import load_checkpoint
 from ressenet.engine.config import Config, ConfigError, load_config
-from ressenet.engine.train import lr_at, train
+from ressenet.engine.train import lr_at, resolve_compile, train
 from ressenet.errors import RessenetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,21 @@ def test_lr_schedule_is_the_papers():
     assert not cfg.optim.nesterov
     assert lr_at(cfg, 0) == 0.1 and lr_at(cfg, 31_999) == 0.1
     assert lr_at(cfg, 32_000) == pytest.approx(0.01) and lr_at(cfg, 48_000) == pytest.approx(0.001)
+
+
+def test_compile_default_is_cuda_graphs_on_one_gpu_only():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_compile(None, "auto", cpu) == (False, "default")
+    assert resolve_compile(None, "auto", gpu) == (True, "reduce-overhead")
+    assert resolve_compile(None, "auto", gpu, world_size=2) == (False, "reduce-overhead")  # DDP stays eager
+    assert resolve_compile(True, "auto", cpu) == (True, "default")
+    assert resolve_compile(False, "auto", gpu) == (False, "reduce-overhead")
+    assert resolve_compile(True, "max-autotune", gpu) == (True, "max-autotune")
+    cfg = load_config(None, {"run.compile": "true", "run.compile_mode": "reduce-overhead"})
+    assert cfg.run.compile is True and cfg.run.compile_mode == "reduce-overhead"
+    assert load_config(None, {}).run.compile is None
+    with pytest.raises(ConfigError, match="run.compile_mode"):
+        load_config(None, {"run.compile_mode": "fast"})
 
 
 def test_short_run_writes_the_run_directory(tmp_path):

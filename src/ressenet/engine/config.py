@@ -64,8 +64,11 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto = bf16 on a GPU that supports it, else fp32
     channels_last: bool | None = None  # None: on where it is faster (CUDA, and CPU convolutions)
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" adds CUDA graphs (launch-bound small nets)
+    # torch.compile. None (auto): on for a single CUDA device, where these launch-bound small nets train about
+    # 3x faster compiled with CUDA graphs (BENCHMARKS.md, H200); off on the CPU (compiling costs about 80 s per
+    # process there) and under DDP (BatchNorm + CUDA graphs + DDP is a known slow path, pytorch#139207).
+    compile: bool | None = None
+    compile_mode: str = "auto"  # auto: "reduce-overhead" (CUDA graphs) on CUDA, "default" elsewhere
     eval_every: int = 1_000  # iterations between test (and validation) evaluations; 0 = only at the end
     log_every: int = 100
     ckpt_every: int = 1_000
@@ -96,8 +99,9 @@ class Config:
                  "optim.milestones", o.milestones, "increasing positive iterations, e.g. 32000,48000")
         _require(not (o.nesterov and o.momentum == 0), "optim.nesterov", o.nesterov, "momentum > 0 with Nesterov")
         _require(r.precision in ("auto", "fp32", "bf16", "fp16"), "run.precision", r.precision, "auto|fp32|bf16|fp16")
-        _require(r.compile_mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                 "run.compile_mode", r.compile_mode, "default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
+        _require(r.compile_mode in ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                 "run.compile_mode", r.compile_mode,
+                 "auto|default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
         _require(r.progress in ("auto", "bar", "plain", "none"), "run.progress", r.progress, "auto|bar|plain|none")
         _require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device", r.device,
                  "auto|cpu|cuda|cuda:N")
