@@ -26,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -312,15 +312,15 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
             "iters": iters, "log_every": log_every, "wall_seconds": wall, "final_loss": recs[-1]["train_loss"]}
 
 
-def bare_run(model_name: str, switch: Switch, device: torch.device, *, warmup: int, iters: int,
-             batch_size: int = 128) -> float:
-    """Images/s of forward + backward + SGD step on one fixed synthetic batch, as the engine would set it up."""
+def make_bare_step(model_name: str, switch: Switch, device: torch.device, *, batch_size: int = 128,
+                   seed: int = 0) -> Callable[[], None]:
+    """Forward + backward + SGD step of ``model_name`` on one fixed synthetic batch, set up as the engine would."""
     from ressenet.engine.train import autocast_context
     from ressenet.models import create_model
 
     r = switch.resolved(device)
     fmt = torch.channels_last if r.channels_last else torch.contiguous_format
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(model_name, num_classes=10).to(device, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
                           **({"fused": True} if device.type == "cuda" else {}))
@@ -338,6 +338,13 @@ def bare_run(model_name: str, switch: Switch, device: torch.device, *, warmup: i
         loss.backward()
         opt.step()
 
+    return step
+
+
+def bare_run(model_name: str, switch: Switch, device: torch.device, *, warmup: int, iters: int,
+             batch_size: int = 128) -> float:
+    """Images/s of the bare step (``make_bare_step``) over ``iters`` steps after ``warmup`` untimed ones."""
+    step = make_bare_step(model_name, switch, device, batch_size=batch_size)
     for _ in range(warmup):
         step()
     sync(device)
