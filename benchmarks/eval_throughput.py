@@ -114,7 +114,8 @@ def main() -> int:
                         help="engine checkpoint to evaluate instead of a fresh model of the same name (repeatable)")
     parser.add_argument("--switches", default=None,
                         help="default: 'fp32,default' on the CPU, 'fp32,fp32+cl,bf16+cl' on CUDA")
-    parser.add_argument("--eval-batch-size", type=int, default=1000, help="the engine's run.eval_batch_size")
+    parser.add_argument("--eval-batch-size", type=int, default=None,
+                        help="the engine's run.eval_batch_size (default: the engine's, 1000 on CUDA, 100 on the CPU)")
     parser.add_argument("--reference", choices=["auto", "none"], default="auto",
                         help="also time the released-code evaluation (needs torchvision)")
     parser.add_argument("--ref-batch-size", type=int, default=100, help="the released script's test batch")
@@ -133,6 +134,9 @@ def main() -> int:
     info = common.header("evaluation throughput: engine vs the released-code test loop", device,
                          with_torchvision=use_ref)
     t_start = time.perf_counter()
+    from ressenet.engine.train import resolve_eval_batch_size
+
+    args.eval_batch_size = resolve_eval_batch_size(args.eval_batch_size, device)
     data = common.load_engine_data(args)
     n_classes = len(data["train"].classes)
     print(f"data: {data['test'].description}: {len(data['test'])} test images; engine batch {args.eval_batch_size}, "

@@ -16,7 +16,7 @@ import yaml
 from ressenet.cli import main as cli_main
 from ressenet.engine.checkpoint import load_checkpoint
 from ressenet.engine.config import Config, ConfigError, load_config
-from ressenet.engine.train import lr_at, resolve_compile, train
+from ressenet.engine.train import lr_at, resolve_compile, resolve_eval_batch_size, train
 from ressenet.errors import RessenetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +70,15 @@ def test_compile_default_is_cuda_graphs_on_one_gpu_only():
     assert load_config(None, {}).run.compile is None
     with pytest.raises(ConfigError, match="run.compile_mode"):
         load_config(None, {"run.compile_mode": "fast"})
+
+
+def test_eval_batch_default_is_per_device():
+    assert resolve_eval_batch_size(None, torch.device("cpu")) == 100
+    assert resolve_eval_batch_size(None, torch.device("cuda", 0)) == 1000
+    assert resolve_eval_batch_size(250, torch.device("cpu")) == 250
+    assert load_config(None, {"run.eval_batch_size": "64"}).run.eval_batch_size == 64
+    with pytest.raises(ConfigError, match="run.eval_batch_size"):
+        load_config(None, {"run.eval_batch_size": "0"})
 
 
 def test_short_run_writes_the_run_directory(tmp_path):

@@ -73,7 +73,9 @@ class RunConfig:
     log_every: int = 100
     ckpt_every: int = 1_000
     sync_bn: bool = False
-    eval_batch_size: int = 1_000
+    # None: 1000 on CUDA, 100 on the CPU, where batch 1000 evaluated 1.34x slower (its activations miss the cache;
+    # BENCHMARKS.md, evaluation throughput). BatchNorm is in eval mode: the batch does not change the result.
+    eval_batch_size: int | None = None
     progress: str = "auto"  # auto | bar | plain | none
 
 
@@ -107,7 +109,8 @@ class Config:
                  "auto|cpu|cuda|cuda:N")
         for key in ("eval_every", "log_every", "ckpt_every"):
             _require(getattr(r, key) >= 0, f"run.{key}", getattr(r, key), "0 or a positive number of iterations")
-        _require(r.eval_batch_size > 0, "run.eval_batch_size", r.eval_batch_size, "a positive batch size")
+        _require(r.eval_batch_size is None or r.eval_batch_size > 0, "run.eval_batch_size", r.eval_batch_size,
+                 "a positive batch size")
         _require(d.val_split >= 0, "data.val_split", d.val_split, "0 (no validation split) or e.g. 5000")
         _require(d.train_limit >= 0 and d.test_limit >= 0, "data.train_limit", (d.train_limit, d.test_limit),
                  "0 (all images) or a positive number of images")

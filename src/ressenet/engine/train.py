@@ -85,6 +85,11 @@ def resolve_compile(flag: bool | None, mode: str, device: torch.device, world_si
     return on, mode
 
 
+def resolve_eval_batch_size(n: int | None, device: torch.device) -> int:
+    """The evaluation batch: as given, else 1000 on CUDA and 100 on the CPU (cache-sized; BENCHMARKS.md)."""
+    return n if n else (1000 if device.type == "cuda" else 100)
+
+
 def autocast_context(precision: str, device: torch.device) -> Any:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -180,14 +185,14 @@ def _eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, de
                 channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
     from ressenet.data import eval_batches
 
-    batches = eval_batches(ds, cfg.run.eval_batch_size, mean=data["mean"], std=data["std"], device=device,
+    batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"], std=data["std"], device=device,
                            channels_last=channels_last, rank=dist_info.rank, world_size=dist_info.world_size)
     return evaluate(model, batches, amp=amp, dist_info=dist_info)
 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                         cache_dir: str | None = None, split: str = "test", device: str = "auto",
-                        batch_size: int = 1000) -> dict[str, Any]:
+                        batch_size: int | None = None) -> dict[str, Any]:
     """Top-1/top-5/loss of any checkpoint the engine wrote, on a split of its dataset (or another)."""
     state = load_checkpoint(path)
     cfg = config_from_dict(state["config"], where=str(path))
