@@ -312,15 +312,15 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
             "iters": iters, "log_every": log_every, "wall_seconds": wall, "final_loss": recs[-1]["train_loss"]}
 
 
-def make_bare_step(model_name: str, switch: Switch, device: torch.device, *, batch_size: int = 128,
-                   seed: int = 0) -> Callable[[], None]:
+def make_bare_step(model_name: str, switch: Switch, device: torch.device, *,
+                   batch_size: int = 128) -> Callable[[], None]:
     """Forward + backward + SGD step of ``model_name`` on one fixed synthetic batch, set up as the engine would."""
     from ressenet.engine.train import autocast_context
     from ressenet.models import create_model
 
     r = switch.resolved(device)
     fmt = torch.channels_last if r.channels_last else torch.contiguous_format
-    torch.manual_seed(seed)
+    torch.manual_seed(0)
     model = create_model(model_name, num_classes=10).to(device, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
                           **({"fused": True} if device.type == "cuda" else {}))
@@ -347,12 +347,17 @@ def bare_run(model_name: str, switch: Switch, device: torch.device, *, warmup: i
     step = make_bare_step(model_name, switch, device, batch_size=batch_size)
     for _ in range(warmup):
         step()
+    return batch_size * iters / timed_steps(step, iters, device)
+
+
+def timed_steps(step: Callable[[], None], n: int, device: torch.device) -> float:
+    """Seconds for ``n`` calls of ``step``, the device synchronised before and after."""
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(iters):
+    for _ in range(n):
         step()
     sync(device)
-    return batch_size * iters / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[torch.Tensor]:

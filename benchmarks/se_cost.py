@@ -39,15 +39,6 @@ def bootstrap_median_ci(values: list[float], *, level: float = 0.95, draws: int 
     return float(lo), float(hi)
 
 
-def timed_block(step: Any, steps: int, device: Any) -> float:
-    common.sync(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    common.sync(device)
-    return time.perf_counter() - t0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,7 +78,7 @@ def main() -> int:
         for r in range(args.rounds):
             order = (0, 1) if r % 2 == 0 else (1, 0)
             for i in order:
-                times[i].append(timed_block(steps[i], args.steps, device))
+                times[i].append(common.timed_steps(steps[i], args.steps, device))
         ratios = [b / a - 1 for a, b in zip(*times)]
         med = statistics.median(ratios)
         lo, hi = bootstrap_median_ci(ratios)
