@@ -32,12 +32,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ressenet.engine.config import Config
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
 # Where the CIFAR-10 JPEG archive is looked for: the GPU machine's carried copy first, then shared/ beside the repo.
 ARCHIVE_CANDIDATES = (REPO / ".gpu" / "cifar10-jpeg.tar.gz", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 DEFAULT_MODELS = "resnet20,res_se_net20,res_se_net56,res_se_net110"
+PROTOCOL_ITERS = Config().optim.iters  # the paper's run length (64,000), for which a switch's defaults resolve
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,7 +230,9 @@ class Switch:
     def resolved(self, device: torch.device) -> Switch:
         from ressenet.engine.train import resolve_channels_last, resolve_compile, resolve_precision
 
-        on, mode = resolve_compile(self.compile, self.compile_mode, device)
+        # Resolved as for the paper's 64,000-iteration run: the engine's defaults depend on the run's length
+        # (compile on the CPU from CPU_COMPILE_MIN_ITERS), and a benchmark's short run stands for a long one.
+        on, mode = resolve_compile(self.compile, self.compile_mode, device, iters=PROTOCOL_ITERS)
         return Switch(resolve_precision(self.precision, device), resolve_channels_last(self.channels_last, device),
                       on, mode if on else "default")
 
@@ -293,7 +298,9 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
         overrides = data_overrides(args) | {
             "model.name": model, "optim.iters": iters, "optim.batch_size": batch_size,
             "run.out": tmp, "run.device": args.device, "run.precision": switch.precision,
-            "run.channels_last": switch.channels_last, "run.compile": switch.compile,
+            "run.channels_last": switch.channels_last,
+            # Explicit, as a full-length run resolves it (Switch.resolved): this run is far shorter.
+            "run.compile": switch.resolved(resolve_device(args.device)).compile,
             "run.compile_mode": switch.compile_mode,
             "run.eval_every": 0, "run.ckpt_every": 0, "run.log_every": log_every, "run.progress": "none",
         } | (extra or {})
@@ -312,17 +319,26 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
             "iters": iters, "log_every": log_every, "wall_seconds": wall, "final_loss": recs[-1]["train_loss"]}
 
 
-def make_bare_step(model_name: str, switch: Switch, device: torch.device, *,
-                   batch_size: int = 128) -> Callable[[], None]:
-    """Forward + backward + SGD step of ``model_name`` on one fixed synthetic batch, set up as the engine would."""
+def make_bare_step(model_name: str, switch: Switch, device: torch.device, *, batch_size: int = 128,
+                   lr: float = 0.1, init: dict[str, torch.Tensor] | None = None) -> Callable[[], None]:
+    """Forward + backward + SGD step of ``model_name`` on one fixed synthetic batch, set up as the engine would.
+
+    ``init``: a state dict whose matching entries replace the seeded initial weights (extra keys are ignored, so
+    a ResNet can take a Res-SE-Net's weights). ``lr=0`` keeps the weights where they start while every step still
+    does the whole update's arithmetic.
+    """
     from ressenet.engine.train import autocast_context
     from ressenet.models import create_model
 
     r = switch.resolved(device)
     fmt = torch.channels_last if r.channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = create_model(model_name, num_classes=10).to(device, memory_format=fmt).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+    model = create_model(model_name, num_classes=10)
+    if init is not None:
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in init.items() if k in own}, strict=False)
+    model = model.to(device, memory_format=fmt).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
                           **({"fused": True} if device.type == "cuda" else {}))
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch_size,), device=device)
