@@ -16,11 +16,12 @@ pair steps a second apart, so a drift slower than that cancels; the spread left 
 shared machine (about 10-25% here), which more rounds narrow.
 
 A second, direct measure does not depend on that jitter: every SE block of the Res-SE-Net is timed alone (forward
-and backward on its real input shape, in the switch's memory format and precision, median of ``--se-reps``) and
-its time put over the Res-SE-Net step's median. Inside the network the blocks do the same work on the same
-tensors, so this is what they add to the step, give or take cache effects (alone, their input is warm in cache)::
+and backward on its real input shape, in the switch's memory format and precision, compiled when the switch
+compiles; median of ``--se-reps``) and its time put over the Res-SE-Net step's median. Inside the network the
+blocks do the same work on the same tensors, so this is what they add to the step, give or take cache effects
+(alone, their input is warm in cache)::
 
-    python3 benchmarks/se_cost.py                                  # depths 20,32,44,56,110; about 10 min here
+    python3 benchmarks/se_cost.py                                  # depths 20,32,44,56,110; 15-30 min here
     python3 benchmarks/se_cost.py --depths 20 --rounds 4 --batch-size 16 --se-reps 5    # smoke
 """
 from __future__ import annotations
@@ -77,8 +78,10 @@ def se_blocks_seconds(model_name: str, switch: common.Switch, device: torch.devi
     for block, x in zip(blocks, inputs):
         x = x.requires_grad_()
         grad = torch.randn_like(x)
+        # Compiled when the switch compiles, so the block's ops fuse as they can inside the compiled network.
+        run_block = torch.compile(block, mode=r.compile_mode) if r.compile else block
 
-        def fwd_bwd(block: torch.nn.Module = block, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
+        def fwd_bwd(block: Any = run_block, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:
             with amp:
                 out = block(x)
             out.backward(grad)

@@ -234,6 +234,12 @@ def main() -> int:
             print(f"{lead}  {name:<32} {rate:>28} {ratio:>11} {vs_bare:>11}")
             first = False
         dflt = next((s.name for s in switches if s.resolved(device) == default_sw and row["engine"][s.name]), None)
+        # Each repeat runs the engine and the reference back to back, so their ratio within a repeat shares the
+        # machine's state of the moment; the median of those paired ratios is the steadier figure on a busy host.
+        paired = [e / r for e, r in zip(row["engine"][dflt], row["reference"])] if dflt else []
+        if paired:
+            print(f"{'':<15} {'':>9}  paired (engine default / reference, same repeat): "
+                  f"{' '.join(f'{p:.2f}' for p in paired)}; median {statistics.median(paired):.2f}x")
         row["summary"] = {
             "engine": {k: common.summary_stats(v) for k, v in row["engine"].items() if v},
             "reference": common.summary_stats(row["reference"]) if row["reference"] else None,
@@ -241,6 +247,7 @@ def main() -> int:
             "engine_default_switch": dflt,
             "engine_default_over_reference":
                 statistics.median(row["engine"][dflt]) / ref_med if dflt and ref_med else None,
+            "engine_default_over_reference_paired": paired,
             "engine_default_over_bare":
                 statistics.median(row["engine"][dflt]) / bare_med if dflt and bare_med else None,
         }

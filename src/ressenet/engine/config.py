@@ -64,9 +64,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto = bf16 on a GPU that supports it, else fp32
     channels_last: bool | None = None  # None: on where it is faster (CUDA, and CPU convolutions)
-    # torch.compile. None (auto): on for a single CUDA device, where these launch-bound small nets train about
-    # 3x faster compiled with CUDA graphs (BENCHMARKS.md, H200); off on the CPU (compiling costs about 80 s per
-    # process there) and under DDP (BatchNorm + CUDA graphs + DDP is a known slow path, pytorch#139207).
+    # torch.compile. None (auto, engine.train.resolve_compile): on for a single CUDA device, where these
+    # launch-bound small nets train about 3x faster compiled with CUDA graphs (BENCHMARKS.md, H200); on the CPU
+    # for runs of CPU_COMPILE_MIN_ITERS or more when a C++ compiler is found (about 80 s to compile, then
+    # 1.15-1.2x faster steps); off under DDP (BatchNorm + CUDA graphs + DDP is a known slow path, pytorch#139207).
     compile: bool | None = None
     compile_mode: str = "auto"  # auto: "reduce-overhead" (CUDA graphs) on CUDA, "default" elsewhere
     eval_every: int = 1_000  # iterations between test (and validation) evaluations; 0 = only at the end

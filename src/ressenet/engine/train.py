@@ -74,8 +74,8 @@ def resolve_channels_last(flag: bool | None, device: torch.device) -> bool:
 
 
 # A CPU run compiles by default from this many iterations on. Compiling costs about 80 s on the 2-core CPU of
-# BENCHMARKS.md and then trains res_se_net20 about 1.3x faster (about 0.12 s saved per step at batch 128), so it
-# pays for itself after some 700 iterations; 2,000 leaves room for slower compilers and keeps short runs (tests,
+# BENCHMARKS.md (less with Inductor's disk cache warm) and then trains res_se_net20 1.15-1.2x faster, about 0.07 s
+# saved per step at batch 128, so it pays for itself after some 1,200 iterations; 2,000 keeps short runs (tests,
 # the `quick` preset's 1,000) eager.
 CPU_COMPILE_MIN_ITERS = 2_000
 
@@ -97,12 +97,16 @@ def cpu_compiler_found() -> bool:
 
 def resolve_compile(flag: bool | None, mode: str, device: torch.device, world_size: int = 1, *,
                     iters: int = 0) -> tuple[bool, str]:
-    """(compile?, torch.compile mode) for a run of ``iters`` iterations (those still to train, when resuming).
+    """(compile?, torch.compile mode) for a run of ``iters`` iterations.
+
+    ``iters`` is the run's whole length, not what is left when resuming: the choice must not change on resume, or a
+    resumed run would switch kernels (compiled and eager differ in the last bits) and stop matching an
+    uninterrupted one.
 
     Auto (``flag`` None): on a single CUDA device, compiled with CUDA graphs: at batch 128 these nets are
     launch-bound, and res_se_net20 trained at 11k images/s eager and 40k compiled with CUDA graphs on an H200, the
     whole 64,000-iteration protocol in 247 s (BENCHMARKS.md). On the CPU, compiled (Inductor's C++ kernels) when
-    the run has at least ``CPU_COMPILE_MIN_ITERS`` iterations and a C++ compiler is found: 1.3x faster steps.
+    the run has at least ``CPU_COMPILE_MIN_ITERS`` iterations and a C++ compiler is found: 1.15-1.2x faster.
     Eager under DDP and everywhere else.
     """
     if flag is None:
@@ -429,7 +433,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
         model = nn.parallel.DistributedDataParallel(
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     compile_on, compile_mode = resolve_compile(cfg.run.compile, cfg.run.compile_mode, device, dist_info.world_size,
-                                               iters=cfg.optim.iters - start_it)
+                                               iters=cfg.optim.iters)
     if compile_on and device.type == "cpu" and not cpu_compiler_found():
         raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and a Python "
                             "that torch.compile supports, and none was found; install one or pass --no-compile")
