@@ -294,18 +294,19 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
     from ressenet.engine.train import train
 
     iters = log_every * (1 + intervals)
+    compiled = switch.resolved(resolve_device(args.device)).compile
     with tempfile.TemporaryDirectory(prefix="ressenet-bench-") as tmp:
         overrides = data_overrides(args) | {
             "model.name": model, "optim.iters": iters, "optim.batch_size": batch_size,
             "run.out": tmp, "run.device": args.device, "run.precision": switch.precision,
             "run.channels_last": switch.channels_last,
             # Explicit, as a full-length run resolves it (Switch.resolved): this run is far shorter.
-            "run.compile": switch.resolved(resolve_device(args.device)).compile,
+            "run.compile": compiled,
             "run.compile_mode": switch.compile_mode,
             "run.eval_every": 0, "run.ckpt_every": 0, "run.log_every": log_every, "run.progress": "none",
         } | (extra or {})
         cfg = load_config(None, overrides)
-        if switch.resolved(resolve_device(args.device)).compile:
+        if compiled:
             torch._dynamo.reset()  # each model compiles afresh: no recompile limit, no graphs of the last model
         t0 = time.perf_counter()
         summary = train(cfg, overwrite=True)
@@ -319,25 +320,35 @@ def engine_run(model: str, switch: Switch, args: argparse.Namespace, *, log_ever
             "iters": iters, "log_every": log_every, "wall_seconds": wall, "final_loss": recs[-1]["train_loss"]}
 
 
-def make_bare_step(model_name: str, switch: Switch, device: torch.device, *, batch_size: int = 128,
-                   lr: float = 0.1, init: dict[str, torch.Tensor] | None = None) -> Callable[[], None]:
-    """Forward + backward + SGD step of ``model_name`` on one fixed synthetic batch, set up as the engine would.
+def train_model(model_name: str, switch: Switch, device: torch.device, *,
+                init: dict[str, torch.Tensor] | None = None) -> tuple[torch.nn.Module, Switch, torch.memory_format, Any]:
+    """``model_name`` set up for training as the engine sets it up under ``switch``: (model in train mode on
+    ``device`` in the switch's memory format, the resolved switch, that memory format, the autocast context).
 
-    ``init``: a state dict whose matching entries replace the seeded initial weights (extra keys are ignored, so
-    a ResNet can take a Res-SE-Net's weights). ``lr=0`` keeps the weights where they start while every step still
-    does the whole update's arithmetic.
+    ``init``: a state dict whose matching entries replace the initial weights (extra keys are ignored, so a ResNet
+    can take a Res-SE-Net's weights).
     """
     from ressenet.engine.train import autocast_context
     from ressenet.models import create_model
 
     r = switch.resolved(device)
     fmt = torch.channels_last if r.channels_last else torch.contiguous_format
-    torch.manual_seed(0)
     model = create_model(model_name, num_classes=10)
     if init is not None:
         own = model.state_dict()
         model.load_state_dict({k: v for k, v in init.items() if k in own}, strict=False)
-    model = model.to(device, memory_format=fmt).train()
+    return model.to(device, memory_format=fmt).train(), r, fmt, autocast_context(r.precision, device)
+
+
+def make_bare_step(model_name: str, switch: Switch, device: torch.device, *, batch_size: int = 128,
+                   lr: float = 0.1, init: dict[str, torch.Tensor] | None = None) -> Callable[[], None]:
+    """Forward + backward + SGD step of ``model_name`` on one fixed synthetic batch, set up as the engine would.
+
+    ``init``: as in ``train_model``. ``lr=0`` keeps the weights where they start while every step still does the
+    whole update's arithmetic.
+    """
+    torch.manual_seed(0)
+    model, r, fmt, amp = train_model(model_name, switch, device, init=init)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4,
                           **({"fused": True} if device.type == "cuda" else {}))
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
@@ -345,7 +356,6 @@ def make_bare_step(model_name: str, switch: Switch, device: torch.device, *, bat
     if r.compile:
         torch._dynamo.reset()
     step_model = torch.compile(model, mode=r.compile_mode) if r.compile else model
-    amp = autocast_context(r.precision, device)
 
     def step() -> None:
         with amp:

@@ -54,22 +54,17 @@ def se_blocks_seconds(model_name: str, switch: common.Switch, device: torch.devi
                       reps: int) -> list[float]:
     """Median seconds of forward + backward of each SE block of ``model_name`` alone, on its input in the network.
 
-    The inputs are captured from one forward pass of the network set up as ``make_bare_step`` sets it up (memory
+    The inputs are captured from one forward pass of the network set up as for training (``train_model``: memory
     format, precision), so each block sees the shape, layout and dtype it sees in training.
     """
-    from ressenet.engine.train import autocast_context
-    from ressenet.models import create_model
     from ressenet.models.layers import SEBlock
 
-    r = switch.resolved(device)
-    fmt = torch.channels_last if r.channels_last else torch.contiguous_format
-    model = create_model(model_name, num_classes=10).to(device, memory_format=fmt).train()
+    model, r, fmt, amp = common.train_model(model_name, switch, device)
     blocks = [m for m in model.modules() if isinstance(m, SEBlock)]
     if not blocks:
         raise SystemExit(f"error: {model_name} has no SE blocks; pass an SE family with --se")
     inputs: list[torch.Tensor] = []
     handles = [b.register_forward_pre_hook(lambda _m, a: inputs.append(a[0].detach().clone())) for b in blocks]
-    amp = autocast_context(r.precision, device)
     with torch.no_grad(), amp:
         model(torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt))
     for h in handles:

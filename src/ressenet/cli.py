@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch (default: 1000 on CUDA, 100 on the CPU)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="evaluation batch (default: 1000 on CUDA, 100 on the CPU)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 

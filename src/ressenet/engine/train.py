@@ -221,8 +221,9 @@ def _eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, de
                 channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
     from ressenet.data import eval_batches
 
-    batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"], std=data["std"], device=device,
-                           channels_last=channels_last, rank=dist_info.rank, world_size=dist_info.world_size)
+    batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"],
+                           std=data["std"], device=device, channels_last=channels_last, rank=dist_info.rank,
+                           world_size=dist_info.world_size)
     return evaluate(model, batches, amp=amp, dist_info=dist_info)
 
 
@@ -434,7 +435,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
             raw_model, device_ids=[device.index] if device.type == "cuda" else None)
     compile_on, compile_mode = resolve_compile(cfg.run.compile, cfg.run.compile_mode, device, dist_info.world_size,
                                                iters=cfg.optim.iters)
-    if compile_on and device.type == "cpu" and not cpu_compiler_found():
+    # Auto already checked for a compiler; an explicit --compile is checked here, before a deep Inductor error.
+    if compile_on and cfg.run.compile and device.type == "cpu" and not cpu_compiler_found():
         raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and a Python "
                             "that torch.compile supports, and none was found; install one or pass --no-compile")
     step_model = torch.compile(model, mode=compile_mode) if compile_on else model
