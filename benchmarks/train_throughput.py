@@ -1,6 +1,6 @@
 """Steady-state training images/s through ressenet's engine, against a pipeline written like the paper's released code.
 
-Three figures per model, measured in the same process, alternating (A, B, C, A, B, C, ...) over ``--repeats``:
+Three figures per model, measured alternating (A, B, C, A, B, C, ...) over ``--repeats``:
 
 * **engine**: ``ressenet.engine.train.train(cfg)`` itself on a short run (data pipeline, loss bookkeeping, logging
   included), once per switch (``--switches``: precision, channels-last, torch.compile). Its figure is the run's
@@ -10,7 +10,9 @@ Three figures per model, measured in the same process, alternating (A, B, C, A, 
   ``torchvision.datasets.CIFAR10`` serves them) with per-sample ``RandomCrop(32, padding=4),
   RandomHorizontalFlip(), ToTensor(), Normalize(paper mean/std)`` in a ``DataLoader(batch 128, shuffle=True,
   num_workers=2)``, an eager NCHW float32 model, cross-entropy, SGD (momentum 0.9, weight decay 1e-4), and
-  ``loss.item()`` plus a top-1/top-5 computation every step, as its ``AverageMeter`` bookkeeping does.
+  ``loss.item()`` plus a top-1/top-5 computation every step, as its ``AverageMeter`` bookkeeping does. It runs
+  in its own spawned process (idle while the others run), as the released script runs in its own: it shares no
+  heap, allocator state or compiled code with the engine's runs.
 * **bare step**: forward, backward and SGD step of the same model on one fixed synthetic batch, no data at all:
   the ceiling the engine can approach (its ``--bare`` switch; by default the engine's default switch only).
 
@@ -104,6 +106,46 @@ class Reference:
         return rate
 
 
+def _reference_server(conn: Any, model_name: str, args: argparse.Namespace) -> None:
+    """Child process: builds one ``Reference`` and answers ``(warmup, iters)`` requests with its images/s."""
+    common.apply_threads(args)
+    device = common.resolve_device(args.device)
+    ref = Reference(model_name, common.load_engine_data(args), device, batch_size=args.batch_size,
+                    workers=args.workers)
+    conn.send("ready")
+    try:
+        while (msg := conn.recv()) is not None:
+            conn.send(ref.run(warmup=msg[0], iters=msg[1]))
+    except EOFError:  # the parent is gone
+        pass
+
+
+class ReferenceProcess:
+    """The reference loop in its own fresh (spawned) Python process, as the released script runs.
+
+    The child builds its model and data once and waits on a pipe between measurements, so it takes no CPU while
+    the engine runs; its model keeps training from one measurement to the next, as before.
+    """
+
+    def __init__(self, model_name: str, args: argparse.Namespace) -> None:
+        import multiprocessing as mp
+
+        self.conn, child = mp.get_context("spawn").Pipe()
+        # Not a daemon: its DataLoader starts worker processes. It exits when the pipe closes.
+        self.proc = mp.get_context("spawn").Process(target=_reference_server, args=(child, model_name, args))
+        self.proc.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError("reference process failed to start")
+
+    def run(self, *, warmup: int, iters: int) -> float:
+        self.conn.send((warmup, iters))
+        return float(self.conn.recv())
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=60)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,7 +196,7 @@ def main() -> int:
     macs_min = min(c[0] for c in costs.values())
     data = common.load_engine_data(args)
     print(f"data: {data['train'].description}: {len(data['train'])} training images; batch {args.batch_size}; "
-          f"engine default on {device.type}: {default_sw.name}")
+          f"engine default on {device.type}: {default_sw.name}; reference in its own process")
     print(f"each run: 1 warm-up + {args.intervals} timed intervals of {log_base} iterations for the cheapest model "
           f"(fewer for costlier ones, by forward MACs); {args.repeats} alternating repeats; "
           f"figures: images/s, median (min..max)")
@@ -175,7 +217,7 @@ def main() -> int:
                                "reference": [], "bare": {}}
         ref = None
         if model in ref_models:
-            ref = Reference(model, data, device, batch_size=args.batch_size, workers=args.workers)
+            ref = ReferenceProcess(model, args)
         bare_switches = [] if args.bare == "none" else (switches if args.bare == "all" else [common.Switch()])
         for s in bare_switches:
             row["bare"][s.name] = []
@@ -200,6 +242,8 @@ def main() -> int:
                 rate = common.bare_run(model, s, device, warmup=le, iters=timed, batch_size=args.batch_size)
                 row["bare"][s.name].append(rate)
                 print(f"  [{model} rep {rep + 1}] bare step {s.label(device):<21} {rate:9.1f} img/s", flush=True)
+        if ref is not None:
+            ref.close()
         results["models"][model] = row
 
     # Table ---------------------------------------------------------------------------------------------------
