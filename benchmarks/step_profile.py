@@ -65,14 +65,10 @@ def profile_step(model: str, switch: common.Switch, device: torch.device, *, ste
 
 
 def median_seconds(f: Callable[[], Any], reps: int) -> float:
+    """Median of ``reps`` single-call timings (``_common.timed_steps``) after 3 untimed calls."""
     for _ in range(3):
         f()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(common.timed_steps(f, 1, torch.device("cpu")) for _ in range(reps))
 
 
 def conv_rates(fmt: torch.memory_format, batch: int, reps: int) -> list[dict[str, Any]]:

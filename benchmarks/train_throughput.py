@@ -130,9 +130,10 @@ class ReferenceProcess:
     def __init__(self, model_name: str, args: argparse.Namespace) -> None:
         import multiprocessing as mp
 
-        self.conn, child = mp.get_context("spawn").Pipe()
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
         # Not a daemon: its DataLoader starts worker processes. It exits when the pipe closes.
-        self.proc = mp.get_context("spawn").Process(target=_reference_server, args=(child, model_name, args))
+        self.proc = ctx.Process(target=_reference_server, args=(child, model_name, args))
         self.proc.start()
         if self.conn.recv() != "ready":
             raise RuntimeError("reference process failed to start")
