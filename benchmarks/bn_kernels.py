@@ -222,13 +222,11 @@ def check(shapes: list[tuple[int, int]], batch: int) -> float:
 
 
 def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for i in range(reps + 3):
-        t0 = time.perf_counter()
+    """Median ms of one call of ``fn`` over ``reps`` calls, after 3 untimed ones."""
+    for _ in range(3):
         fn()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    cpu = torch.device("cpu")
+    return statistics.median(common.timed_steps(fn, 1, cpu) for _ in range(reps)) * 1e3
 
 
 def _alone_row(c: int, side: int, batch: int, reps: int) -> dict[str, float]:
