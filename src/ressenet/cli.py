@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model with the paper's protocol (resumes an existing --out)")
     _add_train_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run directory holding another configuration")
+    p.add_argument("--fused-mechanism", default="auto", choices=("auto", "sequential", "graphs"),
+                   help="how several members (--model a,b --seed 1,2) train together: sequential (one after another "
+                        "in one process), graphs (CUDA graphs replayed on parallel streams); auto: graphs on CUDA, "
+                        "sequential on the CPU")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
@@ -157,11 +161,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ressenet.engine.config import load_config
     from ressenet.engine.train import train
 
-    cfg = load_config(args.config, train_overrides(args))
+    overrides = train_overrides(args)
+    models = [m.strip() for m in str(overrides.get("model.name") or "").split(",") if m.strip()]
+    seeds = [s.strip() for s in str(overrides.get("run.seed") or "").split(",") if s.strip()]
+    if len(models) > 1 or len(seeds) > 1:
+        return _train_fused(args, overrides, models, seeds)
+    cfg = load_config(args.config, overrides)
     summary = train(cfg, overwrite=args.overwrite)
     if summary is not None:
         print(f"final test top-1 {summary['test_top1']:.2f}%  top-5 {summary['test_top5']:.2f}%  "
               f"({summary['iters']} iterations, {summary['wall_seconds']:.0f} s) -> {cfg.run.out}")
+    return 0
+
+
+def _train_fused(args: argparse.Namespace, overrides: dict[str, Any], models: list[str], seeds: list[str]) -> int:
+    """``--model a,b --seed 1,2,3``: the product of models and seeds, trained together (engine/fused.py)."""
+    from ressenet.engine.config import load_config
+    from ressenet.engine.fused import fused_configs, train_fused
+    from ressenet.errors import RessenetError
+
+    out = overrides.pop("run.out", None)
+    if not out:
+        raise RessenetError("several members (--model a,b or --seed 1,2) need --out DIR; each member trains in "
+                            "DIR/<model>-s<seed>")
+    base = load_config(args.config, {})
+    models = models or [base.model.name]
+    try:
+        seed_list = [int(s) for s in seeds] if seeds else [base.run.seed]
+    except ValueError:
+        raise RessenetError(f"--seed {overrides.get('run.seed')!r} must be integers separated by commas, "
+                            f"e.g. --seed 1,2,3") from None
+    rest = {k: v for k, v in overrides.items() if k not in ("model.name", "run.seed")}
+    cfgs = fused_configs(rest, models, seed_list, out, args.config)
+    for s in train_fused(cfgs, overwrite=args.overwrite, mechanism=args.fused_mechanism):
+        print(f"{s['model']} seed {s['seed']}: final test top-1 {s['test_top1']:.2f}%  top-5 {s['test_top5']:.2f}%")
     return 0
 
 

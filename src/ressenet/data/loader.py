@@ -69,6 +69,8 @@ class TrainLoader:
         rank: This process's data-parallel rank.
         world_size: Number of data-parallel processes.
         channels_last: Return batches in ``torch.channels_last`` memory format.
+        share_pixels_with: Another loader over the same dataset and device whose stored pixels this one reuses
+            (fused training: one copy of the data for all members).
 
     Attributes:
         batches_per_epoch: ``len(ds) // batch_size``; the last partial batch is dropped (each epoch drops a
@@ -79,7 +81,7 @@ class TrainLoader:
 
     def __init__(self, ds: ImageDataset, batch_size: int, *, mean: Sequence[float], std: Sequence[float], seed: int,
                  device: str | torch.device = "cpu", augment: bool = True, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, share_pixels_with: TrainLoader | None = None) -> None:
         _check_shard(rank, world_size)
         if not isinstance(batch_size, int) or batch_size < 1 or batch_size % world_size:
             raise DataError(f"batch_size={batch_size!r} must be a positive multiple of world_size={world_size}")
@@ -101,14 +103,21 @@ class TrainLoader:
 
         n, c, h, w = ds.images.shape
         self._scale, self._bias = _affine(mean, std, c, self.device)
+        self._ready_epoch: int | None = None
+        self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        other = share_pixels_with
+        if other is not None:
+            # Fused training: members of one group read the same stored pixels (each its own order and crops).
+            if (other.device, other.num_samples, other._windows.shape[1]) != (self.device, n, c):
+                raise DataError("share_pixels_with must be a TrainLoader over the same dataset on the same device")
+            self._windows, self._labels = other._windows, other._labels
+            return
         store = torch.zeros(2, n, c, h + 2 * PAD, w + 2 * PAD, dtype=torch.uint8, device=self.device)
         store[0, :, :, PAD:PAD + h, PAD:PAD + w] = ds.images.to(self.device)
         store[1] = store[0].flip(-1)
         # (2N, C, 2*PAD+1, 2*PAD+1, H, W): window [i, :, dy, dx] is the crop at offset (dy, dx) of stored image i.
         self._windows = store.view(2 * n, c, h + 2 * PAD, w + 2 * PAD).unfold(2, h, 1).unfold(3, w, 1)
         self._labels = ds.labels.to(self.device)
-        self._ready_epoch: int | None = None
-        self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return self.batches_per_epoch

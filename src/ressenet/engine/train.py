@@ -183,6 +183,8 @@ def _versions(device: torch.device) -> dict[str, Any]:
                                 capture_output=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
+    # A copy of the tree without .git (a device machine, a cluster's scratch) can be told its commit.
+    commit = commit or os.environ.get("RESSENET_GIT_COMMIT") or None
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     return {"ressenet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "git_commit": commit, "device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
@@ -356,6 +358,51 @@ class _StopRequested(Exception):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# One step, one checkpoint: shared by the single-run loop and fused training (engine/fused.py)
+# ---------------------------------------------------------------------------------------------------------------
+def train_step(step_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, amp: Any,
+               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on (x, y); returns the detached (loss, logits). The optimizer's lr must already be set."""
+    with amp:
+        logits = step_model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def make_checkpoint(cfg: Config, it: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, loader: Any, best: dict[str, Any], wall: float,
+                    steady: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Everything ``last.pt`` holds: weights, optimizer, data position, RNG, bests, costs, the config."""
+    return {"version": CHECKPOINT_VERSION, "iter": it, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "scheduler": {"milestones": list(cfg.optim.milestones), "gamma": cfg.optim.gamma, "lr": lr_at(cfg, it)},
+            "data": loader.state_dict(), "best": best, "wall_seconds": wall, "steady": steady,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+            "config": cfg.to_dict()}
+
+
+def restore_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       scaler: torch.amp.GradScaler, loader: Any,
+                       device: torch.device) -> tuple[int, dict[str, Any], float, dict[str, Any]]:
+    """Loads ``path`` (written by :func:`make_checkpoint`) into the live objects; returns
+    (iteration, bests, wall seconds so far, steady-state counters)."""
+    state = load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    loader.load_state_dict(state["data"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return int(state["iter"]), dict(state["best"]), float(state["wall_seconds"]), dict(state["steady"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------------------
 def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
@@ -419,16 +466,8 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
     elapsed_before, steady = 0.0, {"images": 0, "seconds": 0.0}
     last_path = out / "last.pt"
     if last_path.exists():
-        state = load_checkpoint(last_path)
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        loader.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start_it, best = int(state["iter"]), dict(state["best"])
-        elapsed_before, steady = float(state["wall_seconds"]), dict(state["steady"])
+        start_it, best, elapsed_before, steady = restore_checkpoint(last_path, raw_model, optimizer, scaler, loader,
+                                                                    device)
     model: nn.Module = raw_model
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
@@ -457,13 +496,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
                          f"it, a minute or two on a CPU; --no-compile trains eager")
 
     def checkpoint_state(it: int, wall: float) -> dict[str, Any]:
-        return {"version": CHECKPOINT_VERSION, "iter": it, "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": {"milestones": list(cfg.optim.milestones), "gamma": cfg.optim.gamma, "lr": lr_at(cfg, it)},
-                "data": loader.state_dict(), "best": best, "wall_seconds": wall, "steady": steady,
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-                "config": cfg.to_dict()}
+        return make_checkpoint(cfg, it, raw_model, optimizer, scaler, loader, best, wall, steady, device)
 
     # Stop cleanly on SIGINT/SIGTERM: finish the step, checkpoint, exit.
     stop: list[int] = []
@@ -489,17 +522,10 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo, lo
             for g in optimizer.param_groups:
                 g["lr"] = lr
             x, y = loader.next()
-            with amp:
-                logits = step_model(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            ld = loss.detach()
+            ld, logits = train_step(step_model, optimizer, scaler, amp, x, y)
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(ld), step, first_bad)
             acc[0] += ld.double() * len(y)
-            acc[1] += (logits.detach().argmax(1) == y).sum()
+            acc[1] += (logits.argmax(1) == y).sum()
             images += len(y)
             step += 1
             it += 1

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Fused training on one GPU, in one device-tool call (whole script: GPU_BUDGET seconds, default 570):
+#   1. the first real comparison: resnet20, se_resnet20, res_se_net20 and resnet20_nobridge, seeds 1-3, the paper's
+#      full protocol (64,000 iterations, batch 128, lr 0.1 /10 at 32k and 48k, test evaluation and checkpoint every
+#      1000) on the CIFAR-10 JPEG copy, as ONE fused job (engine/fused.py, mechanism graphs). It runs under a time cap
+#      (at the cap: SIGINT, every member checkpoints, and the same script resumes it in a second call while the
+#      machine is warm, RESUME=1);
+#   2. benchmarks/fused_throughput.py in the time left: aggregate images/s against group size at depths 20, 56 and
+#      110, the graphs on one stream, eager members, and separate processes started at once;
+#   3. packs the run directories (config.yaml, metrics.jsonl, summary.json; no checkpoints) into
+#      $OUT/fused_runs.tar.gz.
+#
+# Data: the 20 MB archive at .gpu/cifar10-jpeg.tar.gz (git-ignored). Before calling the device tool:
+#     mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
+# then run `bash benchmarks/fused_gpu.sh` there with carry [".gpu"] and timeout_s 600.
+# Check it on the CPU first (tiny sizes, mechanism sequential, the same commands):
+#     bash benchmarks/fused_gpu.sh --cpu-dry-run
+# Knobs (environment): PYTHON (default python3), GPU_BUDGET, RESUME=1 (skip the benchmark; finish the comparison),
+# ITERS (default 64000).
+set -uo pipefail
+
+DRY_RUN=0
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-dry-run) DRY_RUN=1 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    *) echo "fused_gpu.sh: unknown argument $arg (only --cpu-dry-run)" >&2; exit 2 ;;
+  esac
+done
+cd "$(dirname "$0")/.." || exit 2
+REPO="$(pwd)"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # the GPU machine has torch but not ressenet installed
+export PYTHONUNBUFFERED=1
+OUTDIR="${OUT:-$REPO/.gpu/out}"
+mkdir -p "$OUTDIR"
+exec > >(tee -a "$OUTDIR/fused_gpu.log") 2>&1
+T0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T0 )); }
+left() { echo $(( BUDGET - $(date +%s) + T0 )); }
+
+ARCHIVE="$REPO/.gpu/cifar10-jpeg.tar.gz"
+if [ ! -f "$ARCHIVE" ]; then
+  echo "fused_gpu.sh: $ARCHIVE is missing: mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/ and name" \
+       ".gpu in the device tool's carry" >&2
+  exit 2
+fi
+MODELS="resnet20,se_resnet20,res_se_net20,resnet20_nobridge"
+SEEDS="1,2,3"
+if [ "$DRY_RUN" = 1 ]; then
+  DEVICE=cpu; BUDGET="${GPU_BUDGET:-100000}"; RUNS="$REPO/.gpu/dry/paper"
+  TRAIN_ARGS=(--iters "${ITERS:-6}" --batch-size 8 --eval-every 2 --log-every 2 --ckpt-every 2 --no-compile
+              --set data.train_limit=256 --set data.test_limit=100)
+  CASES="sequential:20:1,2;procs:20:2"
+  BENCH_ARGS=(--batch-size 8 --seconds 0.5 --min-steps 2)
+else
+  DEVICE=cuda; BUDGET="${GPU_BUDGET:-570}"; RUNS="$REPO/.gpu/runs/paper"
+  TRAIN_ARGS=(--iters "${ITERS:-64000}" --log-every 1000)
+  CASES="graphs:20:1,2,4,8,12,16,32;graphs1s:20:12;sequential:20:1;graphs:56:1,4,8,16;graphs:110:1,4,8,16;procs:20:4"
+  BENCH_ARGS=(--seconds 1.5 --min-steps 10)
+fi
+
+echo "== benchmarks/fused_gpu.sh (dry run $DRY_RUN, device $DEVICE, budget $BUDGET s, resume ${RESUME:-0}) $(date -u +%FT%TZ)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
+  --format=csv,noheader
+"$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', \
+torch.version.cuda, 'GPU', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')"
+
+echo "-- 0. decoding the archive into the cache [t=$(elapsed) s]"
+"$PY" -c "
+import sys, time
+from ressenet.data import load_datasets
+t = time.perf_counter(); s = load_datasets('imagefolder', sys.argv[1])
+print(f\"{s['train'].description}: {len(s['train'])} train / {len(s['test'])} test in {time.perf_counter() - t:.1f} s\")
+" "$ARCHIVE" || exit 1
+
+BENCH_TIME=$([ "${RESUME:-0}" = 1 ] && echo 0 || echo 75)
+CAP=$(( $(left) - BENCH_TIME - 25 ))
+echo "-- 1. fused comparison: $MODELS x seeds $SEEDS, cap $CAP s [t=$(elapsed) s]"
+p0=$(date +%s)
+timeout -s INT --kill-after=40 "$CAP" "$PY" -m ressenet train --model "$MODELS" --seed "$SEEDS" \
+  --dataset imagefolder --data-root "$ARCHIVE" --device "$DEVICE" --out "$RUNS" --progress plain "${TRAIN_ARGS[@]}"
+RC=$?
+echo "   exit status $RC after $(( $(date +%s) - p0 )) s"
+
+if [ "$BENCH_TIME" -gt 0 ]; then
+  echo "-- 2. fused throughput (start no case after $(( $(left) - 20 )) s) [t=$(elapsed) s]"
+  timeout -s KILL "$(( $(left) - 10 ))" "$PY" benchmarks/fused_throughput.py --device "$DEVICE" --cases "$CASES" \
+    --data-root "$ARCHIVE" --deadline "$(( $(left) - 25 ))" --json "$OUTDIR/fused_throughput.json" "${BENCH_ARGS[@]}" \
+    || echo "   fused_throughput.py failed or was cut (exit $?)"
+fi
+
+echo "-- 3. results [t=$(elapsed) s]"
+"$PY" - "$RUNS" <<'EOF'
+import json, sys
+from pathlib import Path
+for d in sorted(Path(sys.argv[1]).iterdir()):
+    s, m = d / "summary.json", d / "metrics.jsonl"
+    if s.exists():
+        j = json.loads(s.read_text())
+        print(f"{d.name:<28} done: test top-1 {j['test_top1']:.2f}%  top-5 {j['test_top5']:.2f}%  "
+              f"{j['train_images_per_second'] or 0:,.0f} img/s per member")
+    elif m.exists():
+        recs = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+        print(f"{d.name:<28} stopped at iteration {recs[-1]['iter'] if recs else 0}")
+EOF
+tar czf "$OUTDIR/fused_runs.tar.gz" --exclude='*.pt' -C "$(dirname "$RUNS")" "$(basename "$RUNS")" && \
+  echo "packed $OUTDIR/fused_runs.tar.gz ($(du -k "$OUTDIR/fused_runs.tar.gz" | cut -f1) KiB)"
+echo "== fused_gpu.sh done in $(elapsed) s"

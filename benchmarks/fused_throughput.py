@@ -1,0 +1,164 @@
+"""Fused training throughput: aggregate training images/s against group size, per depth and mechanism.
+
+Each case builds a fused group (engine/fused.py) of N members (the families resnet, se_resnet, res_se_net in turn,
+seeds 1..N) on the real data, runs the warm-up steps (eager steps and CUDA-graph capture), then times whole
+group steps until ``--seconds`` have passed (at least ``--min-steps``). Figures: aggregate images/s, per-member
+images/s, the ratio to N = 1 of the same depth and mechanism, and the device memory per member (CUDA: the peak
+allocated during the case over N).
+
+Cases (``--cases``, separated by ";", each MECHANISM:DEPTH:N[,N...]):
+    graphs:20:1,2,4,8        CUDA graphs replayed on parallel streams (the CUDA default)
+    graphs1s:20:8            the same graphs on one stream (how much the overlap of members adds)
+    sequential:20:1,4        members one after another, eager (the CPU default)
+    procs:20:4               N separate processes started at once, one single-member group each (the naive way)
+
+    python benchmarks/fused_throughput.py --device cpu --cases sequential:20:1,2,4 --data-root ../shared/data/cifar10-jpeg.tar.gz
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ressenet.engine.config import load_config
+from ressenet.engine.fused import WARMUP_STEPS, FusedGroup, fused_configs
+from ressenet.engine.train import load_data
+
+FAMILIES = ("resnet", "se_resnet", "res_se_net")
+
+
+def members(depth: int, n: int) -> list[tuple[str, int]]:
+    return [(f"{FAMILIES[i % 3]}{depth}", 1 + i // 3) for i in range(n)]
+
+
+def base_overrides(args: argparse.Namespace) -> dict[str, object]:
+    ov: dict[str, object] = {"run.device": args.device, "optim.batch_size": args.batch_size, "run.progress": "none",
+                             "optim.iters": 10 ** 6, "run.log_every": 0, "run.eval_every": 0, "run.ckpt_every": 0}
+    if args.data_root:
+        ov.update({"data.dataset": "imagefolder", "data.data_root": args.data_root})
+    else:
+        ov.update({"data.dataset": "synthetic", "data.train_limit": 5000, "data.test_limit": 100})
+    if args.precision:
+        ov["run.precision"] = args.precision
+    if args.device == "cpu":
+        ov["run.compile"] = False  # eager: the members' compile time would dominate a short benchmark
+    return ov
+
+
+def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, data: dict) -> dict[str, float]:
+    parallel = mechanism != "graphs1s"
+    mech = "graphs" if mechanism == "graphs1s" else mechanism
+    with tempfile.TemporaryDirectory() as tmp:
+        mem = members(depth, n)
+        cfgs = []
+        for model, seed in mem:
+            cfgs += fused_configs(base_overrides(args), [model], [seed], tmp)
+        cuda = args.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base_mem = torch.cuda.memory_allocated()
+        group = FusedGroup(cfgs, mechanism=mech, data=data, parallel_streams=parallel)
+        for _ in range(WARMUP_STEPS + 3):
+            group.step()
+        group.sync()
+        steps, t0 = 0, time.perf_counter()
+        while steps < args.min_steps or time.perf_counter() - t0 < args.seconds:
+            group.step()
+            steps += 1
+            if steps % 10 == 0:
+                group.sync()
+        group.sync()
+        dt = time.perf_counter() - t0
+        peak = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20 if cuda else float("nan")
+        del group
+    agg = n * args.batch_size * steps / dt
+    return {"images_per_second": agg, "per_member": agg / n, "steps": steps, "seconds": dt,
+            "mib_per_member": peak / n}
+
+
+def run_procs(args: argparse.Namespace, depth: int, n: int) -> dict[str, float]:
+    """N processes at once, each a one-member group; they start timing together at a shared wall-clock time."""
+    start_at = time.time() + 15 + 2 * n
+    cmd = [sys.executable, __file__, "--child", str(start_at), "--device", args.device, "--batch-size",
+           str(args.batch_size), "--seconds", str(args.seconds), "--min-steps", str(args.min_steps)]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
+    if args.precision:
+        cmd += ["--precision", args.precision]
+    mech = "graphs" if args.device.startswith("cuda") else "sequential"
+    procs = [subprocess.Popen(cmd + ["--cases", f"{mech}:{depth}:1"], stdout=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    rates = []
+    for p in procs:
+        out, _ = p.communicate()
+        rates.append(json.loads(out.strip().splitlines()[-1])["images_per_second"])
+    agg = sum(rates)
+    return {"images_per_second": agg, "per_member": agg / n, "steps": 0, "seconds": 0.0, "mib_per_member": float("nan")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--cases", default="graphs:20:1,2,4,8,16")
+    ap.add_argument("--data-root", default=None, help="image-folder archive (default: synthetic images)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per case")
+    ap.add_argument("--min-steps", type=int, default=10)
+    ap.add_argument("--deadline", type=float, default=0, help="start no case after this many seconds")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    t_begin = time.perf_counter()
+    data = load_data(load_config(None, base_overrides(args)))
+    cases = []
+    for spec in args.cases.split(";") if ";" in args.cases else [args.cases]:
+        mech, depth, sizes = spec.split(":")
+        cases += [(mech, int(depth), int(n)) for n in sizes.split(",")]
+    if args.child is not None:  # one process of a `procs` case
+        mech, depth, n = cases[0]
+        time.sleep(max(0.0, args.child - time.time()))
+        print(json.dumps(time_group(args, mech, depth, n, data)))
+        return 0
+    info = {"command": " ".join([Path(sys.executable).name] + sys.argv), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "batch_size": args.batch_size,
+            "data": data["train"].description}
+    print(f"fused training throughput on {info['device']} ({info['data']}), batch {args.batch_size} per member")
+    print(f"{'mechanism':<11}{'depth':>6}{'N':>4}{'images/s':>12}{'per member':>12}{'x N=1':>8}{'MiB/member':>12}")
+    results, first = [], {}
+    for mech, depth, n in cases:
+        if args.deadline and time.perf_counter() - t_begin > args.deadline:
+            print(f"{mech:<11}{depth:>6}{n:>4}  skipped (--deadline {args.deadline:.0f} s)")
+            continue
+        try:
+            r = run_procs(args, depth, n) if mech == "procs" else time_group(args, mech, depth, n, data)
+        except Exception as e:  # report and go on: one failing case must not hide the others
+            print(f"{mech:<11}{depth:>6}{n:>4}  failed: {type(e).__name__}: {e}")
+            continue
+        key = (mech, depth)
+        first.setdefault(key, r["images_per_second"] / n if n == 1 else None)
+        base = first.get(key)
+        ratio = r["images_per_second"] / base if base else float("nan")
+        print(f"{mech:<11}{depth:>6}{n:>4}{r['images_per_second']:>12,.0f}{r['per_member']:>12,.0f}{ratio:>8.2f}"
+              f"{r['mib_per_member']:>12,.0f}", flush=True)
+        results.append({"mechanism": mech, "depth": depth, "members": n, **r, "x_single": ratio})
+    if args.device == "cpu":
+        info["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.json:
+        Path(args.json).write_text(json.dumps({"info": info, "results": results}, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
