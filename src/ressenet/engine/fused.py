@@ -305,12 +305,16 @@ class FusedGroup:
             m.static_x, m.static_y = torch.empty_like(x), torch.empty_like(y)
         if m.graph is not None:
             torch.cuda.synchronize(self.device)  # the old graph may still be replaying
-        m.graph = None  # its memory goes back to the pool the new graph reuses
+        # The new graph shares the old one's memory pool (it never replays again). The old graph must stay alive
+        # until the new capture has begun: destroying it first releases the pool, and capturing into a released
+        # pool fails an internal assertion of PyTorch's allocator (seen on an H200, torch 2.11).
+        old = m.graph
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=m.pool, stream=m.stream):
             loss, logits = train_step(m.model, m.optimizer, m.scaler, self.amp, m.static_x, m.static_y)
             m.accumulate(loss, logits, m.static_y)
         m.graph, m.graph_lr, m.pool = graph, lr, graph.pool()
+        del old
 
     def sync(self) -> None:
         """Waits for every member's queued work (before reading its weights or accumulators on the host)."""
