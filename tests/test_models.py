@@ -1,4 +1,4 @@
-"""Model zoo: every registered architecture builds, runs forward and backward, and matches SPEC.md."""
+"""Model zoo: every registered architecture builds, runs forward and backward, and matches docs/design.md."""
 from __future__ import annotations
 
 import io

@@ -2,7 +2,7 @@
 
 Kept beside the data code (STYLE.md: "keep dataset constants beside the dataset") so that no other module hard-codes a
 mean, a URL or an md5. Sources: the CIFAR page (https://www.cs.toronto.edu/~kriz/cifar.html), torchvision's per-file
-md5 table, and the Res-SE-Net released code for the paper's normalisation (SPEC.md, arXiv:1902.06066).
+md5 table, and the Res-SE-Net released code for the paper's normalisation (docs/design.md, arXiv:1902.06066).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ CIFAR100_COARSE_CLASSES: tuple[str, ...] = (
     "vehicles_1", "vehicles_2",
 )
 
-# The released Res-SE-Net code normalises both datasets with these (SPEC.md). The std differs from CIFAR-10's pixel
+# The released Res-SE-Net code normalises both datasets with these (docs/design.md). The std differs from CIFAR-10's pixel
 # std (0.247, 0.243, 0.261) and its origin is unclear; it is kept because it is what the paper trained with.
 PAPER_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 PAPER_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)

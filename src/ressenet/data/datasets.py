@@ -103,7 +103,7 @@ def normalization(name: str, mode: str = "paper", train: ImageDataset | None = N
 
     Args:
         name: Dataset name (one of ``DATASETS``).
-        mode: ``"paper"``: the released Res-SE-Net code's constants, used for every dataset (SPEC.md).
+        mode: ``"paper"``: the released Res-SE-Net code's constants, used for every dataset (docs/design.md).
             ``"dataset"``: the official training-set statistics for cifar10/cifar100; for imagefolder and
             synthetic, computed from ``train``.
         train: The training split, required for ``mode="dataset"`` with imagefolder or synthetic.

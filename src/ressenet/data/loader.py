@@ -1,7 +1,7 @@
 """Batched, on-device training and evaluation loaders (the training engine's hot loop).
 
 The paper's augmentation (zero-pad 4, random 32x32 crop, horizontal flip with p = 0.5, then per-channel
-normalisation; SPEC.md) is applied to a whole batch with two tensor ops and no per-sample Python:
+normalisation; docs/design.md) is applied to a whole batch with two tensor ops and no per-sample Python:
 
 * The constructor puts the dataset on the device once, zero-padded, together with a horizontally mirrored copy
   (shape (2N, 3, 40, 40) uint8, 3.1x the raw pixels). ``unfold`` views it as every possible 32x32 window, so a batch

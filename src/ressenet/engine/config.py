@@ -1,6 +1,6 @@
 """The configuration tree: one dataclass per concern, the single source of truth for a run.
 
-Precedence (lowest to highest): dataclass defaults (the paper's protocol, SPEC.md) -> a YAML file
+Precedence (lowest to highest): dataclass defaults (the paper's protocol, docs/design.md) -> a YAML file
 (``--config``) -> command-line flags and ``--set section.key=value`` overrides. Unknown keys raise.
 The resolved tree is written to ``config.yaml`` in the run directory and stored in every checkpoint.
 """
@@ -38,7 +38,7 @@ class DataConfig:
     download: bool = False
     cache_dir: str | None = None
     val_split: int = 0  # images held out of the training set for model selection (He et al.: 5000)
-    normalization: str = "paper"  # "paper": SPEC.md's constants for every dataset; "dataset": per-dataset stats
+    normalization: str = "paper"  # "paper": docs/design.md's constants for every dataset; "dataset": per-dataset stats
     augment: bool = True  # zero-pad 4, random 32x32 crop, horizontal flip (the paper's)
     # Smoke-test sizes: use a fixed random subset of N images (0 = all); for `synthetic`, the split sizes.
     train_limit: int = 0

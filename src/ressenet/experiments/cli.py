@@ -43,6 +43,14 @@ def add_experiment_commands(sub: argparse._SubParsersAction, add_train_options: 
     p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder holding run directories (searched recursively)")
     p.add_argument("--out", metavar="REPORT_DIR", default=None, help="default: reports/<name of RUNS_DIR>")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the PNG figures")
+    p.add_argument("--findings", metavar="PAGE.md", default=None,
+                   help="write the findings page instead of the report (only runs with the paper's protocol; figures "
+                        "in a folder beside it), e.g. --findings docs/findings.md")
+    p.add_argument("--partial", metavar="DIR", action="append", default=[],
+                   help="with --findings: a folder of GPU jobs whose runs stopped before the end, shown as such "
+                        "(repeatable)")
+    p.add_argument("--readme", metavar="README.md", default=None,
+                   help="with --findings: refresh the summary between the README's findings markers")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run a grid, then write its report: one command",
@@ -146,6 +154,17 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ressenet.experiments.report import write_report
 
+    if args.findings:
+        from ressenet.experiments.findings import write_findings
+
+        page = write_findings(args.runs_dir, args.findings, partial_dirs=args.partial, readme=args.readme,
+                              figures=args.figures)
+        print(f"findings -> {page}" + (f" (and the summary in {args.readme})" if args.readme else ""))
+        return 0
+    if args.partial or args.readme:
+        from ressenet.engine.config import ConfigError
+
+        raise ConfigError("--partial and --readme go with --findings PAGE.md")
     out = Path(args.out) if args.out else Path("reports") / Path(args.runs_dir).absolute().name
     res = write_report(args.runs_dir, out, figures=args.figures)
     print(f"report of {res.n_runs} finished run(s) ({res.n_unfinished} unfinished skipped) -> {res.report}")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["Summary", "Comparison", "summarize", "welch", "fmt_mean_std", "fmt_comparison", "fmt_num"]
+__all__ = ["Summary", "Comparison", "summarize", "welch", "paired", "holm", "fmt_mean_std", "fmt_comparison",
+           "fmt_num", "fmt_p"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,37 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> C
         warnings.simplefilter("ignore", RuntimeWarning)
         p = float(sps.ttest_ind(x, y, equal_var=False).pvalue)
     return Comparison(int(x.size), int(y.size), diff, diff - half, diff + half, p, float(df), confidence)
+
+
+def paired(a: dict[int, float], b: dict[int, float], confidence: float = 0.95) -> Comparison:
+    """Paired t-test of a − b over the seeds both have (members with one seed see the same batches).
+
+    ``n_a`` and ``n_b`` are both the number of pairs. Fewer than two pairs, or identical differences: the mean
+    difference only (CI and p NaN).
+    """
+    seeds = sorted(set(a) & set(b))
+    d = np.asarray([a[s] - b[s] for s in seeds], dtype=float)
+    if d.size == 0:
+        return Comparison(0, 0, math.nan, confidence=confidence)
+    diff = float(d.mean())
+    if d.size < 2 or float(d.std(ddof=1)) <= 1e-12:
+        return Comparison(int(d.size), int(d.size), diff, confidence=confidence)
+    se = float(d.std(ddof=1)) / math.sqrt(d.size)
+    df = d.size - 1
+    half = float(sps.t.ppf(0.5 + confidence / 2, df)) * se
+    p = float(2 * sps.t.sf(abs(diff) / se, df))
+    return Comparison(int(d.size), int(d.size), diff, diff - half, diff + half, p, float(df), confidence)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN entries stay NaN and do not count)."""
+    idx = [i for i, p in enumerate(pvalues) if math.isfinite(p)]
+    order = sorted(idx, key=lambda i: pvalues[i])
+    m, out, running = len(order), [math.nan] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def fmt_num(value: float | None, digits: int = 2, signed: bool = False) -> str:

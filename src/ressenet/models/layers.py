@@ -73,7 +73,7 @@ class ShortcutA(nn.Module):
 class Shortcut(nn.Module):
     """A shortcut connection: identity, or a bridge that reshapes (option A or B), with an optional SE.
 
-    ``se`` is ``None``, ``"after"`` (Res-SE-Net: SE after the bridge's conv + BN, SPEC.md) or ``"before"``
+    ``se`` is ``None``, ``"after"`` (Res-SE-Net: SE after the bridge's conv + BN, docs/design.md) or ``"before"``
     (the paper's ablation: SE on the bridge input, before its convolution). On an identity connection
     the two are the same thing: SE applied to the block's input.
     """

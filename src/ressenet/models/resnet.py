@@ -5,7 +5,7 @@ Enhancing Bridge-connections", arXiv:1902.06066) puts a Squeeze-and-Excitation b
 *bridge-connection* (the shortcut where a stage starts, after its conv1x1 + BN) and nowhere else.
 SE-ResNet (Hu et al.) puts one at the end of every residual branch. The CIFAR network follows He et
 al. (2016): 3x3 stem with 16 channels, three stages of n = (depth - 2) / 6 blocks of 16/32/64 channels,
-global average pool, linear head. See SPEC.md for the exact architecture and the paper's ablations.
+global average pool, linear head. See docs/design.md for the exact architecture and the paper's ablations.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ DEPTHS = (20, 32, 44, 56, 110, 1202)
 SHORTCUTS = ("A", "B")
 LAYOUTS = ("basic", "released")
 
-# Where SE blocks go and whether bridges exist, per family and ablation (SPEC.md, "Architectures").
+# Where SE blocks go and whether bridges exist, per family and ablation (docs/design.md, "Architectures").
 VARIANTS: dict[str, dict[str, Any]] = {
     "resnet": {},
     "se_resnet": {"se_residual": True},

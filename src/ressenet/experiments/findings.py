@@ -1,0 +1,299 @@
+"""The findings page: what the committed runs say about the paper's comparison, and what is still missing.
+
+``ressenet report results/paper --findings docs/findings.md [--partial results/incomplete] [--readme README.md]``
+reads finished run directories (only those trained with the paper's protocol count), and writes:
+
+* the main table: final test top-1, mean ± sample std over seeds and n, per family and depth, the paper's printed
+  (single-run, best-on-test) number beside it;
+* the comparisons the paper makes (Res-SE-Net over ResNet and over SE-ResNet; no bridges; the two negative
+  ablations): the difference with a 95% interval and p-value from a paired t-test over shared seeds (members with
+  one seed see the same batches) and from Welch's test, Holm-adjusted over every comparison tested, so that
+  "significant" survives the number of comparisons;
+* accuracy against depth and the training-loss curves (PNG beside the page);
+* runs stopped before the end (``--partial``), shown as such, never as results;
+* the cells of the paper's grid with fewer than 3 seeds, and the GPU-hours they cost at the measured fused rates.
+
+The output depends only on the run directories: running the command twice changes nothing.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ressenet.experiments.paper import paper_result
+from ressenet.experiments.report import (
+    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, group_runs, protocol_text,
+)
+from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
+
+__all__ = ["write_findings", "fused_rate", "MIN_SEEDS"]
+
+MIN_SEEDS = 3  # a cell with fewer seeds is "missing"
+PAPER_FAMILIES = ("resnet", "se_resnet", "res_se_net", "resnet_nobridge")
+PAPER_DATASETS = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"))
+ITER_IMAGES = 64_000 * 128  # images one protocol run trains on
+# Aggregate training images/s of a fused group on one H200 (BENCHMARKS.md, "Fused training"): measured at depths
+# 20 and 56; other depths scale as 1 / blocks per stage from depth 56 (45,000 x 9 / n).
+MEASURED_FUSED_RATE = {20: 119_000.0, 56: 45_000.0}
+PRECISION_KEYS = frozenset({"run.precision"})
+README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
+
+
+def fused_rate(depth: int) -> tuple[float, bool]:
+    """(images/s, measured?) of a fused group at ``depth`` on one H200."""
+    if depth in MEASURED_FUSED_RATE:
+        return MEASURED_FUSED_RATE[depth], True
+    return MEASURED_FUSED_RATE[56] * 9 / ((depth - 2) // 6), False
+
+
+def _title(family: str | None) -> str:
+    return FAMILY_TITLES.get(family or "", family or "?")
+
+
+def _seed_values(g: Group | None) -> dict[int, float]:
+    if g is None:
+        return {}
+    return {r.seed: v for r in g.runs if r.seed is not None and (v := r.value("test_top1")) is not None}
+
+
+def _cmp_text(c: Comparison, p_adj: float) -> str:
+    if math.isnan(c.diff):
+        return "–"
+    if not c.tested:
+        return f"{fmt_num(c.diff, 2, True)} (not testable: n={min(c.n_a, c.n_b)})"
+    return (f"{fmt_num(c.diff, 2, True)} [{fmt_num(c.ci_low, 2, True)}, {fmt_num(c.ci_high, 2, True)}], "
+            f"p={fmt_p(c.p)}, Holm p={fmt_p(p_adj)}")
+
+
+def _md(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    return out
+
+
+def _paper_groups(runs: list[Run]) -> tuple[dict[tuple[str, str], Group], list[str], list[Run]]:
+    """Groups of paper-protocol runs keyed by (dataset label, model); the labels; runs of other protocols."""
+    # Arithmetic precision is a device choice (bf16 autocast on GPUs, fp32 on CPUs), not part of the paper's
+    # protocol: runs differing only in it are pooled, and the page says so.
+    paper = [replace(r, protocol=()) for r in runs
+             if all(k in PRECISION_KEYS for k, _ in r.protocol) and r.compare_to is not None]
+    kept = {r.path for r in paper}
+    others = [r for r in runs if r.path not in kept]
+    groups = {(g.label, g.model): g for g in group_runs(paper).values()}
+    labels = sorted({g.label for g in groups.values()})
+    return groups, labels, others
+
+
+def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Sequence[str | Path] = (),
+                   readme: str | Path | None = None, figures: bool = True) -> Path:
+    """Writes the findings page (and its figures in ``<out_md stem>/``); refreshes README's block if asked."""
+    runs_dir, out_md = Path(runs_dir), Path(out_md)
+    runs, unfinished, problems = collect_runs(runs_dir)
+    groups, labels, others = _paper_groups(runs)
+    fig_dir = out_md.with_suffix("")
+    rel_fig = fig_dir.name
+    lines = ["# Findings: Res-SE-Net against ResNet and SE-ResNet", "",
+             f"Generated from the run directories in `{runs_dir}` by "
+             f"`{_command(runs_dir, out_md, partial_dirs, readme)}`; do not edit by hand. Accuracy is the final "
+             f"model's test top-1 (not the best-on-test number the paper's code reports). Protocol: "
+             f"{protocol_text(())}; arithmetic as each run's device chose (bf16 autocast on GPUs, fp32 on CPUs). "
+             f"n = number of seeds.", ""]
+    if problems:
+        lines += ["Problems found while reading the runs:", ""] + [f"- {p}" for p in problems] + [""]
+
+    # -- main table ------------------------------------------------------------------------------------------
+    lines += ["## Main table", ""]
+    if not groups:
+        lines += ["No finished run with the paper's protocol yet.", ""]
+    for label in labels:
+        gs = {g.model: g for (lab, _), g in groups.items() if lab == label}
+        compare = next(iter(gs.values())).compare_to
+        depths = sorted({g.depth for g in gs.values() if g.depth} | set(PAPER_DEPTHS))
+        rows = []
+        fams = sorted({g.family for g in gs.values() if g.family} | set(PAPER_FAMILIES),
+                      key=lambda f: list(FAMILY_TITLES).index(f) if f in FAMILY_TITLES else 99)
+        for fam in fams:
+            row = [_title(fam)]
+            for d in depths:
+                g = next((g for g in gs.values() if g.family == fam and g.depth == d), None)
+                ours = f"{fmt_mean_std(g.stat('test_top1'))} (n={g.n})" if g else "–"
+                pr = paper_result(fam, d, compare) if compare else None
+                row.append(f"{ours}; paper {pr.top1:.2f}" if pr else ours)
+            rows.append(row)
+        lines += [f"**{label}**, final test top-1 (%), ours mean ± std (n); the paper's single best-on-test run "
+                  f"after 'paper':", ""] + _md(["family"] + [f"depth {d}" for d in depths], rows) + [""]
+
+    # -- comparisons -----------------------------------------------------------------------------------------
+    lines += ["## Comparisons", ""]
+    tests: list[tuple[str, str, int, Comparison, Comparison]] = []
+    for label in labels:
+        gs = {(g.family, g.depth): g for (lab, _), g in groups.items() if lab == label}
+        for fa, fb, title, _ in COMPARISONS:
+            for d in sorted({dd for (_, dd) in gs if dd}):
+                a, b = gs.get((fa, d)), gs.get((fb, d))
+                if a is None or b is None:
+                    continue
+                tests.append((label, title, d, paired(_seed_values(a), _seed_values(b)),
+                              welch(a.values("test_top1"), b.values("test_top1"))))
+    if not tests:
+        lines += ["No comparison is possible yet: no depth has finished runs of both families of any comparison.",
+                  ""]
+    else:
+        adj_p = holm([t[3].p for t in tests])
+        adj_w = holm([t[4].p for t in tests])
+        rows = []
+        for (label, title, d, cp, cw), pp, pw in zip(tests, adj_p, adj_w):
+            verdict = ("not testable" if not cp.tested else
+                       ("yes" if pp < 0.05 else "no") + " (paired, Holm)")
+            rows.append([label, title, d, cp.n_a, _cmp_text(cp, pp), _cmp_text(cw, pw), verdict])
+        lines += [f"Differences in final test top-1 (percentage points), 95% intervals; Holm's adjustment runs over "
+                  f"all {sum(t[3].tested for t in tests)} tested comparisons of the page.", ""]
+        lines += _md(["data", "comparison", "depth", "pairs", "paired by seed", "Welch", "significant?"], rows)
+        lines += [""]
+
+    # -- figures ---------------------------------------------------------------------------------------------
+    if figures and groups:
+        from ressenet.experiments.figures import plot_top1_vs, plot_train_loss
+
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        gl = list(groups.values())
+        shown = []
+        if plot_top1_vs(gl, fig_dir / "top1_vs_depth.png", "depth", "Final test top-1 against depth"):
+            shown.append(("top1_vs_depth.png", "Final test top-1 against depth (error bars: std over seeds; "
+                                               "dashed: the paper)"))
+        if plot_train_loss(gl, fig_dir / "train_loss.png", "Training loss (the paper's figure)"):
+            shown.append(("train_loss.png", "Training loss against iteration, mean over seeds"))
+        _close_figures()
+        lines += ["## Figures", ""] + [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
+
+    # -- partial runs ----------------------------------------------------------------------------------------
+    partial_lines = _partial_section(partial_dirs, out_md, fig_dir, rel_fig, figures)
+    lines += partial_lines
+
+    # -- missing ---------------------------------------------------------------------------------------------
+    lines += ["## Still missing", ""]
+    have = {(g.compare_to, g.family, g.depth): g.n for g in groups.values()}
+    rows, total_runs, total_h = [], 0, 0.0
+    for ds, title in PAPER_DATASETS:
+        for d in PAPER_DEPTHS:
+            short = [f"{_title(f)} ({have.get((ds, f, d), 0)})" for f in PAPER_FAMILIES
+                     if have.get((ds, f, d), 0) < MIN_SEEDS]
+            if not short:
+                continue
+            runs_needed = sum(MIN_SEEDS - have.get((ds, f, d), 0) for f in PAPER_FAMILIES
+                              if have.get((ds, f, d), 0) < MIN_SEEDS)
+            rate, measured = fused_rate(d)
+            hours = runs_needed * ITER_IMAGES / rate / 3600
+            total_runs += runs_needed
+            total_h += hours
+            rows.append([title, d, ", ".join(short), runs_needed,
+                         f"{hours:.2f}" + ("" if measured else " (rate extrapolated)")])
+    lines += [f"Cells of the paper's grid (4 families x 5 depths x 2 datasets) with fewer than {MIN_SEEDS} finished "
+              f"seeds (seeds present in parentheses), and the H200 hours they cost as fused groups at the measured "
+              f"rates (BENCHMARKS.md: {MEASURED_FUSED_RATE[20]:,.0f} images/s at depth 20, "
+              f"{MEASURED_FUSED_RATE[56]:,.0f} at depth 56; other depths extrapolated as 1/blocks). CIFAR-100 cannot "
+              f"be trained offline here (no copy of it on the project's machines); CIFAR-10 rows count the JPEG "
+              f"copy.", ""]
+    lines += _md(["data", "depth", "families short of seeds (n)", "runs to train", "H200 hours"], rows) + [""]
+    lines += [f"In all: {total_runs} runs, about {total_h:.1f} H200 hours.", ""]
+    if unfinished:
+        lines += [f"Unfinished run directories in `{runs_dir}`: "
+                  + ", ".join(f"{d} ({p})" for d, p in unfinished) + ".", ""]
+    if others:
+        lines += [f"{len(others)} finished runs with another protocol or non-CIFAR data are not counted: "
+                  + ", ".join(sorted(r.rel for r in others)) + ".", ""]
+
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text("\n".join(lines).rstrip() + "\n")
+    if readme is not None:
+        _refresh_readme(Path(readme), groups, labels, tests, out_md, rel_fig)
+    return out_md
+
+
+def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: Path, rel_fig: str,
+                     figures: bool) -> list[str]:
+    """Runs stopped before the end: test top-1 at the last iteration every run of a family reached."""
+    import json
+
+    lines: list[str] = []
+    for pdir in partial_dirs:
+        pdir = Path(pdir)
+        for job in sorted(p for p in pdir.iterdir() if p.is_dir()) if pdir.is_dir() else []:
+            curves: dict[str, list[list[dict[str, Any]]]] = {}
+            for run in sorted(p for p in job.iterdir() if (p / "metrics.jsonl").is_file()):
+                try:
+                    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+                except (OSError, ValueError):
+                    continue
+                model = run.name.rsplit("-s", 1)[0]
+                curves.setdefault(model, []).append([r for r in recs if r.get("kind") == "eval"])
+            if not curves:
+                continue
+            last = min(max(r["iter"] for r in c) for cs in curves.values() for c in cs if c)
+            rows = []
+            for model, cs in curves.items():
+                vals = [next(r["test_top1"] for r in c if r["iter"] == last) for c in cs
+                        if any(r["iter"] == last for r in c)]
+                s = summarize(vals)
+                rows.append([model, s.n, fmt_mean_std(s)])
+            lines += [f"### `{job}`: stopped at iteration {last:,} of 64,000", "",
+                      f"Test top-1 (%) at iteration {last:,} (learning rate still 0.1, before the schedule's drops): "
+                      f"not the protocol's result, and no ranking follows from it.", ""]
+            lines += _md(["model", "n", f"test top-1 at {last:,}"], rows) + [""]
+    if lines:
+        lines = ["## Runs stopped before the end", "",
+                 "These GPU jobs hit their time limit; their checkpoints were not kept, so they cannot resume. "
+                 "Their metrics are kept as evidence of the fused engine and of the early training phase.", ""] + lines
+    return lines
+
+
+def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: list[str],
+                    tests: list[tuple[str, str, int, Comparison, Comparison]], out_md: Path, rel_fig: str) -> None:
+    """Replaces the block between the README's findings markers with a short table and one sentence."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block; add the two markers where the "
+                         f"findings summary goes")
+    page = _rel(out_md, readme.parent)
+    block = [README_START, ""]
+    rows = []
+    for (label, _), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1].depth or 0, kv[1].family or "")):
+        s = g.stat("test_top1")
+        pr = paper_result(g.family or "", g.depth or 0, g.compare_to) if g.compare_to else None
+        rows.append([label, g.model, s.n, fmt_mean_std(s), f"{pr.top1:.2f}" if pr else "–"])
+    if rows:
+        block += _md(["data", "model", "n", "final test top-1 (%)", "paper (best-on-test)"], rows) + [""]
+    tested = [t for t in tests if t[3].tested]
+    if not tested:
+        block += [f"**No answer yet.** No comparison of the paper has two or more seeds of both sides at the full "
+                  f"protocol, so nothing can be said about whether Res-SE-Net beats ResNet or SE-ResNet. What exists, "
+                  f"and what it costs to fill in, is on the [findings page]({page})."]
+    else:
+        adj = holm([t[3].p for t in tests])
+        parts = [f"{t[1]} at depth {t[2]} on {t[0]}: {fmt_num(t[3].diff, 2, True)} points "
+                 f"[{fmt_num(t[3].ci_low, 2, True)}, {fmt_num(t[3].ci_high, 2, True)}], Holm p={fmt_p(a)}"
+                 for t, a in zip(tests, adj) if t[3].tested]
+        block += ["Paired by seed, 95% intervals: " + "; ".join(parts) + f". Details: [findings page]({page})."]
+    block += ["", README_END]
+    start, end = text.index(README_START), text.index(README_END) + len(README_END)
+    readme.write_text(text[:start] + "\n".join(block) + text[end:])
+
+
+def _close_figures() -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _rel(path: Path, base: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(base).resolve())
+
+
+def _command(runs_dir: Path, out_md: Path, partial: Sequence[str | Path], readme: str | Path | None) -> str:
+    cmd = f"ressenet report {runs_dir} --findings {out_md}"
+    cmd += "".join(f" --partial {p}" for p in partial)
+    return cmd + (f" --readme {readme}" if readme else "")

@@ -1,0 +1,96 @@
+"""The findings page (experiments/findings.py) and the paired / Holm statistics it uses."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats as sps
+
+from fixtures_runs import make_run
+from ressenet.cli import main as cli_main
+from ressenet.experiments.findings import fused_rate, write_findings
+from ressenet.experiments.stats import holm, paired
+
+PAPER = {"optim.milestones": [32000, 48000]}
+
+
+def test_paired_matches_scipy_and_holm_is_step_down():
+    a, b = {1: 91.0, 2: 91.5, 3: 90.8, 4: 91.2}, {1: 90.5, 2: 91.0, 3: 90.6, 5: 80.0}
+    c = paired(a, b)
+    assert c.n_a == 3 and c.diff == pytest.approx(0.4)
+    assert c.p == pytest.approx(sps.ttest_rel([91.0, 91.5, 90.8], [90.5, 91.0, 90.6]).pvalue)
+    assert c.ci_low < c.diff < c.ci_high
+    assert not paired({1: 1.0}, {1: 0.0}).tested
+    adj = holm([0.01, 0.04, math.nan, 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[1] == pytest.approx(0.06) and adj[3] == pytest.approx(0.06)
+    assert math.isnan(adj[2])
+
+
+def _runs(root, top1s: dict[str, list[float]], dataset="imagefolder"):
+    for model, values in top1s.items():
+        for seed, v in enumerate(values, start=1):
+            make_run(root, f"{model}-{dataset}-s{seed}", model=model, dataset=dataset, seed=seed, top1=v,
+                     iters=64000, overrides=PAPER)
+
+
+def test_findings_page_compares_paired_and_counts_missing(tmp_path):
+    runs = tmp_path / "paper"
+    _runs(runs, {"resnet20": [91.0, 91.2, 90.9], "res_se_net20": [91.6, 91.9, 91.4], "se_resnet20": [91.5, 91.3]})
+    make_run(runs, "short", model="resnet20", dataset="imagefolder", seed=9, iters=100)  # another protocol
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- findings:start -->\nold\n<!-- findings:end -->\n\ntail\n")
+    page = write_findings(runs, tmp_path / "docs" / "findings.md", readme=readme)
+    text = page.read_text()
+    assert "CIFAR-10 (JPEG copy)" in text and "91.03 ± 0.15 (n=3); paper 91.40" in text
+    c = paired({1: 91.6, 2: 91.9, 3: 91.4}, {1: 91.0, 2: 91.2, 3: 90.9})
+    row = next(line for line in text.splitlines() if "Res-SE-Net over ResNet" in line)
+    assert f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]" in row
+    # Two tested comparisons (paired): Res-SE-Net over ResNet (3 pairs) and over SE-ResNet (2 pairs).
+    assert "all 2 tested comparisons" in text
+    assert "| 20 | 2 |" in text  # the SE-ResNet comparison has two seed pairs
+    assert "1 finished runs with another protocol" in text and "short" in text
+    # Depth 20 of CIFAR-10 lacks SE-ResNet's third seed and ResNet without bridges: 1 + 3 runs.
+    missing = next(line for line in text.splitlines() if line.startswith("| CIFAR-10 | 20 |"))
+    assert "| 4 |" in missing
+    assert (tmp_path / "docs" / "findings" / "top1_vs_depth.png").is_file()
+    block = readme.read_text()
+    assert "old" not in block and "tail" in block and "Holm p=" in block
+    # Reproducible: a second run changes nothing.
+    before = {p: p.read_bytes() for p in (tmp_path / "docs").rglob("*") if p.is_file()}
+    write_findings(runs, tmp_path / "docs" / "findings.md", readme=readme)
+    assert {p: p.read_bytes() for p in (tmp_path / "docs").rglob("*") if p.is_file()} == before
+
+
+def test_findings_without_comparable_runs_says_no_answer(tmp_path):
+    runs = tmp_path / "paper"
+    _runs(runs, {"res_se_net20": [88.19]})
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- findings:start --><!-- findings:end -->\n")
+    text = write_findings(runs, tmp_path / "f.md", readme=readme, figures=False).read_text()
+    assert "No comparison is possible yet" in text
+    assert "No answer yet" in readme.read_text()
+    assert "In all: 119 runs" in text  # 120 cells x seeds, minus the one run present
+
+
+def test_partial_jobs_are_shown_as_stopped_not_as_results(tmp_path):
+    job = tmp_path / "incomplete" / "job1"
+    for model, seed, acc in (("resnet20", 1, 80.0), ("resnet20", 2, 82.0), ("res_se_net20", 1, 81.0)):
+        d = job / f"{model}-s{seed}"
+        d.mkdir(parents=True)
+        recs = [{"kind": "eval", "iter": it, "test_top1": acc + it / 1000} for it in (1000, 2000)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "paper").mkdir()
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", partial_dirs=[tmp_path / "incomplete"],
+                          figures=False).read_text()
+    assert "stopped at iteration 2,000 of 64,000" in text
+    assert "| resnet20 | 2 | 83.00 ± 1.41 |" in text
+
+
+def test_findings_cli_and_rates(tmp_path, capsys):
+    _runs(tmp_path / "paper", {"resnet20": [91.0]})
+    assert cli_main(["report", str(tmp_path / "paper"), "--findings", str(tmp_path / "f.md"), "--no-figures"]) == 0
+    assert (tmp_path / "f.md").is_file()
+    assert cli_main(["report", str(tmp_path / "paper"), "--readme", "README.md"]) == 2
+    assert "go with --findings" in capsys.readouterr().err
+    assert fused_rate(20) == (119_000.0, True) and fused_rate(110)[1] is False
