@@ -19,7 +19,7 @@ DATA = {
     "cifar100": {"source": "cifar100-python", "description": "CIFAR-100 (official python)", "num_classes": 100,
                  "classes": [f"c{i}" for i in range(100)], "train_size": 50000, "test_size": 10000, "val_size": 0},
     "imagefolder": {"source": "imagefolder",
-                    "description": "image folder /x/cifar10-jpeg.tar.gz (10 classes, JPEG), train split",
+                    "description": "image folder /x/cifar10-jpeg.tar.gz (10 classes, JPEG), train split", "lossless": False,
                     "num_classes": 10, "classes": list(CIFAR10_CLASSES), "train_size": 50000, "test_size": 10000,
                     "val_size": 0},
     "synthetic": {"source": "synthetic", "description": "synthetic train (10 classes, 256 images, seed 0)",

@@ -78,8 +78,14 @@ def test_model_names_and_dataset_labels():
     assert dataset_label({"dataset": "cifar10", "data": DATA["cifar10"]}, {}) == ("CIFAR-10", "cifar10")
     assert dataset_label({"dataset": "imagefolder", "data": DATA["imagefolder"]}, {}) == (
         "CIFAR-10 (JPEG copy)", "cifar10")
-    png = {**DATA["imagefolder"], "description": "image folder /x (10 classes, PNG), train split"}
+    png = {**DATA["imagefolder"], "description": "image folder /x (10 classes, PNG), train split", "lossless": True}
     assert dataset_label({"dataset": "imagefolder", "data": png}, {})[0] == "CIFAR-10 (image-folder copy)"
+    # The label comes from the recorded field, never from the prose description.
+    lying = {**DATA["imagefolder"], "description": "image folder /x (10 classes, PNG), train split"}
+    assert dataset_label({"dataset": "imagefolder", "data": lying}, {})[0] == "CIFAR-10 (JPEG copy)"
+    unknown = {k: v for k, v in DATA["imagefolder"].items() if k != "lossless"}
+    assert dataset_label({"dataset": "imagefolder", "data": unknown}, {})[0] == \
+        "CIFAR-10 (image-folder copy, format unrecorded)"
     other = {**DATA["imagefolder"], "test_size": 2000}
     assert dataset_label({"dataset": "imagefolder", "data": other}, {"data": {"data_root": "/x/pets"}}) == (
         "image folder pets", None)

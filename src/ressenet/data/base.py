@@ -33,6 +33,9 @@ class ImageDataset:
         source: The format found, e.g. ``"cifar10-python"``, ``"cifar100-binary"``, ``"imagefolder"``, ``"synthetic"``.
         description: Human-readable origin, e.g. ``"CIFAR-10 (official python archive) at /x"``.
         path: The file or folder it was read from, or None (synthetic, or built in memory).
+        lossless: Whether the stored pixels are the original ones: True for the official CIFAR formats, synthetic
+            data and PNG folders, False when any image was stored lossily (JPEG), None when unknown. Reports label
+            runs by it ("CIFAR-10 (JPEG copy)").
     """
 
     images: torch.Tensor
@@ -43,6 +46,7 @@ class ImageDataset:
     source: str = "memory"
     description: str = "in-memory dataset"
     path: str | None = None
+    lossless: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dtype != torch.uint8 or self.images.dim() != 4 \

@@ -216,6 +216,7 @@ def load_cifar_split(name: str, split: str, variant: str, folder: Path) -> Image
                             f"classes; the files are corrupt, download the archive again")
     kind = "python archive" if variant == "python" else "binary archive"
     return ImageDataset(
+        lossless=True,
         images=torch.from_numpy(np.ascontiguousarray(images)),
         labels=torch.from_numpy(labels),
         classes=classes,

@@ -284,5 +284,6 @@ def load_imagefolder(root: Path, splits: tuple[str, ...], cache_dir: Path) -> di
             source="imagefolder",
             description=f"image folder {root} ({len(classes)} classes, {kinds or 'no images'}), {split} split",
             path=str(root),
+            lossless="JPEG" not in kinds.split("+") if kinds else None,
         )
     return out

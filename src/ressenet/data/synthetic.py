@@ -55,6 +55,7 @@ def load_synthetic_split(split: str, *, num_classes: int = 10, train_size: int =
         noise = torch.randn(len(lab), 3, image_size, image_size, generator=gen) * 30
         images[start:start + _CHUNK] = (prototypes[lab] + noise).round_().clamp_(0, 255).to(torch.uint8)
     return ImageDataset(
+        lossless=True,
         images=images,
         labels=labels,
         classes=[f"class_{i}" for i in range(num_classes)],

@@ -625,7 +625,8 @@ def _summarize(cfg: Config, out: Path, data: dict[str, Any], f: dict[str, Any], 
     train_ds = data["train"]
     return {
         "model": cfg.model.name, "dataset": cfg.data.dataset,
-        "data": {"source": train_ds.source, "description": train_ds.description, "num_classes": len(train_ds.classes),
+        "data": {"source": train_ds.source, "description": train_ds.description, "lossless": train_ds.lossless,
+                 "num_classes": len(train_ds.classes),
                  "classes": list(train_ds.classes), "train_size": len(train_ds), "test_size": len(data["test"]),
                  "val_size": len(data["val"]) if data["val"] is not None else 0},
         "seed": cfg.run.seed, "iters": cfg.optim.iters, "params": n_params,

@@ -18,16 +18,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ressenet.experiments.paper import paper_result
+from ressenet.experiments.runs import FAMILY_TITLES, label_order
+from ressenet.models import FAMILIES, family_order
 
 if TYPE_CHECKING:
-    from ressenet.experiments.report import Group, Run
+    from ressenet.experiments.runs import Group, Run
 
 __all__ = ["plot_protocol", "train_loss_curve", "FAMILY_COLORS"]
 
-FAMILY_COLORS = {
-    "resnet": "#1f77b4", "se_resnet": "#2ca02c", "res_se_net": "#d62728", "resnet_nobridge": "#7f7f7f",
-    "res_se_net_se_before_conv": "#ff7f0e", "res_se_net_se_all_identity": "#9467bd",
-}
+FAMILY_COLORS = {f.key: f.color for f in FAMILIES}  # from the families table (models/families.py)
 
 
 def _slug(text: str) -> str:
@@ -68,15 +67,11 @@ def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _label(g: Group) -> str:
-    from ressenet.experiments.report import FAMILY_TITLES
-
     return FAMILY_TITLES.get(g.family or "", g.model)
 
 
 def _family_key(g: Group) -> tuple:
-    from ressenet.experiments.report import _family_order
-
-    return (_family_order(g.family), g.model)
+    return (family_order(g.family), g.model)
 
 
 def plot_train_loss(groups: Sequence[Group], path: Path, title: str) -> bool:
@@ -112,9 +107,7 @@ def plot_train_loss(groups: Sequence[Group], path: Path, title: str) -> bool:
 
 def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str) -> bool:
     """Final test top-1 (mean ± std) against depth or parameters per family, one panel per dataset."""
-    from ressenet.experiments.report import _label_order
-
-    labels = sorted({g.label for g in groups}, key=_label_order)
+    labels = sorted({g.label for g in groups}, key=label_order)
     fig, axes = _new_figure(len(labels))
     drawn = False
     for ax, label in zip(axes, labels):
@@ -159,12 +152,10 @@ def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str) -> boo
 
 def plot_protocol(groups: Sequence[Group], fig_dir: Path, suffix: str = "") -> list[tuple[Path, str]]:
     """All figures for the groups of one protocol; returns (path, caption) of each file written."""
-    from ressenet.experiments.report import _label_order
-
     fig_dir.mkdir(parents=True, exist_ok=True)
     sfx = f"_{suffix}" if suffix else ""
     out: list[tuple[Path, str]] = []
-    for label in sorted({g.label for g in groups}, key=_label_order):
+    for label in sorted({g.label for g in groups}, key=label_order):
         path = fig_dir / f"train_loss_{_slug(label)}{sfx}.png"
         caption = f"Training loss against iteration on {label} (mean over seeds; faint lines: single seeds)."
         if plot_train_loss([g for g in groups if g.label == label], path, f"Training loss — {label}"):

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.experiments.paper import paper_result
-from ressenet.experiments.report import (
-    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, group_runs, protocol_text,
+from ressenet.experiments.runs import (
+    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, protocol_text,
 )
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
 
@@ -115,7 +115,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
         depths = sorted({g.depth for g in gs.values() if g.depth} | set(PAPER_DEPTHS))
         rows = []
         fams = sorted({g.family for g in gs.values() if g.family} | set(PAPER_FAMILIES),
-                      key=lambda f: list(FAMILY_TITLES).index(f) if f in FAMILY_TITLES else 99)
+                      key=family_order)
         for fam in fams:
             row = [_title(fam)]
             for d in depths:
@@ -286,7 +286,7 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
 def _close_figures() -> None:
     import matplotlib.pyplot as plt
 
-    plt.close("all")
+    plt.close("all")  # figures.py draws without pyplot; this only guards against a stray pyplot figure
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs
+from ressenet.experiments.runs import last_iteration
 
 __all__ = [
     "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
@@ -365,25 +366,6 @@ def _conflicts(cell: Cell, existing: dict[str, Any]) -> list[str]:
         return ["config.yaml (unreadable)"]
     flat = _flat(cell.config)
     return [k for k in keys if flat.get(k, "?") not in (None, "auto")]
-
-
-def last_iteration(out: Path) -> int | None:
-    """The ``iter`` of the last line of ``metrics.jsonl`` (None when absent or empty)."""
-    path = out / "metrics.jsonl"
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["iter"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
 
 
 def cell_state(cell: Cell) -> CellState:

@@ -19,260 +19,27 @@ CIFAR-10 numbers with that label, synthetic data is never compared.
 from __future__ import annotations
 
 import csv
-import json
 import math
-import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict
-from ressenet.experiments.grid import last_iteration
 from ressenet.experiments.paper import (
     HE_PARAMS_M, PARAM_CLAIMS, PAPER_TABLES, paper_improvements, paper_result, percent_fewer,
 )
+from ressenet.experiments.runs import (
+    COMPARISONS, FAMILY_TITLES, METRICS, PAPER_DEPTHS, Group, Run, collect_runs,
+    dataset_label, family_order, group_runs, label_order, parse_model, protocol_text,
+)
 from ressenet.experiments.stats import (
-    Comparison, Summary, fmt_comparison, fmt_mean_std, fmt_num, summarize, welch,
+    Comparison, Summary, fmt_comparison, fmt_mean_std, fmt_num, welch,
 )
 
 __all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "write_report",
            "ReportResult", "METRICS", "FAMILY_TITLES"]
-
-# metric kind -> (top-1 key, top-5 key) in summary.json
-METRICS: dict[str, tuple[str, str]] = {
-    "final": ("test_top1", "test_top5"),
-    "best_on_test": ("best_test_top1", "best_test_top5"),
-    "val_selected": ("selected_test_top1", "selected_test_top5"),
-}
-METRIC_TITLES = {"final": "final", "best_on_test": "best-on-test", "val_selected": "val-selected"}
-FAMILY_TITLES: dict[str, str] = {
-    "resnet": "ResNet",
-    "se_resnet": "SE-ResNet",
-    "res_se_net": "Res-SE-Net",
-    "resnet_nobridge": "ResNet without bridges",
-    "res_se_net_se_before_conv": "Res-SE-Net, SE before the bridge conv",
-    "res_se_net_se_all_identity": "Res-SE-Net, SE on every identity connection",
-}
-PAPER_DEPTHS = (20, 32, 44, 56, 110)
-# (family a, family b, title, printed paper table "over" or None): a minus b at the same depth and dataset.
-COMPARISONS: tuple[tuple[str, str, str, str | None], ...] = (
-    ("res_se_net", "resnet", "Res-SE-Net over ResNet", "resnet"),
-    ("res_se_net", "se_resnet", "Res-SE-Net over SE-ResNet", "se_resnet"),
-    ("resnet_nobridge", "resnet", "ResNet without bridges minus ResNet (do bridges matter?)", None),
-    ("res_se_net_se_before_conv", "res_se_net", "Ablation: SE before the bridge convolution minus Res-SE-Net", None),
-    ("res_se_net_se_all_identity", "res_se_net", "Ablation: SE on every identity connection minus Res-SE-Net", None),
-)
-# Config keys that do not split runs into different protocols (besides the result-neutral ones): the cell axes,
-# the head size (set by the dataset), the memory format, and how often the test set is looked at.
-GROUPING_IGNORED = RESULT_NEUTRAL_KEYS | {"model.name", "data.dataset", "run.seed", "model.num_classes",
-                                         "run.channels_last", "run.eval_every"}
-_MODEL_RE = re.compile(r"^(resnet|se_resnet|res_se_net)(\d+)(_nobridge|_se_before_conv|_se_all_identity)?$")
-
-
-def parse_model(name: str) -> tuple[str | None, int | None]:
-    """``res_se_net44`` -> ("res_se_net", 44); ``resnet20_nobridge`` -> ("resnet_nobridge", 20); else (None, None)."""
-    m = _MODEL_RE.match(name)
-    if not m:
-        return None, None
-    return m.group(1) + (m.group(3) or ""), int(m.group(2))
-
-
-def dataset_label(summary: dict[str, Any], config: dict[str, Any]) -> tuple[str, str | None]:
-    """A human label for a run's data and the paper dataset it may be compared with (None: not comparable)."""
-    from ressenet.data.constants import CIFAR10_CLASSES, CIFAR100_CLASSES
-
-    ds = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "?"
-    data = summary.get("data") or {}
-    if ds == "cifar10":
-        return "CIFAR-10", "cifar10"
-    if ds == "cifar100":
-        return "CIFAR-100", "cifar100"
-    if ds == "imagefolder":
-        classes = tuple(data.get("classes") or ())
-        # The image-folder loader describes its files as "(10 classes, JPEG)"; only an all-lossless copy escapes
-        # the "JPEG copy" label.
-        kinds = re.search(r"classes, ([A-Za-z+]+)\)", str(data.get("description") or ""))
-        lossless = kinds is not None and "JPEG" not in kinds.group(1).upper()
-        for title, key, names in (("CIFAR-10", "cifar10", CIFAR10_CLASSES),
-                                  ("CIFAR-100", "cifar100", CIFAR100_CLASSES)):
-            if classes == tuple(names) and data.get("test_size") == 10_000:
-                return f"{title} ({'image-folder copy' if lossless else 'JPEG copy'})", key
-        root = (config.get("data") or {}).get("data_root") or data.get("description") or "?"
-        return f"image folder {Path(str(root)).name}", None
-    if ds == "synthetic":
-        return "synthetic data", None
-    return str(ds), None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading run directories
-# --------------------------------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    """One finished run directory."""
-
-    path: Path
-    rel: str
-    summary: dict[str, Any]
-    config: dict[str, Any]
-    meta: dict[str, Any]
-    model: str
-    family: str | None
-    depth: int | None
-    label: str
-    compare_to: str | None
-    seed: int | None
-    protocol: tuple[tuple[str, Any], ...]
-
-    def value(self, key: str) -> float | None:
-        v = self.summary.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return tree if isinstance(tree, dict) else {}
-
-
-def _flat(tree: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in tree.items() if s != "meta" and isinstance(sec, dict) for k, v in sec.items()}
-
-
-def _protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The result-relevant differences from the defaults (the paper's protocol), as sorted (key, value) pairs."""
-    try:
-        tree = config_from_dict({k: v for k, v in config.items() if k != "meta"}).to_dict()
-    except (ConfigError, TypeError, AttributeError):
-        tree = config
-    flat, default = _flat(tree), _flat(Config().to_dict())
-    return tuple(sorted((k, _hashable(v)) for k, v in flat.items()
-                        if k not in GROUPING_IGNORED and default.get(k, object()) != v))
-
-
-def _hashable(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
-
-
-def protocol_text(protocol: tuple[tuple[str, Any], ...]) -> str:
-    if not protocol:
-        return "the paper's protocol (64,000 iterations, batch 128, SGD momentum 0.9, lr 0.1 ÷10 at 32k and 48k, " \
-               "weight decay 1e-4)"
-    parts = []
-    for k, v in protocol:
-        text = ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
-        parts.append(f"{k}={text}")
-    return "differs from the paper's protocol: " + ", ".join(parts)
-
-
-def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]], list[str]]:
-    """Every finished run under ``runs_dir`` (any depth), the unfinished ones, and problems found.
-
-    Returns:
-        (finished runs, [(unfinished dir, progress)], [problem lines]).
-
-    Raises:
-        FileNotFoundError: ``runs_dir`` does not exist.
-    """
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"runs directory {root} not found; run `ressenet grid PRESET --runs-dir {root}` first")
-    runs: list[Run] = []
-    problems: list[str] = []
-    finished_dirs = set()
-    for path in sorted(root.rglob("summary.json")):
-        d = path.parent
-        finished_dirs.add(d)
-        rel = str(d.relative_to(root)) if d != root else "."
-        try:
-            summary = json.loads(path.read_text())
-            if not isinstance(summary, dict):
-                raise ValueError("not a mapping")
-        except (OSError, ValueError) as e:
-            problems.append(f"{rel}: summary.json unreadable ({e}); skipped")
-            continue
-        cfg_file = _load_yaml(d / "config.yaml")
-        config = summary.get("config") if isinstance(summary.get("config"), dict) else cfg_file
-        meta = cfg_file.get("meta") if isinstance(cfg_file.get("meta"), dict) else {}
-        model = str(summary.get("model") or (config.get("model") or {}).get("name") or "?")
-        family, depth = parse_model(model)
-        label, compare_to = dataset_label(summary, config)
-        seed = summary.get("seed", (config.get("run") or {}).get("seed"))
-        runs.append(Run(path=d, rel=rel, summary=summary, config=config, meta=meta, model=model, family=family,
-                        depth=depth, label=label, compare_to=compare_to,
-                        seed=int(seed) if isinstance(seed, int) else None, protocol=_protocol(config)))
-    unfinished = []
-    seen = set()
-    for marker in ("metrics.jsonl", "last.pt"):
-        for path in sorted(root.rglob(marker)):
-            d = path.parent
-            if d in finished_dirs or d in seen:
-                continue
-            seen.add(d)
-            it = last_iteration(d)
-            unfinished.append((str(d.relative_to(root)), f"iteration {it:,}" if it is not None else "started"))
-    return runs, sorted(unfinished), problems
-
-
-@dataclass
-class Group:
-    """The runs of one (protocol, dataset label, model): the seeds of one table cell."""
-
-    protocol: tuple[tuple[str, Any], ...]
-    label: str
-    compare_to: str | None
-    model: str
-    family: str | None
-    depth: int | None
-    runs: list[Run] = field(default_factory=list)
-
-    def values(self, key: str) -> list[float]:
-        return [v for v in (r.value(key) for r in self.runs) if v is not None]
-
-    def stat(self, key: str) -> Summary:
-        return summarize(self.values(key))
-
-    @property
-    def n(self) -> int:
-        return len(self.runs)
-
-    @property
-    def params(self) -> int | None:
-        vals = [r.summary.get("params") for r in self.runs if isinstance(r.summary.get("params"), int)]
-        return vals[0] if vals else None
-
-    @property
-    def seeds(self) -> list[int | None]:
-        return sorted((r.seed for r in self.runs), key=lambda s: (s is None, s or 0))
-
-
-def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
-    """Runs grouped by (protocol, dataset label, model), ordered by protocol size, dataset, family, depth."""
-    groups: dict[tuple, Group] = {}
-    for r in runs:
-        key = (r.protocol, r.label, r.model)
-        if key not in groups:
-            groups[key] = Group(r.protocol, r.label, r.compare_to, r.model, r.family, r.depth)
-        groups[key].runs.append(r)
-    return groups
-
-
-def _family_order(family: str | None) -> int:
-    keys = list(FAMILY_TITLES)
-    return keys.index(family) if family in keys else len(keys)
-
-
-def _label_order(label: str) -> tuple:
-    return (0 if label.startswith("CIFAR-10 ") or label == "CIFAR-10" else
-            1 if label.startswith("CIFAR-100") else 2, label)
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Parameters
@@ -294,12 +61,9 @@ def model_params_a(name: str, num_classes: int = 10) -> int:
 
 
 def _model_name(family: str, depth: int) -> str:
-    for base in ("resnet", "se_resnet", "res_se_net"):
-        if family == base:
-            return f"{base}{depth}"
-        if family.startswith(base + "_") and family[len(base):] in ("_nobridge", "_se_before_conv", "_se_all_identity"):
-            return f"{base}{depth}{family[len(base):]}"
-    raise ValueError(f"unknown family {family!r}")
+    from ressenet.models import FAMILY
+
+    return FAMILY[family].model_name(depth)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -469,7 +233,7 @@ def _data_section(runs: list[Run]) -> list[str]:
     for r in runs:
         by_label.setdefault(r.label, []).append(r)
     rows = []
-    for label in sorted(by_label, key=_label_order):
+    for label in sorted(by_label, key=label_order):
         rs = by_label[label]
         data = rs[0].summary.get("data") or {}
         sizes = "/".join(str(data.get(k, "?")) for k in ("train_size", "val_size", "test_size"))
@@ -485,7 +249,7 @@ def _paper_tables(gs: list[Group], pid: str, table_rows: list[dict[str, Any]]) -
     md: list[str] = []
     has_val = any(g.values("selected_test_top1") for g in gs)
     for table, family, title in PAPER_TABLES:
-        rows_g = sorted((g for g in gs if g.family == family), key=lambda g: (_label_order(g.label), g.depth))
+        rows_g = sorted((g for g in gs if g.family == family), key=lambda g: (label_order(g.label), g.depth))
         if not rows_g:
             continue
         headers = ["Dataset", "Depth", "n", "Top-1 final", "Top-1 best-on-test", "Paper top-1",
@@ -558,7 +322,7 @@ def _comparison_tables(gs: list[Group], pid: str, imp_rows: list[dict[str, Any]]
     for fa, fb, title, over in COMPARISONS:
         pairs = sorted(((ga, index[(ga.label, fb, ga.depth)]) for ga in gs
                         if ga.family == fa and (ga.label, fb, ga.depth) in index),
-                       key=lambda p: (_label_order(p[0].label), p[0].depth))
+                       key=lambda p: (label_order(p[0].label), p[0].depth))
         if not pairs:
             continue
         headers = ["Dataset", "Depth", "n", "Δ top-1 final [95% CI]", "Δ top-1 best-on-test [95% CI]",
@@ -585,7 +349,7 @@ def _comparison_tables(gs: list[Group], pid: str, imp_rows: list[dict[str, Any]]
                             f"paper_{m}_slip": slip})
             imp_rows.append(row)
         # The average over depths, as the paper prints it: the mean of the per-depth mean differences.
-        for label, items in sorted(by_label.items(), key=lambda kv: _label_order(kv[0])):
+        for label, items in sorted(by_label.items(), key=lambda kv: label_order(kv[0])):
             if len(items) < 2:
                 continue
             depths = [g.depth for g, _ in items]
@@ -631,7 +395,7 @@ def _claim_accuracy(gs: list[Group]) -> list[str]:
     """The accuracy side of the paper's claim: Res-SE-Net-44 beats ResNet-110 and SE-ResNet-110."""
     index = {(g.label, g.model): g for g in gs}
     rows = []
-    for label in sorted({g.label for g in gs}, key=_label_order):
+    for label in sorted({g.label for g in gs}, key=label_order):
         a = index.get((label, "res_se_net44"))
         for other in ("resnet110", "se_resnet110"):
             b = index.get((label, other))
@@ -656,7 +420,7 @@ _GROUP_STATS = [(f"{kind}_{k}", key) for kind, keys in METRICS.items() for k, ke
 
 def _all_groups(gs: list[Group], pid: str, group_rows: list[dict[str, Any]]) -> list[str]:
     rows = []
-    for g in sorted(gs, key=lambda g: (_label_order(g.label), _family_order(g.family), g.depth or 0, g.model)):
+    for g in sorted(gs, key=lambda g: (label_order(g.label), family_order(g.family), g.depth or 0, g.model)):
         s = {name: g.stat(key) for name, key in _GROUP_STATS}
         pr = paper_result(g.family, g.depth, g.compare_to) if g.family and g.depth and g.compare_to else None
         iters = sorted({r.summary.get("iters") for r in g.runs if r.summary.get("iters") is not None})
@@ -713,7 +477,7 @@ def _paper_improvement_section() -> list[str]:
 
 def _params_section(runs: list[Run], param_rows: list[dict[str, Any]]) -> list[str]:
     families = ["resnet", "se_resnet", "res_se_net", "resnet_nobridge"]
-    families += sorted({r.family for r in runs if r.family and r.family not in families}, key=_family_order)
+    families += sorted({r.family for r in runs if r.family and r.family not in families}, key=family_order)
     rows = []
     for depth in PAPER_DEPTHS:
         row: list[Any] = [depth]

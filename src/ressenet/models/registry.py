@@ -7,23 +7,35 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "is_model"]
+__all__ = ["register_model", "create_model", "list_models", "is_model", "model_info", "natural_key"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INFO: dict[str, Any] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Add a factory under its function name; a second registration of a name is a bug and raises."""
+def register_model(fn: Callable[..., nn.Module], *, info: Any = None) -> Callable[..., nn.Module]:
+    """Add a factory under its function name; a second registration of a name is a bug and raises.
+
+    ``info`` (a :class:`~ressenet.models.families.ModelInfo`) says which family and depth the name is.
+    """
     name = fn.__name__
     if name in _MODELS:
         raise RuntimeError(f"model {name!r} is already registered")
     _MODELS[name] = fn
+    if info is not None:
+        _INFO[name] = info
     return fn
+
+
+def model_info(name: str) -> Any:
+    """The :class:`~ressenet.models.families.ModelInfo` (family, depth, placement, bridge) of a registered name,
+    or ``None`` for a name outside the families table (another registered model, or an unknown name)."""
+    return _INFO.get(name)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted registered names, optionally filtered by a shell-style pattern (``"res_se_net*"``)."""
-    names = sorted(_MODELS, key=_natural_key)
+    names = sorted(_MODELS, key=natural_key)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern) or (not _has_glob(pattern) and pattern in n)]
     return names
@@ -50,9 +62,8 @@ def _has_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
 
 
-def _natural_key(name: str) -> tuple:
-    # resnet20 < resnet110 < resnet1202, families grouped: sort by (prefix, depth, suffix).
+def natural_key(name: str) -> tuple:
+    """Sort key that orders names by their numbers: resnet20 < resnet110 < resnet1202, run-s2 < run-s10."""
     import re
 
-    m = re.match(r"^([a-z_]+?)(\d+)(.*)$", name)
-    return (m.group(1), int(m.group(2)), m.group(3)) if m else (name, 0, "")
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

@@ -15,33 +15,25 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ressenet.models.families import FAMILIES, Family, ModelInfo, SEPlacement, se_sites
 from ressenet.models.layers import SEBlock, Shortcut, conv1x1, conv3x3
 from ressenet.models.registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "VARIANTS", "DEPTHS"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "DEPTHS"]
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
 SHORTCUTS = ("A", "B")
 LAYOUTS = ("basic", "released")
 
-# Where SE blocks go and whether bridges exist, per family and ablation (docs/design.md, "Architectures").
-VARIANTS: dict[str, dict[str, Any]] = {
-    "resnet": {},
-    "se_resnet": {"se_residual": True},
-    "res_se_net": {"bridge_se": "after"},
-    "resnet_nobridge": {"bridge": False},  # ablation: bridge shortcut removed, output = ReLU(residual)
-    "res_se_net_se_before_conv": {"bridge_se": "before"},  # ablation: SE before the bridge conv
-    "res_se_net_se_all_identity": {"bridge_se": "after", "identity_se": True},  # ablation: SE on all shortcuts
-}
 
-
-def _shortcut(inplanes: int, outplanes: int, stride: int, *, shortcut: str, bridge: bool, bridge_se: str | None,
-              identity_se: bool, se_reduction: int) -> Shortcut | None:
+def _shortcut(inplanes: int, outplanes: int, stride: int, *, shortcut: str, placement: SEPlacement, bridge: bool,
+              se_reduction: int) -> Shortcut | None:
     is_bridge = stride != 1 or inplanes != outplanes
     if is_bridge and not bridge:
         return None
-    se = bridge_se if is_bridge else ("after" if identity_se else None)
-    return Shortcut(inplanes, outplanes, stride, kind=shortcut, se=se, se_reduction=se_reduction)
+    _, bridge_se, identity_se = se_sites(placement)
+    return Shortcut(inplanes, outplanes, stride, kind=shortcut, se=bridge_se if is_bridge else identity_se,
+                    se_reduction=se_reduction)
 
 
 class BasicBlock(nn.Module):
@@ -49,17 +41,16 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B", se_residual: bool = False,
-                 bridge_se: str | None = None, identity_se: bool = False, bridge: bool = True,
-                 se_reduction: int = 16) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 placement: SEPlacement = SEPlacement.NONE, bridge: bool = True, se_reduction: int = 16) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.se = SEBlock(planes, se_reduction) if se_residual else None
-        self.shortcut = _shortcut(inplanes, planes, stride, shortcut=shortcut, bridge=bridge, bridge_se=bridge_se,
-                                  identity_se=identity_se, se_reduction=se_reduction)
+        self.se = SEBlock(planes, se_reduction) if se_sites(placement)[0] else None
+        self.shortcut = _shortcut(inplanes, planes, stride, shortcut=shortcut, placement=placement, bridge=bridge,
+                                  se_reduction=se_reduction)
         self.is_bridge = stride != 1 or inplanes != planes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -77,9 +68,8 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B", se_residual: bool = False,
-                 bridge_se: str | None = None, identity_se: bool = False, bridge: bool = True,
-                 se_reduction: int = 16) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, *, shortcut: str = "B",
+                 placement: SEPlacement = SEPlacement.NONE, bridge: bool = True, se_reduction: int = 16) -> None:
         super().__init__()
         outplanes = planes * self.expansion
         self.conv1 = conv1x1(inplanes, planes)
@@ -88,9 +78,9 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, outplanes)
         self.bn3 = nn.BatchNorm2d(outplanes)
-        self.se = SEBlock(outplanes, se_reduction) if se_residual else None
-        self.shortcut = _shortcut(inplanes, outplanes, stride, shortcut=shortcut, bridge=bridge, bridge_se=bridge_se,
-                                  identity_se=identity_se, se_reduction=se_reduction)
+        self.se = SEBlock(outplanes, se_reduction) if se_sites(placement)[0] else None
+        self.shortcut = _shortcut(inplanes, outplanes, stride, shortcut=shortcut, placement=placement, bridge=bridge,
+                                  se_reduction=se_reduction)
         self.is_bridge = stride != 1 or inplanes != outplanes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -111,28 +101,28 @@ class ResNet(nn.Module):
         depth: 6n + 2 (20, 32, 44, 56, 110, 1202).
         num_classes: size of the linear head.
         shortcut: bridge type, ``"B"`` (conv1x1 + BN, the paper's) or ``"A"`` (subsample + zero channels).
-        se_residual: SE at the end of every residual branch (SE-ResNet).
-        bridge_se: ``None``, ``"after"`` (Res-SE-Net) or ``"before"`` (ablation) the bridge convolution.
-        identity_se: SE on every identity connection too (ablation).
+        placement: where the SE blocks go (models/families.py): none, residual (SE-ResNet), bridge_after
+            (Res-SE-Net), bridge_before or bridge_and_identity (the paper's negative ablations).
         bridge: ``False`` removes bridge shortcuts (ablation).
         se_reduction: SE reduction ratio r (16 in the paper).
         layout: ``"basic"`` (basic blocks everywhere: the paper's parameter claims) or ``"released"``: the
             released code's quirk of bottleneck blocks (expansion 4) with n = (depth - 2) / 6 for depth >= 44.
-            The released code built SE-ResNet with basic blocks at every depth, so ``se_residual`` stays basic.
+            The released code built SE-ResNet with basic blocks at every depth, so ``residual`` stays basic.
     """
 
-    def __init__(self, depth: int, num_classes: int = 10, *, shortcut: str = "B", se_residual: bool = False,
-                 bridge_se: str | None = None, identity_se: bool = False, bridge: bool = True, se_reduction: int = 16,
+    def __init__(self, depth: int, num_classes: int = 10, *, shortcut: str = "B",
+                 placement: SEPlacement | str = SEPlacement.NONE, bridge: bool = True, se_reduction: int = 16,
                  layout: str = "basic") -> None:
         super().__init__()
         _check_options(depth, num_classes, shortcut, se_reduction, layout)
+        placement = SEPlacement(placement)
         shortcut = shortcut.upper()
         n = (depth - 2) // 6
-        bottleneck = layout == "released" and depth >= 44 and not se_residual
+        bottleneck = layout == "released" and depth >= 44 and placement is not SEPlacement.RESIDUAL
         block: type[BasicBlock] | type[Bottleneck] = Bottleneck if bottleneck else BasicBlock
         self.depth, self.layout, self.block_name = depth, layout, block.__name__
-        block_kwargs = dict(shortcut=shortcut, se_residual=se_residual, bridge_se=bridge_se, identity_se=identity_se,
-                            bridge=bridge, se_reduction=se_reduction)
+        self.placement, self.bridge = placement, bridge
+        block_kwargs = dict(shortcut=shortcut, placement=placement, bridge=bridge, se_reduction=se_reduction)
 
         self.conv1 = conv3x3(3, 16)
         self.bn1 = nn.BatchNorm2d(16)
@@ -200,80 +190,18 @@ def _check_options(depth: int, num_classes: int, shortcut: str, se_reduction: in
         raise ValueError(f"layout must be one of {LAYOUTS} ('released' = the released code's bottlenecks), got {layout!r}")
 
 
-def _cifar_resnet(variant: str, depth: int, **kwargs: Any) -> ResNet:
-    return ResNet(depth, **VARIANTS[variant], **kwargs)
+def _factory(family: Family, depth: int):
+    def factory(**kw: Any) -> ResNet:
+        return ResNet(depth, placement=family.placement, bridge=family.bridge, **kw)
+
+    factory.__name__ = factory.__qualname__ = family.model_name(depth)
+    factory.__doc__ = f"{family.title}-{depth} (placement {family.placement.value}, bridges {family.bridge})."
+    return factory
 
 
-# One line per registered name. Options for all: num_classes, shortcut, se_reduction, layout.
-@register_model
-def resnet20(**kw: Any) -> ResNet: return _cifar_resnet("resnet", 20, **kw)  # noqa: E704
-@register_model
-def resnet32(**kw: Any) -> ResNet: return _cifar_resnet("resnet", 32, **kw)  # noqa: E704
-@register_model
-def resnet44(**kw: Any) -> ResNet: return _cifar_resnet("resnet", 44, **kw)  # noqa: E704
-@register_model
-def resnet56(**kw: Any) -> ResNet: return _cifar_resnet("resnet", 56, **kw)  # noqa: E704
-@register_model
-def resnet110(**kw: Any) -> ResNet: return _cifar_resnet("resnet", 110, **kw)  # noqa: E704
-@register_model
-def resnet1202(**kw: Any) -> ResNet: return _cifar_resnet("resnet", 1202, **kw)  # noqa: E704
-@register_model
-def se_resnet20(**kw: Any) -> ResNet: return _cifar_resnet("se_resnet", 20, **kw)  # noqa: E704
-@register_model
-def se_resnet32(**kw: Any) -> ResNet: return _cifar_resnet("se_resnet", 32, **kw)  # noqa: E704
-@register_model
-def se_resnet44(**kw: Any) -> ResNet: return _cifar_resnet("se_resnet", 44, **kw)  # noqa: E704
-@register_model
-def se_resnet56(**kw: Any) -> ResNet: return _cifar_resnet("se_resnet", 56, **kw)  # noqa: E704
-@register_model
-def se_resnet110(**kw: Any) -> ResNet: return _cifar_resnet("se_resnet", 110, **kw)  # noqa: E704
-@register_model
-def se_resnet1202(**kw: Any) -> ResNet: return _cifar_resnet("se_resnet", 1202, **kw)  # noqa: E704
-@register_model
-def res_se_net20(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net", 20, **kw)  # noqa: E704
-@register_model
-def res_se_net32(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net", 32, **kw)  # noqa: E704
-@register_model
-def res_se_net44(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net", 44, **kw)  # noqa: E704
-@register_model
-def res_se_net56(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net", 56, **kw)  # noqa: E704
-@register_model
-def res_se_net110(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net", 110, **kw)  # noqa: E704
-@register_model
-def res_se_net1202(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net", 1202, **kw)  # noqa: E704
-@register_model
-def resnet20_nobridge(**kw: Any) -> ResNet: return _cifar_resnet("resnet_nobridge", 20, **kw)  # noqa: E704
-@register_model
-def resnet32_nobridge(**kw: Any) -> ResNet: return _cifar_resnet("resnet_nobridge", 32, **kw)  # noqa: E704
-@register_model
-def resnet44_nobridge(**kw: Any) -> ResNet: return _cifar_resnet("resnet_nobridge", 44, **kw)  # noqa: E704
-@register_model
-def resnet56_nobridge(**kw: Any) -> ResNet: return _cifar_resnet("resnet_nobridge", 56, **kw)  # noqa: E704
-@register_model
-def resnet110_nobridge(**kw: Any) -> ResNet: return _cifar_resnet("resnet_nobridge", 110, **kw)  # noqa: E704
-@register_model
-def resnet1202_nobridge(**kw: Any) -> ResNet: return _cifar_resnet("resnet_nobridge", 1202, **kw)  # noqa: E704
-@register_model
-def res_se_net20_se_before_conv(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_before_conv", 20, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net32_se_before_conv(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_before_conv", 32, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net44_se_before_conv(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_before_conv", 44, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net56_se_before_conv(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_before_conv", 56, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net110_se_before_conv(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_before_conv", 110, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net1202_se_before_conv(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_before_conv", 1202, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net20_se_all_identity(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_all_identity", 20, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net32_se_all_identity(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_all_identity", 32, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net44_se_all_identity(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_all_identity", 44, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net56_se_all_identity(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_all_identity", 56, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net110_se_all_identity(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_all_identity", 110, **kw)  # noqa: E704,E501
-@register_model
-def res_se_net1202_se_all_identity(**kw: Any) -> ResNet: return _cifar_resnet("res_se_net_se_all_identity", 1202, **kw)  # noqa: E704,E501
+# One factory per (family, depth), generated from the table; also module attributes (`resnet.res_se_net20()`).
+for _family in FAMILIES:
+    for _depth in DEPTHS:
+        globals()[_family.model_name(_depth)] = register_model(_factory(_family, _depth),
+                                                               info=ModelInfo(_family.model_name(_depth), _family,
+                                                                              _depth))

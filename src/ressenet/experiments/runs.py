@@ -1,0 +1,256 @@
+"""Reading run directories: the runs, their configs and data labels, how they group, how far an unfinished one got.
+
+One module for everything that reads what ``ressenet train`` wrote, used by the grid (skip and resume), the report,
+the figures and the findings page. It never trains and never writes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict
+from ressenet.experiments.stats import Summary, summarize
+from ressenet.models import FAMILIES, family_order, model_info
+
+__all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
+           "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
+           "PAPER_DEPTHS", "GROUPING_IGNORED"]
+
+
+# metric kind -> (top-1 key, top-5 key) in summary.json
+METRICS: dict[str, tuple[str, str]] = {
+    "final": ("test_top1", "test_top5"),
+    "best_on_test": ("best_test_top1", "best_test_top5"),
+    "val_selected": ("selected_test_top1", "selected_test_top5"),
+}
+METRIC_TITLES = {"final": "final", "best_on_test": "best-on-test", "val_selected": "val-selected"}
+# Titles and the paper's comparisons come from the families table (models/families.py).
+FAMILY_TITLES: dict[str, str] = {f.key: f.title for f in FAMILIES}
+PAPER_DEPTHS = (20, 32, 44, 56, 110)
+# (family a, family b, title, printed paper table "over" or None): a minus b at the same depth and dataset.
+COMPARISONS: tuple[tuple[str, str, str, str | None], ...] = tuple(
+    (f.key, other, title, other if printed else None) for f in FAMILIES for other, title, printed in f.versus)
+# Config keys that do not split runs into different protocols (besides the result-neutral ones): the cell axes,
+# the head size (set by the dataset), the memory format, and how often the test set is looked at.
+GROUPING_IGNORED = RESULT_NEUTRAL_KEYS | {"model.name", "data.dataset", "run.seed", "model.num_classes",
+                                         "run.channels_last", "run.eval_every"}
+
+
+def parse_model(name: str) -> tuple[str | None, int | None]:
+    """(family key, depth) of a registered model name, from the registry; (None, None) for another name."""
+    info = model_info(name)
+    return (info.family.key, info.depth) if info is not None else (None, None)
+
+
+def dataset_label(summary: dict[str, Any], config: dict[str, Any]) -> tuple[str, str | None]:
+    """A human label for a run's data and the paper dataset it may be compared with (None: not comparable)."""
+    from ressenet.data.constants import CIFAR10_CLASSES, CIFAR100_CLASSES
+
+    ds = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "?"
+    data = summary.get("data") or {}
+    if ds == "cifar10":
+        return "CIFAR-10", "cifar10"
+    if ds == "cifar100":
+        return "CIFAR-100", "cifar100"
+    if ds == "imagefolder":
+        classes = tuple(data.get("classes") or ())
+        # From the structured field the engine records (ImageDataset.lossless), never from the description.
+        lossless = data.get("lossless")
+        copy = {True: "image-folder copy", False: "JPEG copy"}.get(lossless, "image-folder copy, format unrecorded")
+        for title, key, names in (("CIFAR-10", "cifar10", CIFAR10_CLASSES),
+                                  ("CIFAR-100", "cifar100", CIFAR100_CLASSES)):
+            if classes == tuple(names) and data.get("test_size") == 10_000:
+                return f"{title} ({copy})", key
+        root = (config.get("data") or {}).get("data_root") or data.get("description") or "?"
+        return f"image folder {Path(str(root)).name}", None
+    if ds == "synthetic":
+        return "synthetic data", None
+    return str(ds), None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading run directories
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One finished run directory."""
+
+    path: Path
+    rel: str
+    summary: dict[str, Any]
+    config: dict[str, Any]
+    meta: dict[str, Any]
+    model: str
+    family: str | None
+    depth: int | None
+    label: str
+    compare_to: str | None
+    seed: int | None
+    protocol: tuple[tuple[str, Any], ...]
+
+    def value(self, key: str) -> float | None:
+        v = self.summary.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return tree if isinstance(tree, dict) else {}
+
+
+def _flat(tree: dict[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in tree.items() if s != "meta" and isinstance(sec, dict) for k, v in sec.items()}
+
+
+def _protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The result-relevant differences from the defaults (the paper's protocol), as sorted (key, value) pairs."""
+    try:
+        tree = config_from_dict({k: v for k, v in config.items() if k != "meta"}).to_dict()
+    except (ConfigError, TypeError, AttributeError):
+        tree = config
+    flat, default = _flat(tree), _flat(Config().to_dict())
+    return tuple(sorted((k, _hashable(v)) for k, v in flat.items()
+                        if k not in GROUPING_IGNORED and default.get(k, object()) != v))
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def protocol_text(protocol: tuple[tuple[str, Any], ...]) -> str:
+    if not protocol:
+        return "the paper's protocol (64,000 iterations, batch 128, SGD momentum 0.9, lr 0.1 ÷10 at 32k and 48k, " \
+               "weight decay 1e-4)"
+    parts = []
+    for k, v in protocol:
+        text = ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        parts.append(f"{k}={text}")
+    return "differs from the paper's protocol: " + ", ".join(parts)
+
+
+def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]], list[str]]:
+    """Every finished run under ``runs_dir`` (any depth), the unfinished ones, and problems found.
+
+    Returns:
+        (finished runs, [(unfinished dir, progress)], [problem lines]).
+
+    Raises:
+        FileNotFoundError: ``runs_dir`` does not exist.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs directory {root} not found; run `ressenet grid PRESET --runs-dir {root}` first")
+    runs: list[Run] = []
+    problems: list[str] = []
+    finished_dirs = set()
+    for path in sorted(root.rglob("summary.json")):
+        d = path.parent
+        finished_dirs.add(d)
+        rel = str(d.relative_to(root)) if d != root else "."
+        try:
+            summary = json.loads(path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError) as e:
+            problems.append(f"{rel}: summary.json unreadable ({e}); skipped")
+            continue
+        cfg_file = _load_yaml(d / "config.yaml")
+        config = summary.get("config") if isinstance(summary.get("config"), dict) else cfg_file
+        meta = cfg_file.get("meta") if isinstance(cfg_file.get("meta"), dict) else {}
+        model = str(summary.get("model") or (config.get("model") or {}).get("name") or "?")
+        family, depth = parse_model(model)
+        label, compare_to = dataset_label(summary, config)
+        seed = summary.get("seed", (config.get("run") or {}).get("seed"))
+        runs.append(Run(path=d, rel=rel, summary=summary, config=config, meta=meta, model=model, family=family,
+                        depth=depth, label=label, compare_to=compare_to,
+                        seed=int(seed) if isinstance(seed, int) else None, protocol=_protocol(config)))
+    unfinished = []
+    seen = set()
+    for marker in ("metrics.jsonl", "last.pt"):
+        for path in sorted(root.rglob(marker)):
+            d = path.parent
+            if d in finished_dirs or d in seen:
+                continue
+            seen.add(d)
+            it = last_iteration(d)
+            unfinished.append((str(d.relative_to(root)), f"iteration {it:,}" if it is not None else "started"))
+    return runs, sorted(unfinished), problems
+
+
+@dataclass
+class Group:
+    """The runs of one (protocol, dataset label, model): the seeds of one table cell."""
+
+    protocol: tuple[tuple[str, Any], ...]
+    label: str
+    compare_to: str | None
+    model: str
+    family: str | None
+    depth: int | None
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [v for v in (r.value(key) for r in self.runs) if v is not None]
+
+    def stat(self, key: str) -> Summary:
+        return summarize(self.values(key))
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def params(self) -> int | None:
+        vals = [r.summary.get("params") for r in self.runs if isinstance(r.summary.get("params"), int)]
+        return vals[0] if vals else None
+
+    @property
+    def seeds(self) -> list[int | None]:
+        return sorted((r.seed for r in self.runs), key=lambda s: (s is None, s or 0))
+
+
+def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
+    """Runs grouped by (protocol, dataset label, model), ordered by protocol size, dataset, family, depth."""
+    groups: dict[tuple, Group] = {}
+    for r in runs:
+        key = (r.protocol, r.label, r.model)
+        if key not in groups:
+            groups[key] = Group(r.protocol, r.label, r.compare_to, r.model, r.family, r.depth)
+        groups[key].runs.append(r)
+    return groups
+
+
+def label_order(label: str) -> tuple:
+    """CIFAR-10 labels first, then CIFAR-100, then anything else (the order of every table and figure)."""
+    return (0 if label.startswith("CIFAR-10 ") or label == "CIFAR-10" else
+            1 if label.startswith("CIFAR-100") else 2, label)
+
+
+
+def last_iteration(out: Path) -> int | None:
+    """The ``iter`` of the last line of ``metrics.jsonl`` (None when absent or empty)."""
+    path = out / "metrics.jsonl"
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["iter"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
