@@ -1,7 +1,7 @@
 """Augmented training batches per second: ressenet's TrainLoader against a torchvision DataLoader.
 
 Both produce the paper's augmentation (zero-pad 4 + random 32x32 crop, horizontal flip p = 0.5, per-channel
-normalisation; SPEC.md) as normalised float32 (128, 3, 32, 32) batches on the CPU, from the same images:
+normalisation; docs/design.md) as normalised float32 (128, 3, 32, 32) batches on the CPU, from the same images:
 
 * ``TrainLoader``: pixels held as one uint8 tensor, batches gathered with tensor ops (ressenet.data.loader);
 * baseline: a map-style dataset that turns each image into a PIL image (as torchvision's CIFAR10 does) and applies
