@@ -17,6 +17,7 @@ Cases (``--cases``, separated by ";", each MECHANISM:DEPTH:N[,N...]):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -63,7 +64,9 @@ def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, dat
             cfgs += fused_configs(base_overrides(args), [model], [seed], tmp)
         cuda = args.device.startswith("cuda")
         if cuda:
+            gc.collect()  # the previous case's graphs and pools must be gone from the baseline
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
         group = FusedGroup(cfgs, mechanism=mech, data=data, parallel_streams=parallel)
@@ -80,6 +83,7 @@ def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, dat
         dt = time.perf_counter() - t0
         peak = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20 if cuda else float("nan")
         del group
+        gc.collect()
     agg = n * args.batch_size * steps / dt
     return {"images_per_second": agg, "per_member": agg / n, "steps": steps, "seconds": dt,
             "mib_per_member": peak / n}
