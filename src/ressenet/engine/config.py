@@ -3,81 +3,215 @@
 Precedence (lowest to highest): dataclass defaults (the paper's protocol, docs/design.md) -> a YAML file
 (``--config``) -> command-line flags and ``--set section.key=value`` overrides. Unknown keys raise.
 The resolved tree is written to ``config.yaml`` in the run directory and stored in every checkpoint.
+
+Each field carries its help text, default and choices as data (``option(...)``: ``dataclasses.field`` metadata);
+``ressenet train``'s flags and their ``--help`` are generated from it (cli.py), and ``Config.validate`` checks every
+name against the choices with a did-you-mean (ressenet.names.suggest) before anything touches the disk.
 """
 from __future__ import annotations
 
+import re
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ressenet.names import suggest
+
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config",
-           "apply_overrides", "config_from_dict", "parse_value", "RESULT_NEUTRAL_KEYS"]
+           "apply_overrides", "config_from_dict", "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS", "option",
+           "check_choice", "field_choices"]
 
 
 class ConfigError(ValueError):
     """A bad configuration value or key; the message is one line naming the key and the fix."""
 
 
+def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
+           default_factory: Callable[[], Any] | Any = MISSING, flag: str | None = "", metavar: str | None = None,
+           default_text: str | None = None, choices_text: str | None = None) -> Any:
+    """A config field that explains itself: its help, default and choices are data (``dataclasses.fields(...)``'s
+    ``metadata``), from which ``ressenet train``'s flags and their ``--help`` are generated (cli.py).
+
+    Args:
+        help: What the field does (one sentence or two; the reasons that used to sit in comments).
+        choices: The valid values (checked by ``Config.validate`` with a did-you-mean), or a function returning
+            them (the model registry; the data package's names, imported only when asked).
+        flag: The command-line flag; ``""``: ``--`` + the key with dashes; ``None``: no flag (``--set`` only).
+        metavar: The flag's placeholder; default: ``{a,b,c}`` for choices, else the key in capitals.
+        default_text: How ``--help`` shows a ``None`` default (what ``None`` resolves to).
+        choices_text: How to refer to the choices when they are too many to list (``see `ressenet models```).
+    """
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "default_text": default_text,
+            "choices_text": choices_text}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _model_names() -> list[str]:
+    from ressenet.models import list_models
+
+    return list_models()
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from ressenet.data.constants import DATASETS  # imported when asked: the config does not load the data code
+
+    return DATASETS
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PROGRESS_MODES = ("auto", "bar", "plain", "none")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+NORMALIZATIONS = ("paper", "dataset")
+SHORTCUTS = ("A", "B")
+LAYOUTS = ("basic", "released")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N: any GPU index; checked by _DEVICE_RE
+_DEVICE_RE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+
+
 @dataclass
 class ModelConfig:
-    name: str = "res_se_net20"
-    num_classes: int | None = None  # None: from the dataset
-    shortcut: str | None = None  # None: the model's default ("B", the paper's projection bridges)
-    se_reduction: int | None = None  # None: 16 (the paper's)
-    layout: str | None = None  # None: "basic"; "released" = the released code's bottleneck quirk
+    name: str = option("res_se_net20", flag="--model", metavar="NAME[,NAME...]", choices=_model_names,
+                       choices_text="see `ressenet models`",
+                       help="registered model, e.g. resnet56, se_resnet56, res_se_net56 (see `ressenet models`); "
+                            "with `ressenet train`, a comma list (--model a,b) trains the members together (fused; "
+                            "the product with --seed's list), each in OUT/<model>-s<seed>")
+    num_classes: int | None = option(None, default_text="from the dataset",
+                                     help="output classes of the linear head")
+    shortcut: str | None = option(None, choices=SHORTCUTS, default_text="the model's, B",
+                                  help="bridge shortcut where a stage changes shape: B = conv1x1 + BN projection "
+                                       "(the paper's bridges), A = zero-padded identity")
+    se_reduction: int | None = option(None, default_text="16, the paper's",
+                                      help="squeeze-and-excitation reduction ratio r (C -> C/r -> C)")
+    layout: str | None = option(None, choices=LAYOUTS, default_text="basic",
+                                help="block layout: basic = basic blocks at every depth (the paper's parameter "
+                                     "counts); released = the released code's quirk of bottleneck blocks for "
+                                     "depth >= 44")
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"
-    data_root: str | None = None
-    download: bool = False
-    cache_dir: str | None = None
-    val_split: int = 0  # images held out of the training set for model selection (He et al.: 5000)
-    normalization: str = "paper"  # "paper": docs/design.md's constants for every dataset; "dataset": per-dataset stats
-    augment: bool = True  # zero-pad 4, random 32x32 crop, horizontal flip (the paper's)
-    # Smoke-test sizes: use a fixed random subset of N images (0 = all); for `synthetic`, the split sizes.
-    train_limit: int = 0
-    test_limit: int = 0
+    dataset: str = option("cifar10", choices=_dataset_names,
+                          help="dataset; imagefolder reads --data-root (train/ and test/ class folders, or an "
+                               "archive), synthetic makes random images (smoke tests)")
+    data_root: str | None = option(None, default_text="./data",
+                                   help="folder (or image-folder archive) holding the dataset")
+    download: bool = option(False, help="download and verify the official archive when it is missing "
+                                        "(cifar10/cifar100)")
+    cache_dir: str | None = option(None, default_text="$RESSENET_CACHE, else ~/.cache/ressenet",
+                                   help="where decoded image folders are cached")
+    val_split: int = option(0, help="images held out of the training set for model selection (He et al.: 5000); "
+                                    "0 = no validation split")
+    normalization: str = option("paper", choices=NORMALIZATIONS,
+                                help="input normalisation: paper = docs/design.md's constants for every dataset; "
+                                     "dataset = per-dataset statistics")
+    augment: bool = option(True, help="training augmentation: zero-pad 4, random 32x32 crop, horizontal flip "
+                                      "(the paper's)")
+    train_limit: int = option(0, flag=None,
+                              help="smoke tests: train on a fixed random subset of N images (0 = all); for "
+                                   "synthetic, the training split's size")
+    test_limit: int = option(0, flag=None,
+                             help="smoke tests: evaluate on a fixed random subset of N images (0 = all); for "
+                                  "synthetic, the test split's size")
 
 
 @dataclass
 class OptimConfig:
-    iters: int = 64_000
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4  # on all parameters, as the released code
-    milestones: list[int] = field(default_factory=lambda: [32_000, 48_000])
-    gamma: float = 0.1
+    iters: int = option(64_000, help="training iterations (SGD steps)")
+    batch_size: int = option(128, help="training batch size (the total over all processes under DDP)")
+    lr: float = option(0.1, help="initial learning rate")
+    momentum: float = option(0.9, help="SGD momentum, in [0, 1)")
+    nesterov: bool = option(False, help="Nesterov momentum")
+    weight_decay: float = option(1e-4, help="L2 weight decay, on all parameters as in the released code")
+    milestones: list[int] = option(default_factory=lambda: [32_000, 48_000], metavar="ITER[,ITER...]",
+                                   help="iterations at which the learning rate is multiplied by --gamma "
+                                        "(increasing, comma-separated)")
+    gamma: float = option(0.1, help="learning-rate factor at each milestone, in (0, 1]")
 
 
 @dataclass
 class RunConfig:
-    out: str | None = None
-    seed: int = 12  # the released script's seed
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto = bf16 on a GPU that supports it, else fp32
-    channels_last: bool | None = None  # None: on where it is faster (CUDA, and CPU convolutions)
-    # torch.compile. None (auto, engine.train.resolve_compile): on for a single CUDA device, where these
-    # launch-bound small nets train about 3x faster compiled with CUDA graphs (BENCHMARKS.md, H200); on the CPU
-    # for runs of CPU_COMPILE_MIN_ITERS or more when a C++ compiler is found (about 80 s to compile, then
-    # 1.15-1.2x faster steps); off under DDP (BatchNorm + CUDA graphs + DDP is a known slow path, pytorch#139207).
-    compile: bool | None = None
-    compile_mode: str = "auto"  # auto: "reduce-overhead" (CUDA graphs) on CUDA, "default" elsewhere
-    eval_every: int = 1_000  # iterations between test (and validation) evaluations; 0 = only at the end
-    log_every: int = 100
-    ckpt_every: int = 1_000
-    sync_bn: bool = False
-    # None: 1000 on CUDA, 100 on the CPU, where batch 1000 evaluated 1.34x slower (its activations miss the cache;
-    # BENCHMARKS.md, evaluation throughput). BatchNorm is in eval mode: the batch does not change the result.
-    eval_batch_size: int | None = None
-    progress: str = "auto"  # auto | bar | plain | none
+    out: str | None = option(None, metavar="DIR", default_text="runs/<model>_<dataset>_s<seed>",
+                             help="run directory (config, checkpoints, metrics); an existing one is resumed")
+    seed: int = option(12, metavar="SEED[,SEED...]",
+                       help="random seed (12: the released script's); with `ressenet train`, a comma list "
+                            "(--seed 1,2,3) trains one member per seed together (fused; the product with --model's "
+                            "list)")
+    device: str = option("auto", choices=DEVICES,
+                         help="where to train: cpu, cuda (this process's GPU), cuda:N (GPU N); auto = the GPU when "
+                              "PyTorch sees one, else the CPU")
+    precision: str = option("auto", choices=PRECISIONS,
+                            help="autocast precision; auto = bf16 on a GPU that supports it, else fp32 (fp16 needs "
+                                 "a GPU)")
+    channels_last: bool | None = option(None, default_text="on where it is faster (CUDA, and CPU convolutions)",
+                                        help="channels-last memory format")
+    compile: bool | None = option(
+        None, default_text="auto",
+        help="torch.compile. auto (engine.train.resolve_compile): on for a single CUDA device, where these "
+             "launch-bound small nets train about 3x faster compiled with CUDA graphs (BENCHMARKS.md, H200); on the "
+             "CPU for runs of engine.train.CPU_COMPILE_MIN_ITERS iterations or more when a C++ compiler is found "
+             "(about 80 s to compile, then 1.15-1.2x faster steps); off under DDP (BatchNorm + CUDA graphs + DDP is "
+             "a known slow path, pytorch#139207)")
+    compile_mode: str = option("auto", choices=COMPILE_MODES,
+                               help="torch.compile mode; auto = reduce-overhead (CUDA graphs) on CUDA, default "
+                                    "elsewhere")
+    eval_every: int = option(1_000, help="iterations between test (and validation) evaluations; 0 = only at the end")
+    log_every: int = option(100, help="iterations between training-loss log lines")
+    ckpt_every: int = option(1_000, help="iterations between checkpoints (last.pt); 0 = only at the end")
+    sync_bn: bool = option(False, help="synchronised BatchNorm across processes under DDP")
+    eval_batch_size: int | None = option(
+        None, default_text="1000 on CUDA, 100 on the CPU",
+        help="evaluation batch size (BatchNorm is in eval mode: it does not change the result); on the CPU batch "
+             "1000 evaluated 1.34x slower, its activations missing the cache (BENCHMARKS.md)")
+    progress: str = option("auto", choices=PROGRESS_MODES,
+                           help="progress display: bar, plain log lines, or none; auto = a bar on a terminal, "
+                                "plain lines otherwise")
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
+
+
+def field_choices(f: Field) -> tuple[str, ...] | None:
+    """The valid values of a config field, or None when any value of its type is allowed."""
+    choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
+    return tuple(choices) if choices is not None else None
+
+
+def check_choice(key: str, value: Any) -> None:
+    """Raise a one-line ConfigError naming the closest valid name when ``value`` is not a valid ``key`` (dotted).
+
+    Accepts ``None`` for optional fields (their default); used by ``Config.validate`` and for each element of
+    ``ressenet train --model a,b``.
+    """
+    section, _, name = key.partition(".")
+    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    choices = field_choices(f)
+    if choices is None or value is None:
+        return
+    text = str(value)
+    if key == "run.device":
+        if _DEVICE_RE.fullmatch(text):
+            return
+        index = re.findall(r"\d+", text)
+        candidates = [c for c in DEVICES if c != "cuda:N"] + [f"cuda:{index[0] if index else 0}"]
+        hint = suggest(re.sub(r"^gpu", "cuda", text.lower()), candidates)  # --device gpu[:N] means CUDA
+        raise ConfigError(f"{key}={value!r} is invalid: {hint}expected {'|'.join(DEVICES)}")
+    if key == "model.shortcut":
+        text = text.upper()  # the model accepts either case
+    if text in choices:
+        return
+    if key == "model.name":
+        raise ConfigError(f"unknown model {value!r} ({key}): {suggest(text, choices)}"
+                          f"`ressenet models` lists all {len(choices)} names")
+    raise ConfigError(f"{key}={value!r} is invalid: {suggest(text, choices)}expected {'|'.join(choices)}")
 
 
 @dataclass
@@ -91,7 +225,15 @@ class Config:
         return asdict(self)
 
     def validate(self) -> Config:
-        o, r, d = self.optim, self.run, self.data
+        """Check every value, names first (each with a did-you-mean), before anything touches the disk."""
+        for section, cls in SECTIONS.items():
+            for f in fields(cls):
+                check_choice(f"{section}.{f.name}", getattr(getattr(self, section), f.name))
+        m, o, r, d = self.model, self.optim, self.run, self.data
+        _require(m.num_classes is None or m.num_classes > 0, "model.num_classes", m.num_classes,
+                 "a positive number of classes (or none: from the dataset)")
+        _require(m.se_reduction is None or m.se_reduction > 0, "model.se_reduction", m.se_reduction,
+                 "a positive reduction ratio, e.g. 16")
         _require(o.iters > 0, "optim.iters", o.iters, "a positive number of iterations")
         _require(o.batch_size > 0, "optim.batch_size", o.batch_size, "a positive batch size")
         _require(o.lr > 0, "optim.lr", o.lr, "a positive learning rate")
@@ -101,13 +243,6 @@ class Config:
         _require(list(o.milestones) == sorted(set(o.milestones)) and all(0 < m for m in o.milestones),
                  "optim.milestones", o.milestones, "increasing positive iterations, e.g. 32000,48000")
         _require(not (o.nesterov and o.momentum == 0), "optim.nesterov", o.nesterov, "momentum > 0 with Nesterov")
-        _require(r.precision in ("auto", "fp32", "bf16", "fp16"), "run.precision", r.precision, "auto|fp32|bf16|fp16")
-        _require(r.compile_mode in ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-                 "run.compile_mode", r.compile_mode,
-                 "auto|default|reduce-overhead|max-autotune|max-autotune-no-cudagraphs")
-        _require(r.progress in ("auto", "bar", "plain", "none"), "run.progress", r.progress, "auto|bar|plain|none")
-        _require(r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"), "run.device", r.device,
-                 "auto|cpu|cuda|cuda:N")
         for key in ("eval_every", "log_every", "ckpt_every"):
             _require(getattr(r, key) >= 0, f"run.{key}", getattr(r, key), "0 or a positive number of iterations")
         _require(r.eval_batch_size is None or r.eval_batch_size > 0, "run.eval_batch_size", r.eval_batch_size,
@@ -115,7 +250,6 @@ class Config:
         _require(d.val_split >= 0, "data.val_split", d.val_split, "0 (no validation split) or e.g. 5000")
         _require(d.train_limit >= 0 and d.test_limit >= 0, "data.train_limit", (d.train_limit, d.test_limit),
                  "0 (all images) or a positive number of images")
-        _require(d.normalization in ("paper", "dataset"), "data.normalization", d.normalization, "paper|dataset")
         return self
 
 

@@ -26,37 +26,28 @@ from __future__ import annotations
 
 import difflib
 import os
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from torch import nn
 
-from ressenet.engine.checkpoint import atomic_write_json, atomic_write_text, save_checkpoint
+from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import Config
-from ressenet.engine.distributed import DistInfo
-from ressenet.engine.train import (_eval_split, _MetricsLog, _prepare_run_dir, _summarize, _versions, build_model,
-                                   cpu_compiler_found, load_data, lr_at, make_checkpoint, resolve_channels_last,
-                                   resolve_compile, resolve_device, resolve_precision, restore_checkpoint,
-                                   threading_main, train_step)
+from ressenet.engine.run import NonFiniteLoss, Run, lr_at, train_step
+from ressenet.engine.rundir import prepare_run_dir
+from ressenet.engine.setup import load_data, resolve_device, resolve_precision
+from ressenet.engine.train import cpu_compiler_found, resolve_compile, stop_signals
 from ressenet.errors import RessenetError
 
-__all__ = ["MECHANISMS", "FusedGroup", "train_fused", "member_dir_name", "fused_configs", "resolve_mechanism"]
+__all__ = ["MECHANISMS", "FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
 
 MECHANISMS = ("auto", "sequential", "graphs")
 WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotuning, momentum buffers)
 # Keys in which the members of one group may differ; everything else (data, protocol, precision, device) is shared.
 MEMBER_KEYS = ("model.name", "run.seed", "run.out")
-
-
-def member_dir_name(model: str, seed: int) -> str:
-    """A member's run directory under the group's ``--out``: ``<model>-s<seed>``."""
-    return f"{model}-s{seed}"
 
 
 def _did_you_mean(name: str) -> str:
@@ -67,11 +58,16 @@ def _did_you_mean(name: str) -> str:
 
 
 def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out: str,
-                  config_file: str | None = None) -> list[Config]:
+                  config_file: str | None = None, name_template: str | None = None) -> list[Config]:
     """The members' configs: the product of ``models`` and ``seeds``, each in ``out/<model>-s<seed>``.
 
     Every name is checked before anything touches the disk. ``base`` holds the other overrides ({"section.key": v}).
+    ``name_template`` (e.g. a grid's ``"{model}-cifar10-s{seed}"``) replaces the member directories' names.
     """
+    template = name_template or "{model}-s{seed}"
+    if "{model}" not in template or "{seed}" not in template or "/" in template or template.startswith("."):
+        raise RessenetError(f"--member-name {template!r} must contain {{model}} and {{seed}} and no '/', e.g. "
+                            f"'{{model}}-cifar10-s{{seed}}'")
     from ressenet.engine.config import load_config
     from ressenet.models import create_model, is_model
 
@@ -88,7 +84,8 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
     for m in models:
         for s in seeds:
             cfgs.append(load_config(config_file, {**base, "model.name": m, "run.seed": s,
-                                                  "run.out": str(Path(out) / member_dir_name(m, s))}).validate())
+                                                  "run.out": str(Path(out) / template.format(model=m, seed=s))}
+                                    ).validate())
     return cfgs
 
 
@@ -111,59 +108,23 @@ def _shared_part(cfg: Config) -> dict[str, Any]:
 
 
 @dataclass
-class Member:
-    """One run of a fused group: the objects a single run holds, plus its stream and graph under ``graphs``."""
+class _Graph:
+    """A member's CUDA graph state (mechanism ``graphs``)."""
 
-    cfg: Config
-    out: Path
-    model: nn.Module
-    step_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    loader: Any
-    log: _MetricsLog
-    n_params: int
-    it: int
-    best: dict[str, Any]
-    steady: dict[str, Any]
-    elapsed_before: float
-    acc: torch.Tensor  # loss sum, correct (float64, on the device)
-    first_bad: torch.Tensor  # first iteration with a non-finite loss, -1 if none
-    step: torch.Tensor  # device-side copy of ``it``
-    start_it: int = 0  # where this process started (the steady-state rate skips its first interval)
-    images: int = 0
-    last_eval: dict[str, Any] = field(default_factory=dict)
-    last_rec: dict[str, Any] = field(default_factory=dict)
-    it_interval: int = 0
+    stream: Any
     eager_left: int = WARMUP_STEPS
-    stream: Any = None
     graph: Any = None
-    graph_lr: float | None = None
+    lr: float | None = None
     pool: Any = None
-    static_x: torch.Tensor | None = None
-    static_y: torch.Tensor | None = None
-    failed: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.out.name
-
-    def accumulate(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """The single-run loop's device-side bookkeeping, in place (so a CUDA graph can hold it)."""
-        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self.step, self.first_bad))
-        self.acc[0] += loss.double() * len(y)
-        self.acc[1] += (logits.argmax(1) == y).sum()
-        self.step += 1
+    x: torch.Tensor | None = None
+    y: torch.Tensor | None = None
 
 
 class FusedGroup:
-    """The members of one fused job, built and resumed; :meth:`step` advances every unfinished member once."""
+    """The members (engine/run.py ``Run`` objects) of one fused job; :meth:`step` advances the unfinished ones."""
 
     def __init__(self, cfgs: list[Config], *, mechanism: str = "auto", overwrite: bool = False,
                  data: dict[str, Any] | None = None, parallel_streams: bool = True) -> None:
-        from ressenet.data import TrainLoader
-        from ressenet.models import count_params
-
         if not cfgs:
             raise RessenetError("a fused group needs at least one member")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -171,7 +132,8 @@ class FusedGroup:
         shared = _shared_part(cfgs[0])
         for c in cfgs[1:]:
             if _shared_part(c) != shared:
-                diff = sorted(f"{s}.{k}" for s in shared for k in shared[s] if shared[s][k] != _shared_part(c)[s][k])
+                other = _shared_part(c)
+                diff = sorted(f"{s}.{k}" for s in shared for k in shared[s] if shared[s][k] != other[s][k])
                 raise RessenetError(f"fused members differ in {', '.join(diff)}; only the model and the seed may "
                                     f"differ within one command")
         cfg0 = cfgs[0]
@@ -181,139 +143,99 @@ class FusedGroup:
         if self.mechanism == "graphs" and self.precision == "fp16":
             raise RessenetError("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises "
                                 "with the host every step); use --precision bf16")
-        self.channels_last = resolve_channels_last(cfg0.run.channels_last, self.device)
         names = [Path(c.run.out).name for c in cfgs]
         self.finished: dict[str, dict[str, Any]] = {}
         pending: list[tuple[Config, Path]] = []
         for c in cfgs:
-            out, done = _prepare_run_dir(c, overwrite, True)
+            out, done = prepare_run_dir(c, overwrite, True)
             if done is not None:
                 self.finished[out.name] = done
             else:
                 pending.append((c, out))
-        self.members: list[Member] = []
+        self.members: list[Run] = []
+        self.failed: dict[str, str] = {}
+        self.graphs: dict[str, _Graph] = {}
         if not pending:
             return
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.data = data if data is not None else load_data(cfg0)
-        classes = self.data["train"].classes
         if self.mechanism == "graphs":
-            self.compile_on, compile_mode = False, "none"
+            compile_on, compile_mode = False, "none"
+            # Autocast's weight cache must be off while capturing CUDA graphs (PyTorch's graph docs).
+            amp: Any = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) \
+                if self.precision == "bf16" else None
         else:
-            self.compile_on, compile_mode = resolve_compile(cfg0.run.compile, cfg0.run.compile_mode, self.device,
-                                                            iters=cfg0.optim.iters)
-            if self.compile_on and cfg0.run.compile and self.device.type == "cpu" and not cpu_compiler_found():
+            compile_on, compile_mode = resolve_compile(cfg0.run.compile, cfg0.run.compile_mode, self.device,
+                                                       iters=cfg0.optim.iters)
+            if compile_on and cfg0.run.compile and self.device.type == "cpu" and not cpu_compiler_found():
                 raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++); install one or "
                                     "pass --no-compile")
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        first_loader = None
+            amp = None
         for c, out in pending:
-            torch.manual_seed(c.run.seed)  # the separate run's initialisation
-            model = build_model(c, len(classes))
-            n_params = count_params(model)
-            model.to(self.device, memory_format=fmt)
-            optimizer = torch.optim.SGD(model.parameters(), lr=c.optim.lr, momentum=c.optim.momentum,
-                                        weight_decay=c.optim.weight_decay, nesterov=c.optim.nesterov,
-                                        **({"fused": True} if self.device.type == "cuda" else {}))
-            scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-            loader = TrainLoader(self.data["train"], c.optim.batch_size, mean=self.data["mean"], std=self.data["std"],
-                                 seed=c.run.seed, device=self.device, augment=c.data.augment,
-                                 channels_last=self.channels_last, share_pixels_with=first_loader)
-            first_loader = first_loader or loader
-            it, best = 0, {"test_top1": -1.0, "test_top5": 0.0, "test_iter": None, "val_top1": -1.0, "val_iter": None}
-            elapsed, steady = 0.0, {"images": 0, "seconds": 0.0}
-            resumed = (out / "last.pt").exists()
-            if resumed:
-                it, best, elapsed, steady = restore_checkpoint(out / "last.pt", model, optimizer, scaler, loader,
-                                                               self.device)
-            step_model = torch.compile(model, mode=compile_mode) if self.compile_on else model
-            tree = c.to_dict()
-            tree["meta"] = _versions(self.device) | {
-                "precision": self.precision, "channels_last": self.channels_last,
-                "compile": compile_mode if self.compile_on else False, "world_size": 1,
-                "data": self.data["train"].description, "fused_with": names, "fused_mechanism": self.mechanism}
-            atomic_write_text(out / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
-            dev = self.device
-            m = Member(cfg=c, out=out, model=model, step_model=step_model, optimizer=optimizer, scaler=scaler,
-                       loader=loader, log=_MetricsLog(out / "metrics.jsonl", True, it if resumed else None),
-                       n_params=n_params, it=it, best=best, steady=steady, elapsed_before=elapsed,
-                       acc=torch.zeros(2, device=dev, dtype=torch.float64),
-                       first_bad=torch.full((), -1, device=dev, dtype=torch.int64),
-                       step=torch.full((), it, device=dev, dtype=torch.int64), start_it=it, it_interval=it)
+            first = self.members[0].loader if self.members else None
+            run = Run.build(c, out, self.data, self.device, share_pixels_with=first, amp=amp)
+            if compile_on:
+                run.step_model = torch.compile(run.model, mode=compile_mode)
+            run.write_config(compile=compile_mode if compile_on else False, fused_with=names,
+                             fused_mechanism=self.mechanism)
             if self.mechanism == "graphs":
                 # parallel_streams=False (benchmarks only) replays every graph on one stream: no overlap.
-                first = self.members[0].stream if self.members else None
-                m.stream = torch.cuda.Stream(dev) if parallel_streams or first is None else first
-            self.members.append(m)
-        if self.mechanism == "graphs":
-            self.amp: Any = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) \
-                if self.precision == "bf16" else _null()
-        else:
-            from ressenet.engine.train import autocast_context
-
-            self.amp = autocast_context(self.precision, self.device)
+                shared_stream = next(iter(self.graphs.values())).stream if self.graphs else None
+                stream = torch.cuda.Stream(self.device) if parallel_streams or shared_stream is None \
+                    else shared_stream
+                self.graphs[run.name] = _Graph(stream)
+            self.members.append(run)
         self.release()  # members' streams see the weights and state built on the default stream
 
     # -- stepping ---------------------------------------------------------------------------------------------
     @property
-    def active(self) -> list[Member]:
-        return [m for m in self.members if m.failed is None and m.it < m.cfg.optim.iters]
+    def active(self) -> list[Run]:
+        return [m for m in self.members if m.name not in self.failed and m.state.it < m.cfg.optim.iters]
 
-    def step(self) -> list[Member]:
+    def step(self) -> list[Run]:
         """One training step of every active member; returns the members that stepped."""
         stepped = self.active
         for m in stepped:
             if self.mechanism == "graphs":
-                self._step_graph(m)
+                self._step_graph(m, self.graphs[m.name])
             else:
-                self._step_eager(m)
-            m.images += m.cfg.optim.batch_size
-            m.it += 1
+                m.step()  # the single-run step: bit-identical to a separate run
         return stepped
 
-    def _set_lr(self, m: Member, lr: float) -> None:
-        for g in m.optimizer.param_groups:
-            g["lr"] = lr
-
-    def _step_eager(self, m: Member) -> None:
-        self._set_lr(m, lr_at(m.cfg, m.it))
-        x, y = m.loader.next()
-        loss, logits = train_step(m.step_model, m.optimizer, m.scaler, self.amp, x, y)
-        m.accumulate(loss, logits, y)
-
-    def _step_graph(self, m: Member) -> None:
-        lr = lr_at(m.cfg, m.it)
-        with torch.cuda.stream(m.stream):
+    def _step_graph(self, m: Run, g: _Graph) -> None:
+        lr = lr_at(m.cfg, m.state.it)
+        with torch.cuda.stream(g.stream):
             x, y = m.loader.next()
-            if m.eager_left > 0:
-                m.eager_left -= 1
-                self._set_lr(m, lr)
-                loss, logits = train_step(m.model, m.optimizer, m.scaler, self.amp, x, y)
+            if g.eager_left > 0:
+                g.eager_left -= 1
+                m.set_lr(lr)
+                loss, logits = train_step(m.model, m.optimizer, m.scaler, m.amp, x, y)
                 m.accumulate(loss, logits, y)
-                return
-            if m.graph is None or m.graph_lr != lr:
-                self._capture(m, lr, x, y)
-            m.static_x.copy_(x)  # type: ignore[union-attr]
-            m.static_y.copy_(y)  # type: ignore[union-attr]
-            m.graph.replay()
+            else:
+                if g.graph is None or g.lr != lr:
+                    self._capture(m, g, lr, x, y)
+                g.x.copy_(x)  # type: ignore[union-attr]
+                g.y.copy_(y)  # type: ignore[union-attr]
+                g.graph.replay()
+        m.advance(len(y))
 
-    def _capture(self, m: Member, lr: float, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _capture(self, m: Run, g: _Graph, lr: float, x: torch.Tensor, y: torch.Tensor) -> None:
         """Records the member's step with ``lr`` (recording runs nothing: the replay after it does the step)."""
-        self._set_lr(m, lr)
-        if m.static_x is None:
-            m.static_x, m.static_y = torch.empty_like(x), torch.empty_like(y)
-        if m.graph is not None:
+        m.set_lr(lr)
+        if g.x is None:
+            g.x, g.y = torch.empty_like(x), torch.empty_like(y)
+        if g.graph is not None:
             torch.cuda.synchronize(self.device)  # the old graph may still be replaying
         # The new graph shares the old one's memory pool (it never replays again). The old graph must stay alive
         # until the new capture has begun: destroying it first releases the pool, and capturing into a released
         # pool fails an internal assertion of PyTorch's allocator (seen on an H200, torch 2.11).
-        old = m.graph
+        old = g.graph
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=m.pool, stream=m.stream):
-            loss, logits = train_step(m.model, m.optimizer, m.scaler, self.amp, m.static_x, m.static_y)
-            m.accumulate(loss, logits, m.static_y)
-        m.graph, m.graph_lr, m.pool = graph, lr, graph.pool()
+        with torch.cuda.graph(graph, pool=g.pool, stream=g.stream):
+            loss, logits = train_step(m.model, m.optimizer, m.scaler, m.amp, g.x, g.y)
+            m.accumulate(loss, logits, g.y)
+        g.graph, g.lr, g.pool = graph, lr, graph.pool()
         del old
 
     def sync(self) -> None:
@@ -325,17 +247,9 @@ class FusedGroup:
         """After host-side work on the default stream (evaluation, resets), members' streams wait for it."""
         if self.mechanism == "graphs":
             cur = torch.cuda.current_stream(self.device)
-            for m in self.members:
-                if m.stream is not cur:
-                    m.stream.wait_stream(cur)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
+            for g in self.graphs.values():
+                if g.stream is not cur:
+                    g.stream.wait_stream(cur)
 
 
 def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str = "auto") -> list[dict[str, Any]]:
@@ -353,124 +267,48 @@ def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str =
     if not group.members:
         return [summaries[Path(c.run.out).name] for c in cfgs]
     verbose = cfgs[0].run.progress != "none"
-    dist = DistInfo()
     if verbose:
-        start = sorted({m.it for m in group.members})
+        start = sorted({m.state.it for m in group.members})
         print(f"fused training of {len(group.members)} members ({', '.join(m.name for m in group.members)}) on "
               f"{group.device}, mechanism {group.mechanism}, {group.precision}; from iteration "
               f"{'/'.join(map(str, start))}", flush=True)
-
-    stop: list[int] = []
-    old_handlers = {}
-    if threading_main():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, lambda s, _f: stop.append(s))
-    t_start = time.perf_counter()
-    t_interval = t_start
-    try:
+    t_start = t_interval = time.perf_counter()
+    with stop_signals() as stop:
         while group.active:
-            stepped = group.step()
-            due = [m for m in stepped if _boundary(m)]
+            due = [m for m in group.step() if m.due()]
             if not due and not stop:
                 continue
             group.sync()
             now = time.perf_counter()
-            images = sum((m.it - m.it_interval) * m.cfg.optim.batch_size for m in due)
+            images = sum((m.state.it - m.it_interval) * m.cfg.optim.batch_size for m in due)
+            recs = []
             for m in due:
-                _boundary_work(group, m, now - t_interval, now - t_start, dist)
+                try:
+                    recs.append(m.boundary(now - t_interval, now - t_start))
+                except NonFiniteLoss as e:  # this member stops; the others go on
+                    group.failed[m.name] = f"{m.out}: {e}"
+                    print(group.failed[m.name], file=sys.stderr)
             if stop:
-                for m in group.members:
-                    if m.failed is None and m.it < m.cfg.optim.iters:
-                        save_checkpoint(m.out / "last.pt", _ckpt(group, m, now - t_start))
+                for m in group.active:
+                    m.save("last.pt", now - t_start)
             group.release()
-            if verbose and due:
-                losses = [m.last_rec["train_loss"] for m in due if m.last_rec]
-                tops = [m.last_rec["test_top1"] for m in due if "test_top1" in m.last_rec and m.last_rec["iter"] == m.it]
+            recs = [r for r in recs if r]
+            if verbose and recs:
+                losses = [r["train_loss"] for r in recs]
+                tops = [r["test_top1"] for r in recs if "test_top1" in r]
                 test = f"  test top-1 {min(tops):.2f}..{max(tops):.2f}%" if tops else ""
-                print(f"iter {max(m.it for m in due):>6}  {len(due)} members: train loss {min(losses):.3f}.."
+                print(f"iter {max(r['iter'] for r in recs):>6}  {len(recs)} members: train loss {min(losses):.3f}.."
                       f"{max(losses):.3f}{test}  {images / max(now - t_interval, 1e-9):,.0f} img/s together",
                       flush=True)
             t_interval = time.perf_counter()
             if stop:
-                print(f"stopped by {signal.Signals(stop[0]).name}; every member checkpointed; run the same command "
-                      f"to resume", file=sys.stderr)
+                print(f"stopped by signal {stop[0]}; every member checkpointed; run the same command to resume",
+                      file=sys.stderr)
                 raise SystemExit(128 + stop[0])
-    finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-
-    failed = []
     for m in group.members:
-        if m.failed:
-            failed.append(m.failed)
-            continue
-        if not m.last_eval:  # resumed from a checkpoint written at the last iteration
-            test = _eval_split(m.model, group.data["test"], group.data, m.cfg, group.device, group.channels_last,
-                               group.amp, dist)
-            m.last_eval = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
-        wall = m.elapsed_before + time.perf_counter() - t_start
-        summary = _summarize(m.cfg, m.out, group.data, m.last_eval, m.best, m.n_params, wall, m.steady, m.model,
-                             group.device, group.channels_last, group.amp, dist)
-        atomic_write_json(m.out / "summary.json", summary)
-        summaries[m.name] = summary
-    if failed:
-        raise RessenetError("; ".join(failed))
+        if m.name not in group.failed:
+            summaries[m.name] = m.summary(time.perf_counter() - t_start)
+            atomic_write_json(m.out / "summary.json", summaries[m.name])
+    if group.failed:
+        raise RessenetError("; ".join(group.failed.values()))
     return [summaries[Path(c.run.out).name] for c in cfgs]
-
-
-def _boundary(m: Member) -> bool:
-    r, it = m.cfg.run, m.it
-    return it == m.cfg.optim.iters or any(every and it % every == 0 for every in (r.log_every, r.eval_every,
-                                                                                    r.ckpt_every))
-
-
-def _boundary_work(group: FusedGroup, m: Member, seconds: float, elapsed: float, dist: DistInfo) -> None:
-    """The single-run loop's boundary for one member: check the loss, log, evaluate, checkpoint."""
-    cfg, it = m.cfg, m.it
-    is_end = it == cfg.optim.iters
-    do_log = is_end or (cfg.run.log_every and it % cfg.run.log_every == 0)
-    do_eval = is_end or (cfg.run.eval_every and it % cfg.run.eval_every == 0)
-    do_ckpt = is_end or (cfg.run.ckpt_every and it % cfg.run.ckpt_every == 0)
-    bad = int(m.first_bad.item())
-    if bad >= 0:
-        m.failed = (f"{m.out}: the training loss became non-finite at iteration {bad + 1} (lr {lr_at(cfg, bad):g}); "
-                    f"its last good checkpoint is kept in {m.out / 'last.pt'}; lower --lr or check the data")
-        print(m.failed, file=sys.stderr)
-        return
-    if m.it_interval > m.start_it:  # steady state: skip this process's first interval (start-up, autotuning)
-        m.steady["images"] += (it - m.it_interval) * cfg.optim.batch_size
-        m.steady["seconds"] += seconds
-    tot = m.acc.tolist()
-    n = max(m.images, 1)
-    rec: dict[str, Any] = {"kind": "train", "iter": it, "epoch": m.loader.epoch, "lr": lr_at(cfg, it - 1),
-                           "train_loss": tot[0] / n, "train_top1": 100.0 * tot[1] / n,
-                           "images_per_second": (it - m.it_interval) * cfg.optim.batch_size / max(seconds, 1e-9),
-                           "time": m.elapsed_before + elapsed}
-    m.acc.zero_()
-    m.images = 0
-    if do_eval:
-        rec["kind"] = "eval"
-        test = _eval_split(m.model, group.data["test"], group.data, cfg, group.device, group.channels_last,
-                           group.amp, dist)
-        rec.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
-        if test["top1"] > m.best["test_top1"]:
-            m.best.update(test_top1=test["top1"], test_top5=test["top5"], test_iter=it)
-        if group.data["val"] is not None:
-            val = _eval_split(m.model, group.data["val"], group.data, cfg, group.device, group.channels_last,
-                              group.amp, dist)
-            rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
-            if val["top1"] > m.best["val_top1"]:
-                m.best.update(val_top1=val["top1"], val_iter=it)
-                save_checkpoint(m.out / "best.pt", _ckpt(group, m, elapsed))
-        m.last_eval = rec
-    if do_log or do_eval:
-        m.log.write(rec)
-        m.last_rec = rec
-    if do_ckpt:
-        save_checkpoint(m.out / "last.pt", _ckpt(group, m, elapsed))
-    m.it_interval = it
-
-
-def _ckpt(group: FusedGroup, m: Member, elapsed: float) -> dict[str, Any]:
-    return make_checkpoint(m.cfg, m.it, m.model, m.optimizer, m.scaler, m.loader, m.best, m.elapsed_before + elapsed,
-                           m.steady, group.device)

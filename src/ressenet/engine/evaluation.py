@@ -1,0 +1,82 @@
+"""Evaluation: top-1/top-5/loss over a split (summed across data-parallel ranks), and of any saved checkpoint."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ressenet.engine.checkpoint import load_checkpoint
+from ressenet.engine.config import Config, config_from_dict
+from ressenet.engine.distributed import DistInfo, all_reduce_sum
+from ressenet.engine.setup import build_model, load_data, resolve_channels_last, resolve_device, resolve_eval_batch_size
+from ressenet.errors import RessenetError
+
+__all__ = ["evaluate", "eval_split", "evaluate_checkpoint"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *, amp: Any = None,
+             dist_info: DistInfo | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over all batches, summed across ranks when data-parallel."""
+    was_training = model.training
+    model.eval()
+    sums = None
+    for x, y in batches:
+        with amp or contextlib.nullcontext():
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hit = topk == y[:, None]
+        batch = torch.stack([F.cross_entropy(logits, y, reduction="sum"), hit[:, 0].sum().float(),
+                             hit.any(dim=1).sum().float(), torch.tensor(float(len(y)), device=y.device)])
+        sums = batch if sums is None else sums + batch
+    model.train(was_training)
+    if sums is None:
+        raise RessenetError("evaluation got no images")
+    all_reduce_sum(sums, dist_info or DistInfo())
+    loss, top1, top5, n = sums.tolist()
+    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
+
+
+def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, device: torch.device,
+                channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
+    from ressenet.data import eval_batches
+
+    batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"],
+                           std=data["std"], device=device, channels_last=channels_last, rank=dist_info.rank,
+                           world_size=dist_info.world_size)
+    return evaluate(model, batches, amp=amp, dist_info=dist_info)
+
+
+def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
+                        cache_dir: str | None = None, split: str = "test", device: str = "auto",
+                        batch_size: int | None = None) -> dict[str, Any]:
+    """Top-1/top-5/loss of any checkpoint the engine wrote, on a split of its dataset (or another)."""
+    state = load_checkpoint(path)
+    cfg = config_from_dict(state["config"], where=str(path))
+    if dataset is not None:
+        cfg.data.dataset = dataset
+    if data_root is not None:
+        cfg.data.data_root = data_root
+    if cache_dir is not None:
+        cfg.data.cache_dir = cache_dir
+    cfg.run.eval_batch_size = batch_size
+    dev = resolve_device(device)
+    data = load_data(cfg)
+    if split == "val" and data["val"] is None:
+        raise RessenetError(f"{path} was trained without a validation split; use --split test")
+    ds = data[split]
+    model = build_model(cfg, len(data["train"].classes))
+    model.load_state_dict(state["model"])
+    channels_last = resolve_channels_last(cfg.run.channels_last, dev)
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    res = eval_split(model, ds, data, cfg, dev, channels_last, None, DistInfo())
+    return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
+            "iter": state.get("iter"), "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
+            "images": res["images"]}

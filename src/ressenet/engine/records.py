@@ -1,0 +1,71 @@
+"""What a run reports while it trains: ``metrics.jsonl`` (one JSON object per line) and the progress display."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ressenet.engine.checkpoint import atomic_write_text
+
+__all__ = ["MetricsLog", "Progress"]
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only); on resume drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, enabled: bool, resume_iter: int | None) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and resume_iter is not None and path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and _line_iter(ln) <= resume_iter]
+            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+        elif enabled and resume_iter is None:
+            path.unlink(missing_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+
+
+def _line_iter(line: str) -> int:
+    try:
+        return int(json.loads(line)["iter"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # an unreadable (torn) line is dropped
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain log lines otherwise (``run.progress``)."""
+
+    def __init__(self, mode: str, total: int, start: int, enabled: bool) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "plain"
+        self.mode = mode if enabled else "none"
+        self.bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, it: int, n: int, rec: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{rec['train_loss']:.3f}", lr=f"{rec['lr']:.3g}",
+                                 img_s=f"{rec['images_per_second']:.0f}", refresh=False)
+        elif self.mode == "plain":
+            print(f"iter {it:>6}  epoch {rec['epoch']:>3}  loss {rec['train_loss']:.4f}  top1 {rec['train_top1']:5.2f}"
+                  f"  lr {rec['lr']:.4g}  {rec['images_per_second']:.0f} img/s", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.mode == "none":
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,308 @@
+"""One training run's objects and bookkeeping, shared by the single-run loop (engine/train.py) and fused training
+(engine/fused.py): build or resume, one SGD step, the boundary work (log, evaluate, checkpoint), the summary.
+
+Everything a checkpoint restores lives here, so a run trained alone and the same run trained as a fused member write
+the same files in the same format.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from ressenet.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ressenet.engine.config import Config
+from ressenet.engine.distributed import DistInfo, all_reduce_sum
+from ressenet.engine.evaluation import eval_split
+from ressenet.engine.records import MetricsLog
+from ressenet.engine.setup import (autocast_context, build_model, resolve_channels_last, resolve_precision,
+                                   versions)
+from ressenet.errors import RessenetError
+
+__all__ = ["CHECKPOINT_VERSION", "TrainState", "Run", "NonFiniteLoss", "lr_at", "train_step"]
+
+CHECKPOINT_VERSION = 1
+
+
+def lr_at(cfg: Config, it: int) -> float:
+    """Step schedule: ``lr * gamma ** (number of milestones <= it)`` (x0.1 at 32k and 48k in the paper)."""
+    return cfg.optim.lr * cfg.optim.gamma ** bisect_right(cfg.optim.milestones, it)
+
+
+def train_step(step_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, amp: Any,
+               x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on (x, y); returns the detached (loss, logits). The optimizer's lr must already be set."""
+    with amp:
+        logits = step_model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), logits.detach()
+
+
+class NonFiniteLoss(RessenetError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _no_best() -> dict[str, Any]:
+    return {"test_top1": -1.0, "test_top5": 0.0, "test_iter": None, "val_top1": -1.0, "val_iter": None}
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the iteration, the best evaluations so far, its costs. ``state_dict`` goes into ``last.pt``."""
+
+    it: int = 0
+    best: dict[str, Any] = field(default_factory=_no_best)
+    wall_before: float = 0.0  # seconds spent by earlier processes of this run
+    steady: dict[str, Any] = field(default_factory=lambda: {"images": 0, "seconds": 0.0})
+    start_it: int = 0  # where this process started: its first interval is not steady state
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self, wall: float) -> dict[str, Any]:
+        return {"iter": self.it, "best": dict(self.best), "wall_seconds": wall, "steady": dict(self.steady)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.it = self.start_it = int(state["iter"])
+        self.best, self.steady = dict(state["best"]), dict(state["steady"])
+        self.wall_before = float(state["wall_seconds"])
+
+
+@dataclass
+class Run:
+    """One run: model, optimizer, data stream, device-side accumulators, its directory's log; see :meth:`build`."""
+
+    cfg: Config
+    out: Path
+    data: dict[str, Any]
+    device: torch.device
+    dist: DistInfo
+    precision: str
+    channels_last: bool
+    amp: Any
+    model: nn.Module  # the raw model: its state_dict is the run's
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: Any
+    n_params: int
+    state: TrainState
+    log: MetricsLog
+    resumed: bool
+    step_model: nn.Module | None = None  # what the step calls: the model, compiled and/or DDP-wrapped
+    acc: torch.Tensor = field(default=None)  # type: ignore[assignment]  # loss sum, correct (float64)
+    first_bad: torch.Tensor = field(default=None)  # type: ignore[assignment]  # first non-finite iteration or -1
+    step_count: torch.Tensor = field(default=None)  # type: ignore[assignment]  # device-side copy of state.it
+    images: int = 0  # seen on this rank since the last boundary
+    it_interval: int = 0  # iteration of the last boundary
+
+    @classmethod
+    def build(cls, cfg: Config, out: Path, data: dict[str, Any], device: torch.device, dist: DistInfo | None = None,
+              *, share_pixels_with: Any = None, amp: Any = None) -> Run:
+        """The run's objects as a separate run of ``cfg`` builds them (``torch.manual_seed(seed)`` before the model),
+        resumed from ``out/last.pt`` when present."""
+        from ressenet.data import TrainLoader
+        from ressenet.models import count_params
+
+        dist = dist or DistInfo()
+        precision = resolve_precision(cfg.run.precision, device)
+        channels_last = resolve_channels_last(cfg.run.channels_last, device)
+        torch.manual_seed(cfg.run.seed)  # model init identical on every rank (DDP also broadcasts rank 0's)
+        model = build_model(cfg, len(data["train"].classes))
+        n_params = count_params(model)
+        if cfg.run.sync_bn and device.type != "cuda":
+            raise RessenetError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernels); drop --sync-bn")
+        if cfg.run.sync_bn and dist.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                    weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
+                                    **({"fused": True} if device.type == "cuda" else {}))
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        loader = TrainLoader(data["train"], cfg.optim.batch_size, mean=data["mean"], std=data["std"],
+                             seed=cfg.run.seed, device=device, augment=cfg.data.augment, rank=dist.rank,
+                             world_size=dist.world_size, channels_last=channels_last,
+                             share_pixels_with=share_pixels_with)
+        state = TrainState()
+        resumed = (out / "last.pt").exists()
+        if resumed:
+            ckpt = load_checkpoint(out / "last.pt")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            loader.load_state_dict(ckpt["data"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+            state.load_state_dict(ckpt)
+        run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
+                  channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
+                  model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
+                  log=MetricsLog(out / "metrics.jsonl", dist.is_main, state.it if resumed else None),
+                  resumed=resumed, step_model=model, it_interval=state.it)
+        run.acc = torch.zeros(2, device=device, dtype=torch.float64)
+        run.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        run.step_count = torch.full((), state.it, device=device, dtype=torch.int64)
+        return run
+
+    @property
+    def name(self) -> str:
+        return self.out.name
+
+    def write_config(self, **meta: Any) -> None:
+        """``config.yaml``: the resolved config plus ``meta`` (versions, device, what auto chose)."""
+        if self.dist.is_main:
+            tree = self.cfg.to_dict()
+            tree["meta"] = versions(self.device) | {"precision": self.precision, "channels_last": self.channels_last,
+                                                    "world_size": self.dist.world_size,
+                                                    "data": self.data["train"].description} | meta
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
+
+    # -- the step -------------------------------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> None:
+        """One SGD step at the schedule's learning rate on the next batch."""
+        self.set_lr(lr_at(self.cfg, self.state.it))
+        x, y = self.loader.next()
+        loss, logits = train_step(self.step_model, self.optimizer, self.scaler, self.amp, x, y)
+        self.accumulate(loss, logits, y)
+        self.advance(len(y))
+
+    def accumulate(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Device-side bookkeeping, in place and without host synchronisation (a CUDA graph can hold it)."""
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self.step_count,
+                                         self.first_bad))
+        self.acc[0] += loss.double() * len(y)
+        self.acc[1] += (logits.argmax(1) == y).sum()
+        self.step_count += 1
+
+    def advance(self, batch: int) -> None:
+        self.images += batch
+        self.state.it += 1
+
+    def due(self) -> bool:
+        """Whether the iteration just done ends a log, evaluation or checkpoint interval."""
+        r, it = self.cfg.run, self.state.it
+        return it == self.cfg.optim.iters or any(n and it % n == 0 for n in (r.log_every, r.eval_every,
+                                                                              r.ckpt_every))
+
+    # -- the boundary ---------------------------------------------------------------------------------------
+    def boundary(self, seconds: float, elapsed: float, *, stopping: bool = False) -> dict[str, Any] | None:
+        """Synchronise once (summed over ranks), check the loss, then log, evaluate and checkpoint as due.
+
+        Returns the metrics record written (None when only a checkpoint was due).
+
+        Raises:
+            NonFiniteLoss: the loss became NaN/inf since the last boundary (nothing of it is saved).
+        """
+        cfg, it = self.cfg, self.state.it
+        is_end = it == cfg.optim.iters
+        do_log = is_end or (cfg.run.log_every and it % cfg.run.log_every == 0)
+        do_eval = is_end or (cfg.run.eval_every and it % cfg.run.eval_every == 0)
+        do_ckpt = is_end or (cfg.run.ckpt_every and it % cfg.run.ckpt_every == 0) or stopping
+        totals = all_reduce_sum(torch.cat([self.acc, self.acc.new_tensor([self.images]),
+                                           (self.first_bad >= 0).double()[None]]), self.dist).tolist()
+        if totals[3] > 0:
+            bad = int(self.first_bad.item()) if self.first_bad.item() >= 0 else it - 1
+            raise NonFiniteLoss(f"the training loss became non-finite at iteration {bad + 1} (lr {lr_at(cfg, bad):g});"
+                                f" the last good checkpoint is kept in {self.out / 'last.pt'}; lower --lr or check "
+                                f"the data")
+        if self.it_interval > self.state.start_it:  # steady state: skip this process's first interval
+            self.state.steady["images"] += (it - self.it_interval) * cfg.optim.batch_size
+            self.state.steady["seconds"] += seconds
+        rec: dict[str, Any] | None = None
+        if do_log or do_eval:
+            rec = {"kind": "train", "iter": it, "epoch": self.loader.epoch, "lr": lr_at(cfg, it - 1),
+                   "train_loss": totals[0] / max(totals[2], 1), "train_top1": 100.0 * totals[1] / max(totals[2], 1),
+                   "images_per_second": (it - self.it_interval) * cfg.optim.batch_size / max(seconds, 1e-9),
+                   "time": self.state.wall_before + elapsed}
+        self.acc.zero_()
+        self.images = 0
+        if do_eval:
+            assert rec is not None
+            rec["kind"] = "eval"
+            test = self.evaluate("test")
+            rec.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
+            best = self.state.best
+            if test["top1"] > best["test_top1"]:
+                best.update(test_top1=test["top1"], test_top5=test["top5"], test_iter=it)
+            if self.data["val"] is not None:
+                val = self.evaluate("val")
+                rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+                if val["top1"] > best["val_top1"]:
+                    best.update(val_top1=val["top1"], val_iter=it)
+                    self.save("best.pt", elapsed)
+            self.state.last_eval = rec
+        if rec is not None:
+            self.log.write(rec)
+        if do_ckpt:
+            self.save("last.pt", elapsed)
+        self.it_interval = it
+        return rec
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        return eval_split(self.model, self.data[split], self.data, self.cfg, self.device, self.channels_last,
+                          self.amp, self.dist)
+
+    # -- files ----------------------------------------------------------------------------------------------
+    def checkpoint_state(self, wall: float) -> dict[str, Any]:
+        """Everything ``last.pt`` holds: weights, optimizer, data position, RNG, progress, the config."""
+        cfg, dev = self.cfg, self.device
+        return {"version": CHECKPOINT_VERSION, **self.state.state_dict(wall), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "scheduler": {"milestones": list(cfg.optim.milestones), "gamma": cfg.optim.gamma,
+                              "lr": lr_at(cfg, self.state.it)},
+                "data": self.loader.state_dict(),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
+                "config": cfg.to_dict()}
+
+    def save(self, name: str, elapsed: float) -> None:
+        """Atomically writes ``out/name`` (main rank only); ``elapsed``: seconds of this process so far."""
+        if self.dist.is_main:
+            save_checkpoint(self.out / name, self.checkpoint_state(self.state.wall_before + elapsed))
+
+    def summary(self, elapsed: float) -> dict[str, Any]:
+        """``summary.json``: final test accuracy, best-on-test (the paper's reporting), validation-selected, costs."""
+        cfg, data, best, st = self.cfg, self.data, self.state.best, self.state
+        if not st.last_eval:  # resumed from a checkpoint written at the last iteration: evaluate the final weights
+            test = self.evaluate("test")
+            st.last_eval = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+        f = st.last_eval
+        selected: dict[str, Any] = {"selected_test_top1": None, "selected_test_top5": None}
+        if data["val"] is not None and (self.out / "best.pt").exists():
+            model = build_model(cfg, len(data["train"].classes))
+            model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
+            model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+            sel = eval_split(model, data["test"], data, cfg, self.device, self.channels_last, self.amp, self.dist)
+            selected = {"selected_test_top1": sel["top1"], "selected_test_top5": sel["top5"]}
+        train_ds = data["train"]
+        return {
+            "model": cfg.model.name, "dataset": cfg.data.dataset,
+            "data": {"source": train_ds.source, "description": train_ds.description, "lossless": train_ds.lossless,
+                     "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
+                     "train_size": len(train_ds), "test_size": len(data["test"]),
+                     "val_size": len(data["val"]) if data["val"] is not None else 0},
+            "seed": cfg.run.seed, "iters": cfg.optim.iters, "params": self.n_params,
+            "test_top1": f["test_top1"], "test_top5": f["test_top5"], "test_loss": f["test_loss"],
+            "best_test_top1": max(best["test_top1"], f["test_top1"]),
+            "best_test_top5": best["test_top5"] if best["test_top1"] >= f["test_top1"] else f["test_top5"],
+            "best_test_iter": best["test_iter"],
+            "best_test_note": "selected on the test set, as the paper's code reports: optimistic",
+            "val_top1": f.get("val_top1"),
+            "best_val_top1": best["val_top1"] if best["val_iter"] is not None else None,
+            "best_val_iter": best["val_iter"], **selected,
+            "wall_seconds": st.wall_before + elapsed,
+            "train_images_per_second": st.steady["images"] / st.steady["seconds"] if st.steady["seconds"] else None,
+            "world_size": self.dist.world_size, "config": cfg.to_dict(),
+        }
