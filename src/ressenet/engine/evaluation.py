@@ -57,15 +57,28 @@ def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, dev
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                         cache_dir: str | None = None, split: str = "test", device: str = "auto",
                         batch_size: int | None = None) -> dict[str, Any]:
-    """Top-1/top-5/loss of any checkpoint the engine wrote, on a split of its dataset (or another)."""
+    """Top-1/top-5/loss of any checkpoint the engine wrote, on a split of its dataset (or another).
+
+    The checkpoint is data, not instructions: it never makes evaluation download, unpack into a cache it names, or
+    read from a folder it names unless that folder exists (then the result says so in ``data_root``). Downloads
+    and the cache come only from the caller (``cache_dir``) and the defaults.
+    """
     state = load_checkpoint(path)
-    cfg = config_from_dict(state["config"], where=str(path))
+    if not isinstance(state.get("config"), dict):
+        raise RessenetError(f"{path} holds no config (found {type(state.get('config')).__name__}); it was not "
+                            f"written by ressenet train")
+    try:
+        cfg = config_from_dict(state["config"], where=str(path))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RessenetError(f"{path}: unreadable config ({e})") from None
+    cfg.data.download = False
+    cfg.data.cache_dir = cache_dir
     if dataset is not None:
         cfg.data.dataset = dataset
     if data_root is not None:
         cfg.data.data_root = data_root
-    if cache_dir is not None:
-        cfg.data.cache_dir = cache_dir
+    elif cfg.data.data_root is not None and not Path(cfg.data.data_root).exists():
+        cfg.data.data_root = None  # a recorded folder that is not here: fall back to the default ./data
     cfg.run.eval_batch_size = batch_size
     dev = resolve_device(device)
     data = load_data(cfg)
@@ -73,10 +86,15 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
         raise RessenetError(f"{path} was trained without a validation split; use --split test")
     ds = data[split]
     model = build_model(cfg, len(data["train"].classes))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise RessenetError(f"{path}: its weights do not fit {cfg.model.name} ({first})") from None
     channels_last = resolve_channels_last(cfg.run.channels_last, dev)
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     res = eval_split(model, ds, data, cfg, dev, channels_last, None, DistInfo())
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
+            "data_root": cfg.data.data_root,
             "iter": state.get("iter"), "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
             "images": res["images"]}

@@ -36,6 +36,7 @@ import torch
 
 from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import Config
+from ressenet.engine.lock import LockHeld, RunLock, describe
 from ressenet.engine.run import NonFiniteLoss, Run, lr_at, train_step
 from ressenet.engine.rundir import prepare_run_dir
 from ressenet.engine.setup import load_data, resolve_device, resolve_precision
@@ -145,8 +146,17 @@ class FusedGroup:
                                 "with the host every step); use --precision bf16")
         names = [Path(c.run.out).name for c in cfgs]
         self.finished: dict[str, dict[str, Any]] = {}
+        self.locked: dict[str, str] = {}  # member -> the runner that holds it
+        self.locks: list[RunLock] = []
         pending: list[tuple[Config, Path]] = []
         for c in cfgs:
+            lock = RunLock(c.run.out)
+            try:
+                lock.acquire()  # one runner per run directory: a member another runner holds is skipped
+            except LockHeld as e:
+                self.locked[Path(c.run.out).name] = describe(e.holder)
+                continue
+            self.locks.append(lock)
             out, done = prepare_run_dir(c, overwrite, True)
             if done is not None:
                 self.finished[out.name] = done
@@ -157,6 +167,14 @@ class FusedGroup:
         self.graphs: dict[str, _Graph] = {}
         if not pending:
             return
+        try:
+            self._build(cfg0, pending, names, data, parallel_streams)
+        except BaseException:
+            self.release_locks()
+            raise
+
+    def _build(self, cfg0: Config, pending: list[tuple[Config, Path]], names: list[str],
+               data: dict[str, Any] | None, parallel_streams: bool) -> None:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.data = data if data is not None else load_data(cfg0)
@@ -238,6 +256,11 @@ class FusedGroup:
         g.graph, g.lr, g.pool = graph, lr, graph.pool()
         del old
 
+    def release_locks(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks = []
+
     def sync(self) -> None:
         """Waits for every member's queued work (before reading its weights or accumulators on the host)."""
         if self.device.type == "cuda":
@@ -261,11 +284,20 @@ def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str =
         RessenetError: bad group, or a member whose loss became non-finite (the others still finish first).
     """
     group = FusedGroup(cfgs, mechanism=mechanism, overwrite=overwrite)
+    try:
+        return _train_group(group, cfgs)
+    finally:
+        group.release_locks()
+
+
+def _train_group(group: FusedGroup, cfgs: list[Config]) -> list[dict[str, Any]]:
     summaries = dict(group.finished)
+    for name, holder in group.locked.items():
+        print(f"{Path(cfgs[0].run.out).parent / name} is being trained by {holder}; skipped here", file=sys.stderr)
     for name in group.finished:
         print(f"{Path(cfgs[0].run.out).parent / name} already finished; not retrained")
     if not group.members:
-        return [summaries[Path(c.run.out).name] for c in cfgs]
+        return [summaries[Path(c.run.out).name] for c in cfgs if Path(c.run.out).name in summaries]
     verbose = cfgs[0].run.progress != "none"
     if verbose:
         start = sorted({m.state.it for m in group.members})
@@ -311,4 +343,4 @@ def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str =
             atomic_write_json(m.out / "summary.json", summaries[m.name])
     if group.failed:
         raise RessenetError("; ".join(group.failed.values()))
-    return [summaries[Path(c.run.out).name] for c in cfgs]
+    return [summaries[Path(c.run.out).name] for c in cfgs if Path(c.run.out).name in summaries]

@@ -133,15 +133,7 @@ class Run:
         state = TrainState()
         resumed = (out / "last.pt").exists()
         if resumed:
-            ckpt = load_checkpoint(out / "last.pt")
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            loader.load_state_dict(ckpt["data"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-            state.load_state_dict(ckpt)
+            _restore(out / "last.pt", cfg, model, optimizer, scaler, loader, state, device)
         run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
                   channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
                   model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
@@ -306,3 +298,52 @@ class Run:
             "train_images_per_second": st.steady["images"] / st.steady["seconds"] if st.steady["seconds"] else None,
             "world_size": self.dist.world_size, "config": cfg.to_dict(),
         }
+
+
+_CHECKPOINT_KEYS = ("iter", "model", "optimizer", "scaler", "data", "rng", "best", "wall_seconds", "steady", "config")
+
+
+def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler, loader: Any, state: TrainState, device: torch.device) -> None:
+    """Loads ``last.pt`` into the live objects, treating the file as data: its own config must be the run's (a
+    checkpoint copied in from another run is refused, not resumed under the wrong seed or lr), its keys complete,
+    its iteration within the run, its weights this model's. Every refusal is one line naming the file."""
+    from ressenet.engine.config import config_from_dict, diff_configs
+
+    ckpt = load_checkpoint(path)
+    fix = f"delete {path} (or pass --overwrite) to start this run again"
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise RessenetError(f"{path} lacks {', '.join(missing)}: not a checkpoint of ressenet train; {fix}")
+    if not isinstance(ckpt["config"], dict):
+        raise RessenetError(f"{path} holds a {type(ckpt['config']).__name__} where its config belongs; {fix}")
+    try:
+        changed = diff_configs(config_from_dict(ckpt["config"], where=str(path)).to_dict(), cfg.to_dict())
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RessenetError(f"{path} holds an unreadable config ({e}); {fix}") from None
+    if changed:
+        shown = ", ".join(f"{k}: {_dotted(ckpt['config'], k)!r} in the checkpoint, {_dotted(cfg.to_dict(), k)!r} "
+                          f"here" for k in changed[:3])
+        raise RessenetError(f"{path} belongs to another run ({shown}); {fix}")
+    it = ckpt["iter"]
+    if not isinstance(it, int) or not 0 <= it <= cfg.optim.iters:
+        raise RessenetError(f"{path} is at iteration {it!r}, outside this run's 0..{cfg.optim.iters}; {fix}")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        loader.load_state_dict(ckpt["data"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        state.load_state_dict(ckpt)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise RessenetError(f"{path} does not fit this run ({first}); {fix}") from None
+
+
+def _dotted(tree: dict[str, Any], key: str) -> Any:
+    section, _, k = key.partition(".")
+    sec = tree.get(section)
+    return sec.get(k) if isinstance(sec, dict) else None
+

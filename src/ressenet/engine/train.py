@@ -27,6 +27,7 @@ from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, barrier, init_distributed, shutdown
 from ressenet.engine.evaluation import eval_split, evaluate, evaluate_checkpoint
+from ressenet.engine.lock import RunLock
 from ressenet.engine.records import Progress
 from ressenet.engine.run import CHECKPOINT_VERSION, NonFiniteLoss, Run, TrainState, lr_at, train_step
 from ressenet.engine.rundir import RUN_FILES, prepare_run_dir
@@ -122,8 +123,11 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         cfg.run.out = f"runs/{cfg.model.name}_{cfg.data.dataset}_s{cfg.run.seed}"
     device_pref = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device_pref.type)
+    lock = RunLock(cfg.run.out)
     try:
         device = resolve_device(cfg.run.device, dist_info.local_rank)
+        if dist_info.is_main:
+            lock.acquire()  # one runner per run directory (engine/lock.py); before anything in it is touched
         out, finished = prepare_run_dir(cfg, overwrite, dist_info.is_main)
         barrier(dist_info)
         if finished is not None:
@@ -135,6 +139,7 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
                                 f"processes; use a multiple of {dist_info.world_size}")
         return _train(cfg, out, device, dist_info)
     finally:
+        lock.release()
         shutdown(dist_info)
 
 

@@ -37,11 +37,14 @@ from typing import Any
 import yaml
 
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs
+from ressenet.engine.lock import EXIT_LOCKED, lock_holder
+from ressenet.engine.lock import describe as describe_holder
 from ressenet.experiments.runs import last_iteration
 
 __all__ = [
     "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
     "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan", "flatten_tree",
+    "Job", "plan_jobs", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -52,6 +55,10 @@ AXIS_KEYS = ("model.name", "run.seed", "run.out")
 FLAG_KEYS = {"model.name": "--model", "data.dataset": "--dataset", "run.seed": "--seed", "run.out": "--out",
              "data.data_root": "--data-root"}
 MAX_TAG_CHARS = 80
+# `--fuse auto` on a CUDA device: members per fused job. On an H200 the aggregate rate of a depth-20 group rose to
+# 2.0x a single graphed run at 12 members and stayed there at 16 and 32; at depth 56 it was 1.85x at 8 and 1.96x at
+# 16 (BENCHMARKS.md, "Fused training"). On the CPU fusing gains nothing (members step one after another): auto = 1.
+FUSE_AUTO_CUDA = 12
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -324,7 +331,7 @@ def _safe(text: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CellState:
-    state: str  # "done" | "partial" | "pending" | "conflict"
+    state: str  # "done" | "partial" | "pending" | "conflict" | "running"
     detail: str = ""
 
     @property
@@ -373,10 +380,14 @@ def cell_state(cell: Cell) -> CellState:
 
     ``done``: ``summary.json`` present with the same config (skipped); ``partial``: ``last.pt`` or
     ``metrics.jsonl`` without a summary (resumed); ``pending``: nothing yet; ``conflict``: the directory holds a
-    run of another configuration (never touched; move it away or use another ``--runs-dir``).
+    run of another configuration (never touched; move it away or use another ``--runs-dir``); ``running``: another
+    runner holds its lock (engine/lock.py; skipped here).
     """
     out = cell.out
     summary_path = out / "summary.json"
+    holder = lock_holder(out)
+    if holder is not None and not summary_path.is_file():
+        return CellState("running", f"trained by {describe_holder(holder)}")
     summary = _read_json(summary_path) if summary_path.is_file() else None
     if summary_path.is_file() and summary is None:
         return CellState("conflict", "summary.json is unreadable")
@@ -424,8 +435,103 @@ def _default_command(cell: Cell) -> list[str]:
     return train_command(cell, program=(sys.executable, "-m", "ressenet"))
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Fused jobs: compatible cells trained together by one process (engine/fused.py)
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Job:
+    """What one process runs: one cell, or several compatible cells fused (same depth, dataset and protocol)."""
+
+    cells: tuple[Cell, ...]
+
+    @property
+    def name(self) -> str:
+        first = self.cells[0].name
+        return first if len(self.cells) == 1 else f"{first} + {len(self.cells) - 1} fused"
+
+
+def member_template(cell: Cell) -> str:
+    """The cell's directory name with its model and seed as placeholders: ``{model}-cifar10-s{seed}``."""
+    middle = cell.name[len(cell.model) + 1:len(cell.name) - len(f"s{cell.seed}") - 1]
+    return "{model}-" + middle + "-s{seed}"
+
+
+def resolve_fuse(value: int | str, *, cuda: bool) -> int:
+    """``--fuse``: a positive count, or ``auto`` (FUSE_AUTO_CUDA members on a GPU, 1 on the CPU)."""
+    if value == "auto":
+        return FUSE_AUTO_CUDA if cuda else 1
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--fuse {value!r}: expected a positive number of members per job, or auto")
+    return n
+
+
+def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
+    """Packs cells into jobs of at most ``fuse`` members.
+
+    Cells fuse when they share the depth, the dataset and every config value but model, seed and directory. A
+    fused job is a product of models x seeds (what ``ressenet train --model a,b --seed 1,2`` expresses): seeds
+    that miss the same models are packed together, as many seeds per job as ``fuse`` allows.
+    """
+    from ressenet.models import model_info
+
+    if fuse <= 1:
+        return [Job((c,)) for c in cells]
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        info = model_info(c.model)
+        shared = {k: v for k, v in _flat(c.config).items() if k not in AXIS_KEYS}
+        key = (info.depth if info else c.model, member_template(c), tuple(sorted((k, repr(v)) for k, v in
+                                                                            shared.items())))
+        groups.setdefault(key, []).append(c)
+    jobs: list[Job] = []
+    for members in groups.values():
+        by_seed: dict[int, list[Cell]] = {}
+        for c in members:
+            by_seed.setdefault(c.seed, []).append(c)
+        by_models: dict[tuple[str, ...], list[int]] = {}
+        for seed, cs in by_seed.items():
+            by_models.setdefault(tuple(c.model for c in cs), []).append(seed)
+        for models, seeds in by_models.items():
+            lookup = {(c.model, c.seed): c for c in members}
+            width = min(len(models), fuse)
+            for i in range(0, len(models), width):
+                chunk = models[i:i + width]
+                per = max(1, fuse // len(chunk))
+                for j in range(0, len(seeds), per):
+                    jobs.append(Job(tuple(lookup[(m, s)] for s in seeds[j:j + per] for m in chunk)))
+    return jobs
+
+
+def job_command(job: Job, program: Sequence[str] = ("ressenet",)) -> list[str]:
+    """One cell: :func:`train_command`. Several: ``ressenet train --model a,b --seed 1,2 --out RUNS_DIR
+    --member-name '{model}-<dataset>-s{seed}'`` with the cells' shared flags."""
+    first = job.cells[0]
+    argv = train_command(first, program)
+    if len(job.cells) == 1:
+        return argv
+    models = list(dict.fromkeys(c.model for c in job.cells))
+    seeds = list(dict.fromkeys(c.seed for c in job.cells))
+    values = {"--model": ",".join(models), "--seed": ",".join(map(str, seeds)), "--out": str(first.out.parent)}
+    out = []
+    it = iter(argv)
+    for a in it:
+        out.append(a)
+        if a in values:
+            next(it)
+            out.append(values[a])
+    return out + ["--member-name", member_template(first)]
+
+
+def _default_job_command(job: Job) -> list[str]:
+    return job_command(job, program=(sys.executable, "-m", "ressenet"))
+
+
 def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "ressenet-grid",
-                  log_dir: str | Path | None = None) -> tuple[Path, Path | None, list[Cell]]:
+                  log_dir: str | Path | None = None, fuse: int = 1) -> tuple[Path, Path | None, list[Cell]]:
     """Write one ``ressenet train`` line per unfinished cell, and a Slurm job-array script beside it.
 
     The script is ``path`` with the suffix ``.slurm``; array task ``i`` runs line ``i``. Cells whose directory
@@ -441,20 +547,22 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
         elif st.state == "conflict":
             conflicts.append(c)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(shlex.join(train_command(c)) + "\n" for c in todo))
+    jobs = plan_jobs(todo, fuse)
+    path.write_text("".join(shlex.join(job_command(j)) + "\n" for j in jobs))
     if not todo:
         return path, None, conflicts
     script = path.with_suffix(".slurm") if path.suffix else path.with_name(path.name + ".slurm")
     logs = Path(log_dir) if log_dir is not None else path.parent / "slurm-logs"
     logs.mkdir(parents=True, exist_ok=True)
     script.write_text(_SLURM_TEMPLATE.format(
-        n=len(todo), job=job_name, logs=shlex.quote(str(logs.absolute())), commands=shlex.quote(str(path.absolute())),
+        n=len(jobs), job=job_name, logs=shlex.quote(str(logs.absolute())), commands=shlex.quote(str(path.absolute())),
         file=path.name))
     return path, script, conflicts
 
 
 _SLURM_TEMPLATE = """#!/bin/bash
-# Slurm job array: task i runs line i of {file} (one `ressenet train` per unfinished grid cell, {n} in all).
+# Slurm job array: task i runs line i of {file} (one `ressenet train` per unfinished grid cell or fused group
+# of cells, {n} in all).
 # Submit with `sbatch {file}.slurm` after adjusting partition, time and resources to your cluster. Each run resumes
 # from its last.pt when requeued, and a finished run returns at once, so resubmitting the array is safe.
 #SBATCH --job-name={job}
@@ -484,6 +592,7 @@ class GridResult:
     succeeded: list[str] = field(default_factory=list)
     failed: list[tuple[str, int, str]] = field(default_factory=list)
     conflicts: list[tuple[str, str]] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)  # locked by another runner: skipped here
 
     @property
     def ok(self) -> bool:
@@ -492,7 +601,8 @@ class GridResult:
 
 def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: int | None = None,
              command: Callable[[Cell], list[str]] | None = None, echo: Callable[[str], None] = print,
-             env: dict[str, str] | None = None) -> GridResult:
+             env: dict[str, str] | None = None, fuse: int = 1,
+             fused_command: Callable[[Job], list[str]] | None = None) -> GridResult:
     """Run the unfinished cells as separate processes and report each one's outcome.
 
     Args:
@@ -503,6 +613,9 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
         command: builds the argv of a cell (default ``python -m ressenet train ...``); tests pass a fake trainer.
         echo: where progress lines go.
         env: extra environment variables for every process.
+        fuse: members per process: compatible unfinished cells are packed into fused jobs (:func:`plan_jobs`);
+            1 runs every cell alone.
+        fused_command: builds the argv of a fused job (default ``python -m ressenet train --model a,b ...``).
 
     A failing cell (non-zero exit, or exit 0 without ``summary.json``) is reported with its return code and log
     (``DIR/train.log``, appended to on each attempt) and the others go on. Ctrl-C stops the running processes.
@@ -514,6 +627,9 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
         st = cell_state(c)
         if st.state == "done":
             result.skipped.append(c.name)
+        elif st.state == "running":
+            result.elsewhere.append(c.name)
+            echo(f"skip      {c.name}: {st.detail}")
         elif st.state == "conflict":
             result.conflicts.append((c.name, st.detail))
             echo(f"conflict  {c.name}: {st.detail}; not run (move {c.out} away or use another --runs-dir)")
@@ -527,11 +643,16 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
     if not todo:
         return result
 
+    job_list = plan_jobs(todo, fuse)
+    if fuse > 1:
+        echo(f"fused: {len(todo)} cells in {len(job_list)} jobs of at most {fuse} members")
+    build_job = fused_command or _default_job_command
+
     base_env = {**os.environ, **(env or {})}
     if not gpu_list and n_slots > 1 and "OMP_NUM_THREADS" not in base_env:
         base_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
     lock = threading.Lock()
-    queue = list(enumerate(todo, 1))
+    queue = list(enumerate(job_list, 1))
     procs: dict[int, subprocess.Popen] = {}
     stopping = threading.Event()
 
@@ -541,18 +662,23 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
             with lock:
                 if not queue:
                     return
-                index, cell = queue.pop(0)
-            _run_one(slot, gpu, index, cell)
+                index, job = queue.pop(0)
+            _run_one(slot, gpu, index, job)
 
-    def _run_one(slot: int, gpu: str | None, index: int, cell: Cell) -> None:
-        argv = build(cell)
+    def _run_one(slot: int, gpu: str | None, index: int, job: Job) -> None:
+        cell = job.cells[0]
+        argv = build(cell) if len(job.cells) == 1 else build_job(job)
         proc_env = dict(base_env)
         if gpu is not None:
             proc_env["CUDA_VISIBLE_DEVICES"] = gpu
-        cell.out.mkdir(parents=True, exist_ok=True)
+        for c in job.cells:
+            c.out.mkdir(parents=True, exist_ok=True)
         log_path = cell.out / "train.log"
+        for c in job.cells[1:]:  # one log per process: the first member's; the others point to it
+            with (c.out / "train.log").open("a") as f:
+                f.write(f"# ressenet grid: trained fused with {cell.name}; its log is {log_path}\n")
         where = f" on GPU {gpu}" if gpu is not None else ""
-        echo(f"[{index}/{len(todo)}] start {cell.name}{where}")
+        echo(f"[{index}/{len(job_list)}] start {job.name}{where}")
         start = time.time()
         with log_path.open("a") as log:
             log.write(f"# ressenet grid {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -564,8 +690,8 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
             except OSError as e:
                 log.write(f"# could not start: {e}\n")
                 with lock:
-                    result.failed.append((cell.name, -1, str(log_path)))
-                echo(f"[{index}/{len(todo)}] FAILED {cell.name}: could not start ({e}); log {log_path}")
+                    result.failed.extend((c.name, -1, str(log_path)) for c in job.cells)
+                echo(f"[{index}/{len(job_list)}] FAILED {job.name}: could not start ({e}); log {log_path}")
                 return
             with lock:
                 procs[slot] = proc
@@ -573,22 +699,32 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
             with lock:
                 procs.pop(slot, None)
         seconds = time.time() - start
+        for c in job.cells:
+            _outcome(index, c, rc, seconds, log_path)
+
+    def _outcome(index: int, cell: Cell, rc: int, seconds: float, log_path: Path) -> None:
         summary = _read_json(cell.out / "summary.json")
         if rc == 0 and summary is not None:
             top1 = summary.get("test_top1")
             score = f": test top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else ""
             with lock:
                 result.succeeded.append(cell.name)
-            echo(f"[{index}/{len(todo)}] done {cell.name} in {seconds:.0f} s{score}")
+            echo(f"[{index}/{len(job_list)}] done {cell.name} in {seconds:.0f} s{score}")
         elif stopping.is_set():
-            echo(f"[{index}/{len(todo)}] interrupted {cell.name} after {seconds:.0f} s; re-run the grid to resume it")
+            echo(f"[{index}/{len(job_list)}] interrupted {cell.name} after {seconds:.0f} s; re-run the grid to "
+                 f"resume it")
+        elif rc == EXIT_LOCKED or (rc == 0 and lock_holder(cell.out) is not None):
+            # Another runner took the cell between our check and the trainer's lock: it is theirs.
+            with lock:
+                result.elsewhere.append(cell.name)
+            echo(f"[{index}/{len(job_list)}] skip {cell.name}: taken by another runner")
         else:
             why = f"exit code {rc}" if rc != 0 else "exit code 0 but no summary.json"
             with lock:
                 result.failed.append((cell.name, rc if rc != 0 else 1, str(log_path)))
-            echo(f"[{index}/{len(todo)}] FAILED {cell.name} ({why}) after {seconds:.0f} s; log {log_path}")
+            echo(f"[{index}/{len(job_list)}] FAILED {cell.name} ({why}) after {seconds:.0f} s; log {log_path}")
 
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(todo)))]
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(job_list)))]
     for t in threads:
         t.start()
     try:
