@@ -77,3 +77,34 @@ def test_eval_never_downloads_or_uses_a_cache_the_checkpoint_names(tmp_path, don
     assert cli_main(["eval", "--checkpoint", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "weights do not fit resnet20" in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_identity_is_part_of_the_run(tmp_path):
+    """Resume refuses a checkpoint trained on other data; the grid does not count such a run as done."""
+    from ressenet.experiments.grid import cell_state, expand_grid, load_grid
+
+    from cifar_fakes import write_image_folder
+
+    write_image_folder(tmp_path / "a", train_per_class=8, seed=0)
+    write_image_folder(tmp_path / "b", train_per_class=8, seed=1)  # same names and layout, other pixels
+    folder = {"data.dataset": "imagefolder", "data.cache_dir": str(tmp_path / "cache"), "data.train_limit": 0,
+              "data.test_limit": 0, "optim.iters": 4, "optim.batch_size": 8}
+    out = tmp_path / "run"
+    train(_cfg(out, **folder, **{"data.data_root": str(tmp_path / "a")}))
+    (out / "summary.json").unlink()  # unfinished again, so that train resumes
+    with pytest.raises(Exception, match="trained on other data"):  # data_root alone is result-neutral
+        train(_cfg(out, **folder, **{"data.data_root": str(tmp_path / "b")}))
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nseeds: [1]\nmodels: [resnet20]\ndatasets: [synthetic]\nconfig:\n"
+                    "  optim: {iters: 4, batch_size: 16, milestones: [2]}\n  data: {train_limit: 128, test_limit: 64}\n"
+                    "  run: {device: cpu, compile: false, eval_every: 4}\n")
+    cell = expand_grid(load_grid(grid), tmp_path / "runs")[0]
+    train(cell.config)
+    assert cell_state(cell, {}).state == "done"
+    summary = cell.out / "summary.json"
+    import json
+    s = json.loads(summary.read_text())
+    s["data"]["fingerprint"] = "0123456789abcdef"  # as if trained on other pixels
+    summary.write_text(json.dumps(s))
+    st = cell_state(cell, {})
+    assert st.state == "conflict" and "trained on other data" in st.detail

@@ -133,7 +133,7 @@ class Run:
         state = TrainState()
         resumed = (out / "last.pt").exists()
         if resumed:
-            _restore(out / "last.pt", cfg, model, optimizer, scaler, loader, state, device)
+            _restore(out / "last.pt", cfg, model, optimizer, scaler, loader, state, device, data.get("fingerprint"))
         run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
                   channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
                   model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
@@ -154,7 +154,8 @@ class Run:
             tree = self.cfg.to_dict()
             tree["meta"] = versions(self.device) | {"precision": self.precision, "channels_last": self.channels_last,
                                                     "world_size": self.dist.world_size,
-                                                    "data": self.data["train"].description} | meta
+                                                    "data": self.data["train"].description,
+                                                    "data_fingerprint": self.data.get("fingerprint")} | meta
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
 
     # -- the step -------------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "scheduler": {"milestones": list(cfg.optim.milestones), "gamma": cfg.optim.gamma,
                               "lr": lr_at(cfg, self.state.it)},
-                "data": self.loader.state_dict(),
+                "data": self.loader.state_dict(), "data_fingerprint": self.data.get("fingerprint"),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
                 "config": cfg.to_dict()}
@@ -282,6 +283,7 @@ class Run:
         return {
             "model": cfg.model.name, "dataset": cfg.data.dataset,
             "data": {"source": train_ds.source, "description": train_ds.description, "lossless": train_ds.lossless,
+                     "fingerprint": data.get("fingerprint"),
                      "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
                      "train_size": len(train_ds), "test_size": len(data["test"]),
                      "val_size": len(data["val"]) if data["val"] is not None else 0},
@@ -304,7 +306,8 @@ _CHECKPOINT_KEYS = ("iter", "model", "optimizer", "scaler", "data", "rng", "best
 
 
 def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, loader: Any, state: TrainState, device: torch.device) -> None:
+             scaler: torch.amp.GradScaler, loader: Any, state: TrainState, device: torch.device,
+             fingerprint: str | None) -> None:
     """Loads ``last.pt`` into the live objects, treating the file as data: its own config must be the run's (a
     checkpoint copied in from another run is refused, not resumed under the wrong seed or lr), its keys complete,
     its iteration within the run, its weights this model's. Every refusal is one line naming the file."""
@@ -325,6 +328,10 @@ def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.O
         shown = ", ".join(f"{k}: {_dotted(ckpt['config'], k)!r} in the checkpoint, {_dotted(cfg.to_dict(), k)!r} "
                           f"here" for k in changed[:3])
         raise RessenetError(f"{path} belongs to another run ({shown}); {fix}")
+    recorded = ckpt.get("data_fingerprint")
+    if recorded is not None and fingerprint is not None and recorded != fingerprint:
+        raise RessenetError(f"{path} was trained on other data (fingerprint {recorded}, the data loaded now is "
+                            f"{fingerprint}); point --data-root at the data it was trained on, or {fix}")
     it = ckpt["iter"]
     if not isinstance(it, int) or not 0 <= it <= cfg.optim.iters:
         raise RessenetError(f"{path} is at iteration {it!r}, outside this run's 0..{cfg.optim.iters}; {fix}")

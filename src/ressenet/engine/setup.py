@@ -18,7 +18,7 @@ from ressenet.engine.config import Config
 from ressenet.errors import RessenetError
 
 __all__ = ["resolve_device", "resolve_precision", "resolve_channels_last", "resolve_eval_batch_size",
-           "autocast_context", "load_data", "build_model", "versions"]
+           "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -79,7 +79,27 @@ def load_data(cfg: Config) -> dict[str, Any]:
                             f"{cfg.optim.batch_size}; lower --batch-size")
     mean, std = normalization(d.dataset, d.normalization, train=train_ds) if d.normalization == "dataset" \
         else normalization(d.dataset, d.normalization)
-    return {"train": train_ds, "val": val_ds, "test": test_ds, "mean": mean, "std": std}
+    return {"train": train_ds, "val": val_ds, "test": test_ds, "mean": mean, "std": std,
+            "fingerprint": data_fingerprint(train_ds, val_ds, test_ds)}
+
+
+def data_fingerprint(*splits: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the decoded pixels, labels and class names of the splits a run uses.
+
+    It identifies the data by content, wherever its folder is: resume and the grid's skip compare it, so a run is
+    never continued, or counted as done, on other data. About 0.3 s for CIFAR's 60,000 images.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for ds in splits:
+        if ds is None:
+            h.update(b"none")
+            continue
+        h.update(repr((tuple(ds.images.shape), list(ds.classes))).encode())
+        h.update(memoryview(ds.images.contiguous().numpy()).cast("B"))
+        h.update(memoryview(ds.labels.contiguous().numpy()).cast("B"))
+    return h.hexdigest()[:16]
 
 
 def _limit(ds: Any, n: int) -> Any:

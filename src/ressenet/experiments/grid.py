@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs
+from ressenet.errors import RessenetError
 from ressenet.engine.lock import EXIT_LOCKED, lock_holder
 from ressenet.engine.lock import describe as describe_holder
 from ressenet.experiments.runs import last_iteration
@@ -375,13 +376,29 @@ def _conflicts(cell: Cell, existing: dict[str, Any]) -> list[str]:
     return [k for k in keys if flat.get(k, "?") not in (None, "auto")]
 
 
-def cell_state(cell: Cell) -> CellState:
+def _fingerprint_for(cell: Cell, cache: dict[tuple, str | None]) -> str | None:
+    """The content fingerprint of the data ``cell`` would train on (engine/setup.py), loaded once per data
+    configuration; None when the data cannot be loaded here (then a finished cell is trusted as it is)."""
+    from ressenet.engine.setup import load_data
+
+    d = cell.config.data
+    key = (d.dataset, d.data_root, d.cache_dir, d.train_limit, d.test_limit, d.val_split)
+    if key not in cache:
+        try:
+            cache[key] = load_data(cell.config)["fingerprint"]
+        except (ValueError, OSError, RessenetError):
+            cache[key] = None
+    return cache[key]
+
+
+def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) -> CellState:
     """What a re-run would do with this cell's directory.
 
     ``done``: ``summary.json`` present with the same config (skipped); ``partial``: ``last.pt`` or
     ``metrics.jsonl`` without a summary (resumed); ``pending``: nothing yet; ``conflict``: the directory holds a
     run of another configuration (never touched; move it away or use another ``--runs-dir``); ``running``: another
-    runner holds its lock (engine/lock.py; skipped here).
+    runner holds its lock (engine/lock.py; skipped here). With ``fingerprints`` (a cache the caller keeps), a
+    finished run whose recorded data fingerprint differs from the data here is a conflict, not done.
     """
     out = cell.out
     summary_path = out / "summary.json"
@@ -401,6 +418,13 @@ def cell_state(cell: Cell) -> CellState:
             shown = ", ".join(f"{k} (dir {flat_old.get(k)!r}, grid {flat_new.get(k)!r})" for k in bad[:3])
             return CellState("conflict", f"directory holds another config: {shown}{' ...' if len(bad) > 3 else ''}")
     if summary is not None:
+        data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+        recorded = data.get("fingerprint")
+        if recorded is not None and fingerprints is not None:
+            here = _fingerprint_for(cell, fingerprints)
+            if here is not None and here != recorded:
+                return CellState("conflict", f"trained on other data (fingerprint {recorded}; the data here is "
+                                             f"{here})")
         top1 = summary.get("test_top1")
         text = f"test top-1 {top1:.2f}%" if isinstance(top1, (int, float)) else "finished"
         return CellState("done", f"{text} ({summary.get('iters', '?')} iterations)")
@@ -623,8 +647,9 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
     build = command or _default_command
     result = GridResult()
     todo: list[Cell] = []
+    fingerprints: dict[tuple, str | None] = {}
     for c in cells:
-        st = cell_state(c)
+        st = cell_state(c, fingerprints)
         if st.state == "done":
             result.skipped.append(c.name)
         elif st.state == "running":
