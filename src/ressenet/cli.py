@@ -14,41 +14,99 @@ import argparse
 import json
 import os
 import sys
+import typing
 from collections.abc import Sequence
+from dataclasses import MISSING, Field, fields
 from typing import Any
 
 __all__ = ["main", "build_parser", "train_overrides"]
 
-# Flag -> config key for `ressenet train` (and grid/reproduce, which pass them to every cell).
-TRAIN_FLAGS: dict[str, str] = {
-    "--model": "model.name", "--num-classes": "model.num_classes", "--shortcut": "model.shortcut",
-    "--se-reduction": "model.se_reduction", "--layout": "model.layout",
-    "--dataset": "data.dataset", "--data-root": "data.data_root", "--cache-dir": "data.cache_dir",
-    "--val-split": "data.val_split", "--normalization": "data.normalization",
-    "--iters": "optim.iters", "--batch-size": "optim.batch_size", "--lr": "optim.lr", "--momentum": "optim.momentum",
-    "--weight-decay": "optim.weight_decay", "--milestones": "optim.milestones", "--gamma": "optim.gamma",
-    "--out": "run.out", "--seed": "run.seed", "--device": "run.device", "--precision": "run.precision",
-    "--eval-every": "run.eval_every", "--log-every": "run.log_every", "--ckpt-every": "run.ckpt_every",
-    "--eval-batch-size": "run.eval_batch_size", "--progress": "run.progress", "--compile-mode": "run.compile_mode",
-}
-# Boolean switches: --flag / --no-flag.
-TRAIN_SWITCHES: dict[str, str] = {
-    "nesterov": "optim.nesterov", "channels-last": "run.channels_last", "compile": "run.compile",
-    "sync-bn": "run.sync_bn", "download": "data.download", "augment": "data.augment",
-}
+
+def _train_options() -> list[tuple[str, str, Field, bool]]:
+    """(flag, "section.key", field, is a --flag/--no-flag switch) for every config field that has a flag, in the
+    config's order: generated from the fields' metadata (engine/config.py ``option``), the one source of the flags,
+    their help, defaults and choices."""
+    from ressenet.engine.config import SECTIONS
+
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            flag = f.metadata.get("flag", "")
+            if flag is None:
+                continue  # --set only
+            switch = hints[f.name] in (bool, bool | None)
+            out.append((flag or "--" + f.name.replace("_", "-"), f"{section}.{f.name}", f, switch))
+    return out
+
+
+# Flag -> config key for `ressenet train` (and grid/reproduce, which pass them to every cell), and the boolean
+# switches (--flag / --no-flag); both generated from the config fields.
+TRAIN_FLAGS: dict[str, str] = {flag: key for flag, key, _, switch in _train_options() if not switch}
+TRAIN_SWITCHES: dict[str, str] = {flag[2:]: key for flag, key, _, switch in _train_options() if switch}
+_NOT_IN_GRIDS = ("model.name", "run.out", "run.seed")  # grid/reproduce set these per cell
+
+
+def _default_text(f: Field) -> str:
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    value = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _flag_help(key: str, f: Field, *, in_grid: bool = False) -> str:
+    """``--help`` text of a config flag: what it does, its default and config key (a fixed set of choices is the
+    metavar: ``--precision {auto,fp32,bf16,fp16}``). In a grid, the preset's value comes first."""
+    text = f.metadata["help"]
+    more = f.metadata.get("choices_text")
+    if more and more not in text:  # choices too many to list, e.g. "see `ressenet models`"
+        text += f" ({more})"
+    default = f"the preset's, else {_default_text(f)}" if in_grid else _default_text(f)
+    return f"{text}; default: {default} [{key}]".replace("%", "%%")
+
+
+def _metavar(key: str, f: Field) -> str:
+    from ressenet.engine.config import field_choices
+
+    if f.metadata.get("metavar"):
+        return f.metadata["metavar"]
+    choices = None if f.metadata.get("choices_text") else field_choices(f)  # choices_text: too many to show
+    if choices is not None:
+        return "{" + ",".join(choices) + "}"
+    return key.split(".")[1].upper()
 
 
 def _add_train_options(p: argparse.ArgumentParser, *, with_model: bool = True) -> None:
-    g = p.add_argument_group("configuration (defaults: the paper's protocol; flags override --config)")
-    g.add_argument("--config", metavar="YAML", help="YAML file with sections model/data/optim/run")
-    for flag, key in TRAIN_FLAGS.items():
-        if not with_model and key in ("model.name", "run.out", "run.seed"):
-            continue
-        g.add_argument(flag, dest=key, metavar=key.split(".")[1].upper(), default=None, help=f"sets {key}")
-    for name, key in TRAIN_SWITCHES.items():
-        g.add_argument(f"--{name}", dest=key, action=argparse.BooleanOptionalAction, default=None, help=f"sets {key}")
+    """The config flags, one per config field (section groups in the config's order), plus --config and --set.
+
+    Values stay strings (dest "section.key", default None: not given); ``load_config`` parses and validates them,
+    so a bad name is a one-line error with a did-you-mean rather than argparse's usage dump.
+    """
+    title = ("configuration of every cell (defaults: the preset's, else the paper's; flags override --config)"
+             if not with_model else "configuration (defaults: the paper's protocol; flags override --config)")
+    g = p.add_argument_group(title)
+    g.add_argument("--config", metavar="YAML", help="YAML file with sections model/data/optim/run, e.g. "
+                                                    "'optim: {iters: 500}'; flags and --set override it")
     g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, e.g. --set optim.gamma=0.2 (repeatable)")
+                   help="any config key, e.g. --set optim.gamma=0.2 or --set data.train_limit=512 (repeatable)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag, key, f, switch in _train_options():
+        if not with_model and key in _NOT_IN_GRIDS:
+            continue
+        section = key.split(".")[0]
+        if section not in groups:
+            groups[section] = p.add_argument_group(f"{section} (config section {section}.*)")
+        grp = groups[section]
+        if switch:
+            grp.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None,
+                             help=_flag_help(key, f, in_grid=not with_model))
+        else:
+            grp.add_argument(flag, dest=key, metavar=_metavar(key, f), default=None,
+                             help=_flag_help(key, f, in_grid=not with_model))
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="default: the checkpoint's")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch (default: 1000 on CUDA, 100 on the CPU)")
     p.add_argument("--json", action="store_true")
@@ -158,12 +216,14 @@ def _cmd_data_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ressenet.engine.config import load_config
+    from ressenet.engine.config import check_choice, load_config
     from ressenet.engine.train import train
 
     overrides = train_overrides(args)
     models = [m.strip() for m in str(overrides.get("model.name") or "").split(",") if m.strip()]
     seeds = [s.strip() for s in str(overrides.get("run.seed") or "").split(",") if s.strip()]
+    for m in models:  # each element of --model a,b, before anything touches the disk (did-you-mean on a typo)
+        check_choice("model.name", m)
     if len(models) > 1 or len(seeds) > 1:
         return _train_fused(args, overrides, models, seeds)
     cfg = load_config(args.config, overrides)
@@ -199,7 +259,11 @@ def _train_fused(args: argparse.Namespace, overrides: dict[str, Any], models: li
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from ressenet.engine.config import check_choice
     from ressenet.engine.train import evaluate_checkpoint
+
+    check_choice("data.dataset", args.dataset)  # None: the checkpoint's
+    check_choice("run.device", args.device)
 
     res = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
                               cache_dir=args.cache_dir, split=args.split, device=args.device,
