@@ -14,112 +14,12 @@ import argparse
 import json
 import os
 import sys
-import typing
 from collections.abc import Sequence
-from dataclasses import MISSING, Field, fields
 from typing import Any
 
-__all__ = ["main", "build_parser", "train_overrides"]
+from ressenet.options import TRAIN_FLAGS, TRAIN_SWITCHES, add_train_options, train_overrides
 
-
-def _train_options() -> list[tuple[str, str, Field, bool]]:
-    """(flag, "section.key", field, is a --flag/--no-flag switch) for every config field that has a flag, in the
-    config's order: generated from the fields' metadata (engine/config.py ``option``), the one source of the flags,
-    their help, defaults and choices."""
-    from ressenet.engine.config import SECTIONS
-
-    out = []
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            flag = f.metadata.get("flag", "")
-            if flag is None:
-                continue  # --set only
-            switch = hints[f.name] in (bool, bool | None)
-            out.append((flag or "--" + f.name.replace("_", "-"), f"{section}.{f.name}", f, switch))
-    return out
-
-
-# Flag -> config key for `ressenet train` (and grid/reproduce, which pass them to every cell), and the boolean
-# switches (--flag / --no-flag); both generated from the config fields.
-TRAIN_FLAGS: dict[str, str] = {flag: key for flag, key, _, switch in _train_options() if not switch}
-TRAIN_SWITCHES: dict[str, str] = {flag[2:]: key for flag, key, _, switch in _train_options() if switch}
-_NOT_IN_GRIDS = ("model.name", "run.out", "run.seed")  # grid/reproduce set these per cell
-
-
-def _default_text(f: Field) -> str:
-    if f.metadata.get("default_text"):
-        return f.metadata["default_text"]
-    value = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
-
-
-def _flag_help(key: str, f: Field, *, in_grid: bool = False) -> str:
-    """``--help`` text of a config flag: what it does, its default and config key (a fixed set of choices is the
-    metavar: ``--precision {auto,fp32,bf16,fp16}``). In a grid, the preset's value comes first."""
-    text = f.metadata["help"]
-    more = f.metadata.get("choices_text")
-    if more and more not in text:  # choices too many to list, e.g. "see `ressenet models`"
-        text += f" ({more})"
-    default = f"the preset's, else {_default_text(f)}" if in_grid else _default_text(f)
-    return f"{text}; default: {default} [{key}]".replace("%", "%%")
-
-
-def _metavar(key: str, f: Field) -> str:
-    from ressenet.engine.config import field_choices
-
-    if f.metadata.get("metavar"):
-        return f.metadata["metavar"]
-    choices = None if f.metadata.get("choices_text") else field_choices(f)  # choices_text: too many to show
-    if choices is not None:
-        return "{" + ",".join(choices) + "}"
-    return key.split(".")[1].upper()
-
-
-def _add_train_options(p: argparse.ArgumentParser, *, with_model: bool = True) -> None:
-    """The config flags, one per config field (section groups in the config's order), plus --config and --set.
-
-    Values stay strings (dest "section.key", default None: not given); ``load_config`` parses and validates them,
-    so a bad name is a one-line error with a did-you-mean rather than argparse's usage dump.
-    """
-    title = ("configuration of every cell (defaults: the preset's, else the paper's; flags override --config)"
-             if not with_model else "configuration (defaults: the paper's protocol; flags override --config)")
-    g = p.add_argument_group(title)
-    g.add_argument("--config", metavar="YAML", help="YAML file with sections model/data/optim/run, e.g. "
-                                                    "'optim: {iters: 500}'; flags and --set override it")
-    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, e.g. --set optim.gamma=0.2 or --set data.train_limit=512 (repeatable)")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for flag, key, f, switch in _train_options():
-        if not with_model and key in _NOT_IN_GRIDS:
-            continue
-        section = key.split(".")[0]
-        if section not in groups:
-            groups[section] = p.add_argument_group(f"{section} (config section {section}.*)")
-        grp = groups[section]
-        if switch:
-            grp.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None,
-                             help=_flag_help(key, f, in_grid=not with_model))
-        else:
-            grp.add_argument(flag, dest=key, metavar=_metavar(key, f), default=None,
-                             help=_flag_help(key, f, in_grid=not with_model))
-
-
-def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config overrides given on the command line, as {"section.key": value}."""
-    from ressenet.engine.config import ConfigError
-
-    out = {k: v for k, v in vars(args).items() if "." in k and v is not None}
-    for item in getattr(args, "sets", []) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r} must look like section.key=value, e.g. --set optim.lr=0.05")
-        out[key.strip()] = value.strip()
-    return out
+__all__ = ["main", "build_parser", "train_overrides", "TRAIN_FLAGS", "TRAIN_SWITCHES"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,12 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=func)
 
     p = sub.add_parser("train", help="train a model with the paper's protocol (resumes an existing --out)")
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run directory holding another configuration")
     p.add_argument("--fused-mechanism", default="auto", choices=("auto", "sequential", "graphs"),
                    help="how several members (--model a,b --seed 1,2) train together: sequential (one after another "
                         "in one process), graphs (CUDA graphs replayed on parallel streams); auto: graphs on CUDA, "
                         "sequential on the CPU")
+    p.add_argument("--member-name", metavar="TEMPLATE", default=None,
+                   help="with several members: each member's directory under --out, from {model} and {seed}; "
+                        "default '{model}-s{seed}' (the grid passes its cell names, e.g. '{model}-cifar10-s{seed}')")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
@@ -177,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- experiments (grid / report / reproduce) -------------------------------------------------------
     from ressenet.experiments.cli import add_experiment_commands
 
-    add_experiment_commands(sub, _add_train_options)
+    add_experiment_commands(sub)
     return parser
 
 
@@ -224,7 +127,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     seeds = [s.strip() for s in str(overrides.get("run.seed") or "").split(",") if s.strip()]
     for m in models:  # each element of --model a,b, before anything touches the disk (did-you-mean on a typo)
         check_choice("model.name", m)
-    if len(models) > 1 or len(seeds) > 1:
+    if len(models) > 1 or len(seeds) > 1 or args.member_name:
         return _train_fused(args, overrides, models, seeds)
     cfg = load_config(args.config, overrides)
     summary = train(cfg, overwrite=args.overwrite)
@@ -252,7 +155,7 @@ def _train_fused(args: argparse.Namespace, overrides: dict[str, Any], models: li
         raise RessenetError(f"--seed {overrides.get('run.seed')!r} must be integers separated by commas, "
                             f"e.g. --seed 1,2,3") from None
     rest = {k: v for k, v in overrides.items() if k not in ("model.name", "run.seed")}
-    cfgs = fused_configs(rest, models, seed_list, out, args.config)
+    cfgs = fused_configs(rest, models, seed_list, out, args.config, name_template=args.member_name)
     for s in train_fused(cfgs, overwrite=args.overwrite, mechanism=args.fused_mechanism):
         print(f"{s['model']} seed {s['seed']}: final test top-1 {s['test_top1']:.2f}%  top-5 {s['test_top5']:.2f}%")
     return 0
@@ -277,7 +180,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point. User errors (bad config, missing data, bad names) print one line and exit with 2."""
+    """Entry point. User errors (bad config, missing data, bad names) print one line and exit with 2; a run
+    directory held by another runner exits with 75 (engine/lock.py), which the grid reads as "taken"."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from ressenet.errors import USER_ERRORS
@@ -287,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         if os.environ.get("RESSENET_DEBUG"):
             raise
+        from ressenet.engine.lock import EXIT_LOCKED, LockHeld
+
         print(f"ressenet {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_LOCKED if isinstance(e, LockHeld) else 2
     except BrokenPipeError:  # `ressenet models | head`
         sys.stderr.close()
         return 0

@@ -24,7 +24,6 @@ Two mechanisms run a group (``--fused-mechanism``; auto picks by device, from be
 """
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import time
@@ -51,13 +50,6 @@ WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotunin
 MEMBER_KEYS = ("model.name", "run.seed", "run.out")
 
 
-def _did_you_mean(name: str) -> str:
-    from ressenet.models import list_models
-
-    close = difflib.get_close_matches(name, list_models(), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out: str,
                   config_file: str | None = None, name_template: str | None = None) -> list[Config]:
     """The members' configs: the product of ``models`` and ``seeds``, each in ``out/<model>-s<seed>``.
@@ -70,11 +62,13 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
         raise RessenetError(f"--member-name {template!r} must contain {{model}} and {{seed}} and no '/', e.g. "
                             f"'{{model}}-cifar10-s{{seed}}'")
     from ressenet.engine.config import load_config
-    from ressenet.models import create_model, is_model
+    from ressenet.models import create_model, is_model, list_models
+    from ressenet.names import suggest
 
     for m in models:
         if not is_model(m):
-            raise RessenetError(f"unknown model {m!r} in --model; {_did_you_mean(m)}`ressenet models` lists them")
+            raise RessenetError(f"unknown model {m!r} in --model; {suggest(m, list_models())}`ressenet models` lists "
+                                f"them")
     if len(set(models)) != len(models) or len(set(seeds)) != len(seeds):
         raise RessenetError(f"--model {','.join(models)} --seed {','.join(map(str, seeds))} repeats a member; "
                             f"list each model and seed once")

@@ -22,12 +22,15 @@ from typing import Any
 from ressenet.errors import RessenetError
 
 __all__ = ["RunLock", "LockHeld", "lock_holder", "describe", "LOCK_NAME", "REFRESH_SECONDS", "STALE_SECONDS",
-           "EXIT_LOCKED"]
+           "EXIT_LOCKED", "PARENT_ENV"]
 
 LOCK_NAME = ".lock"
 REFRESH_SECONDS = 30.0
 # A live holder refreshes every 30 s; ten missed refreshes (a stopped machine, a dead NFS client) make it stale.
 STALE_SECONDS = 300.0
+# A runner that takes a directory's lock and then launches the trainer for it (the grid) names itself here, so the
+# trainer uses the lock instead of finding it held.
+PARENT_ENV = "RESSENET_LOCK_PARENT"
 EXIT_LOCKED = 75  # `ressenet train`'s exit status when another runner holds the directory (BSD's EX_TEMPFAIL)
 
 
@@ -93,6 +96,11 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.out.mkdir(parents=True, exist_ok=True)
+        holder = lock_holder(self.out)
+        parent = os.environ.get(PARENT_ENV)
+        if holder is not None and parent and holder.get("host") == self.me["host"] and \
+                str(holder.get("pid")) == parent:
+            return self  # held for us by the process that launched us (the grid); it refreshes and releases it
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ressenet.options import add_train_options
 
 __all__ = ["add_experiment_commands", "grid_overrides"]
 
 
-def add_experiment_commands(sub: argparse._SubParsersAction, add_train_options: Callable) -> None:
+def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     """Register grid/report/reproduce on the top-level sub-parsers."""
     from ressenet.experiments.grid import list_presets
 
@@ -73,13 +74,16 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
                    help="GPU ids: one cell per GPU in parallel (CUDA_VISIBLE_DEVICES); default: one cell at a time")
     g.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="cells at once (default: one per listed GPU, else 1); more than the GPUs share them")
+    g.add_argument("--fuse", default="1", metavar="N|auto",
+                   help="train compatible cells (same depth, dataset and protocol) together, at most N per process "
+                        "(engine/fused.py); auto: 12 on a GPU, 1 on the CPU, where fusing gains nothing; default 1")
     g.add_argument("--filter", default=None, metavar="GLOB",
                    help="only the cells whose name matches, e.g. '*-cifar10-*' or 'res_se_net*'")
 
 
 def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Overrides for every cell: the ``--config`` file's values, then the flags and ``--set`` (which win)."""
-    from ressenet.cli import train_overrides
+    from ressenet.options import train_overrides
     from ressenet.engine.config import read_config_file
     from ressenet.experiments.grid import flatten_tree
 
@@ -108,6 +112,23 @@ def _cells(args: argparse.Namespace):
     return spec, runs_dir, cells
 
 
+def _fuse(args: argparse.Namespace) -> int:
+    """``--fuse N|auto`` as a member count; auto says what it chose and why."""
+    from ressenet.experiments.grid import resolve_fuse
+
+    value = str(getattr(args, "fuse", "1"))
+    if value != "auto":
+        return resolve_fuse(value, cuda=False)
+    import torch
+
+    cuda = bool(args.gpus) or torch.cuda.is_available()
+    n = resolve_fuse("auto", cuda=cuda)
+    print(f"--fuse auto: {n} member(s) per process " + (
+        "(on an H200 a depth-20 group's images/s rose to 2.0x a single run at 12 members and no further: "
+        "BENCHMARKS.md)" if cuda else "(no GPU: on the CPU members step one after another, so fusing gains nothing)"))
+    return n
+
+
 def _gpus(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -124,12 +145,13 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
     from ressenet.experiments.grid import emit_commands, format_plan, run_grid
 
     spec, runs_dir, cells = _cells(args)
+    fuse = _fuse(args)
     if args.dry_run:
         print(format_plan(spec, cells, runs_dir))
         return spec, runs_dir, 0
     if getattr(args, "emit_commands", None):
         path, script, conflicts = emit_commands(cells, args.emit_commands, job_name=f"ressenet-{spec.name}",
-                                                log_dir=Path(runs_dir) / "slurm-logs")
+                                                log_dir=Path(runs_dir) / "slurm-logs", fuse=fuse)
         n = sum(1 for _ in path.read_text().splitlines())
         print(f"wrote {n} command(s) to {path}" + (f" and a Slurm job array to {script} (sbatch {script})"
                                                     if script else " (nothing left to run)"))
@@ -137,9 +159,10 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
             print(f"left out {c.name}: its directory holds another configuration", file=sys.stderr)
         return spec, runs_dir, 1 if conflicts else 0
     print(f"grid {spec.name!r}: {spec.description}" if spec.description else f"grid {spec.name!r}")
-    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=args.jobs)
+    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=args.jobs, fuse=fuse)
     print(f"grid {spec.name!r}: {len(result.skipped)} already done, {len(result.succeeded)} finished now, "
-          f"{len(result.failed)} failed, {len(result.conflicts)} in conflict")
+          f"{len(result.failed)} failed, {len(result.conflicts)} in conflict"
+          + (f", {len(result.elsewhere)} taken by another runner" if result.elsewhere else ""))
     for name, rc, log in result.failed:
         print(f"  FAILED {name}: exit code {rc}; log {log}", file=sys.stderr)
     for name, detail in result.conflicts:

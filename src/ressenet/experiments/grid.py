@@ -38,7 +38,7 @@ import yaml
 
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs
 from ressenet.errors import RessenetError
-from ressenet.engine.lock import EXIT_LOCKED, lock_holder
+from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock, lock_holder
 from ressenet.engine.lock import describe as describe_holder
 from ressenet.experiments.runs import last_iteration
 
@@ -691,9 +691,37 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
             _run_one(slot, gpu, index, job)
 
     def _run_one(slot: int, gpu: str | None, index: int, job: Job) -> None:
+        # Take each cell's lock here, then look again: between the plan and now another runner may have taken or
+        # finished a cell. The trainer inherits the locks (PARENT_ENV), so no other runner starts these cells.
+        locks, mine = [], []
+        for c in job.cells:
+            lk = RunLock(c.out)
+            try:
+                lk.acquire()
+            except LockHeld:
+                with lock:
+                    result.elsewhere.append(c.name)
+                echo(f"[{index}/{len(job_list)}] skip {c.name}: taken by another runner")
+                continue
+            if cell_state(c).state == "done":
+                lk.release()
+                with lock:
+                    result.skipped.append(c.name)
+                continue
+            locks.append(lk)
+            mine.append(c)
+        try:
+            if mine:
+                _launch(slot, gpu, index, Job(tuple(mine)) if len(mine) < len(job.cells) else job)
+        finally:
+            for lk in locks:
+                lk.release()
+
+    def _launch(slot: int, gpu: str | None, index: int, job: Job) -> None:
         cell = job.cells[0]
         argv = build(cell) if len(job.cells) == 1 else build_job(job)
         proc_env = dict(base_env)
+        proc_env[PARENT_ENV] = str(os.getpid())
         if gpu is not None:
             proc_env["CUDA_VISIBLE_DEVICES"] = gpu
         for c in job.cells:
@@ -738,8 +766,7 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
         elif stopping.is_set():
             echo(f"[{index}/{len(job_list)}] interrupted {cell.name} after {seconds:.0f} s; re-run the grid to "
                  f"resume it")
-        elif rc == EXIT_LOCKED or (rc == 0 and lock_holder(cell.out) is not None):
-            # Another runner took the cell between our check and the trainer's lock: it is theirs.
+        elif rc == EXIT_LOCKED:  # cannot happen while we hold the lock, unless it went stale under us
             with lock:
                 result.elsewhere.append(cell.name)
             echo(f"[{index}/{len(job_list)}] skip {cell.name}: taken by another runner")
