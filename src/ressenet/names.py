@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterable
 
-__all__ = ["suggest", "closest"]
+__all__ = ["suggest", "closest", "natural_key"]
 
 
 def closest(name: object, choices: Iterable[str], *, cutoff: float = 0.6) -> str | None:
@@ -40,3 +41,8 @@ def suggest(name: object, choices: Iterable[str], *, cutoff: float = 0.6) -> str
     into a one-line error message before the list of valid choices)."""
     best = closest(name, choices, cutoff=cutoff)
     return f"did you mean {best!r}? " if best is not None else ""
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders names by their numbers: resnet20 < resnet110 < resnet1202, 2.png < 10.png."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))

@@ -23,8 +23,8 @@ import yaml
 from ressenet.names import suggest
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config",
-           "apply_overrides", "config_from_dict", "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS", "option",
-           "check_choice", "field_choices"]
+           "apply_overrides", "config_from_dict", "flatten_config", "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS",
+           "option", "check_choice", "field_choices"]
 
 
 class ConfigError(ValueError):
@@ -340,20 +340,37 @@ def all_keys() -> list[str]:
     return [f"{s.name}.{f.name}" for s in fields(Config) for f in fields(s.default_factory)]  # type: ignore[misc]
 
 
-def _flatten(tree: dict[str, Any], where: str) -> dict[str, Any]:
-    flat = {}
-    for section, values in tree.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: top-level key {section!r} must hold a mapping (model, data, optim, run)")
-        for key, value in values.items():
-            flat[f"{section}.{key}"] = value
+def flatten_config(tree: dict[str, Any] | Config, where: str | None = None) -> dict[str, Any]:
+    """``{"optim": {"iters": 5}, "run.seed": 1}`` (or a Config) -> ``{"optim.iters": 5, "run.seed": 1}``.
+
+    The one flattening of a config tree: sections and dotted keys both accepted, ``meta`` skipped. With ``where``
+    (a file or option name) a malformed entry is a ConfigError naming it; without, it is skipped (reading run
+    directories, where a damaged file must not stop a report).
+    """
+    if isinstance(tree, Config):
+        tree = tree.to_dict()
+    if not isinstance(tree, dict):
+        if where is None:
+            return {}
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(tree).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "meta":
+            continue
+        if "." in str(key):
+            flat[str(key)] = value
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        elif where is not None:
+            raise ConfigError(f"{where}: {key!r} must be a section (model, data, optim, run) or a dotted key")
     return flat
 
 
 def config_from_dict(tree: dict[str, Any], where: str = "config") -> Config:
     """Build a validated Config from a nested dict (``config.yaml``, a checkpoint, a grid cell)."""
     tree = {k: v for k, v in tree.items() if k != "meta"}  # run metadata written beside the config
-    return apply_overrides(Config(), _flatten(tree, where)).validate()
+    return apply_overrides(Config(), flatten_config(tree, where)).validate()
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -374,14 +391,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Defaults, then the YAML file, then overrides; validated."""
     cfg = Config()
     if path is not None:
-        apply_overrides(cfg, _flatten(read_config_file(path), str(path)))
+        apply_overrides(cfg, flatten_config(read_config_file(path), str(path)))
     apply_overrides(cfg, overrides or {})
     return cfg.validate()
 
 
 def diff_configs(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = RESULT_NEUTRAL_KEYS) -> list[str]:
     """Dotted keys whose values differ between two config dicts, ignoring result-neutral keys."""
-    fa, fb = _flatten({k: v for k, v in a.items() if k != "meta"}, "a"), _flatten(
+    fa, fb = flatten_config({k: v for k, v in a.items() if k != "meta"}, "a"), flatten_config(
         {k: v for k, v in b.items() if k != "meta"}, "b")
     return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 

@@ -85,12 +85,12 @@ def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Overrides for every cell: the ``--config`` file's values, then the flags and ``--set`` (which win)."""
     from ressenet.options import train_overrides
     from ressenet.engine.config import read_config_file
-    from ressenet.experiments.grid import flatten_tree
+    from ressenet.engine.config import flatten_config
 
     out: dict[str, Any] = {}
     if getattr(args, "config", None):
         tree = read_config_file(args.config)
-        out.update(flatten_tree({k: v for k, v in tree.items() if k != "meta"}, str(args.config)))
+        out.update(flatten_config({k: v for k, v in tree.items() if k != "meta"}, str(args.config)))
     out.update(train_overrides(args))
     return out
 

@@ -36,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs
+from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs,
+                                    flatten_config)
 from ressenet.errors import RessenetError
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock, lock_holder
 from ressenet.engine.lock import describe as describe_holder
@@ -44,7 +45,7 @@ from ressenet.experiments.runs import last_iteration
 
 __all__ = [
     "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
-    "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan", "flatten_tree",
+    "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan",
     "Job", "plan_jobs", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA",
 ]
 
@@ -82,22 +83,6 @@ class GridSpec:
 def list_presets() -> list[str]:
     """Names of the presets shipped with the package (``paper``, ``ablations``, ``quick``)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def flatten_tree(tree: dict[str, Any], where: str) -> dict[str, Any]:
-    """``{"optim": {"iters": 5}, "run.seed": 1}`` -> ``{"optim.iters": 5, "run.seed": 1}`` (both forms accepted)."""
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: expected a mapping of config keys, got {type(tree).__name__}")
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if "." in str(key):
-            flat[str(key)] = value
-        elif isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            raise ConfigError(f"{where}: {key!r} must be a section (model, data, optim, run) or a dotted key")
-    return flat
 
 
 def parse_seeds(value: int | str | Sequence[int]) -> tuple[int, ...]:
@@ -162,8 +147,8 @@ def load_grid(preset: str | Path) -> GridSpec:
         models=models,
         datasets=tuple(datasets),
         seeds=parse_seeds(tree.get("seeds", 3)),
-        base=flatten_tree(tree.get("config") or {}, f"{where}: config"),
-        variants=tuple(flatten_tree(v or {}, f"{where}: variants[{i}]") for i, v in enumerate(variants)),
+        base=flatten_config(tree.get("config") or {}, f"{where}: config"),
+        variants=tuple(flatten_config(v or {}, f"{where}: variants[{i}]") for i, v in enumerate(variants)),
         source=str(path),
     )
     for key in (*AXIS_KEYS, "data.dataset"):
@@ -277,7 +262,7 @@ def _make_cell(spec: GridSpec, runs: Path, model: str, dataset: str, seed: int, 
     axes = {"model.name": model, "data.dataset": dataset, "run.seed": seed}
     preset_cfg = apply_overrides(Config(), {**spec.base, **variant, **axes})
     cfg = apply_overrides(Config(), {**spec.base, **variant, **user, **axes})
-    preset_flat, flat = _flat(preset_cfg), _flat(cfg)
+    preset_flat, flat = flatten_config(preset_cfg), flatten_config(cfg)
     tag_keys = set(variant) | {k for k in user if flat[k] != preset_flat[k] and k not in RESULT_NEUTRAL_KEYS}
     tags = tuple((k, flat[k]) for k in sorted(tag_keys))
     name = "-".join([model, dataset, *_tag_strings(tags), f"s{seed}"])
@@ -285,13 +270,9 @@ def _make_cell(spec: GridSpec, runs: Path, model: str, dataset: str, seed: int, 
     return Cell(name=name, model=model, dataset=dataset, seed=seed, tags=tags, config=cfg.validate())
 
 
-def _flat(cfg: Config) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
-
-
 def _leaf_names() -> dict[str, int]:
     counts: dict[str, int] = {}
-    for key in _flat(Config()):
+    for key in flatten_config(Config()):
         leaf = key.split(".")[1]
         counts[leaf] = counts.get(leaf, 0) + 1
     return counts
@@ -372,7 +353,7 @@ def _conflicts(cell: Cell, existing: dict[str, Any]) -> list[str]:
         keys = diff_configs(mine, existing)
     except ConfigError:
         return ["config.yaml (unreadable)"]
-    flat = _flat(cell.config)
+    flat = flatten_config(cell.config)
     return [k for k in keys if flat.get(k, "?") not in (None, "auto")]
 
 
@@ -414,7 +395,7 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
         bad = _conflicts(cell, existing)
         if bad:
             flat_old = {f"{s}.{k}": v for s, sec in existing.items() if isinstance(sec, dict) for k, v in sec.items()}
-            flat_new = _flat(cell.config)
+            flat_new = flatten_config(cell.config)
             shown = ", ".join(f"{k} (dir {flat_old.get(k)!r}, grid {flat_new.get(k)!r})" for k in bad[:3])
             return CellState("conflict", f"directory holds another config: {shown}{' ...' if len(bad) > 3 else ''}")
     if summary is not None:
@@ -444,7 +425,7 @@ def train_command(cell: Cell, program: Sequence[str] = ("ressenet",)) -> list[st
     Every config value that differs from the defaults (the paper's protocol) and has no flag of its own goes
     through ``--set``, so parsing the line with ``ressenet train``'s parser gives back ``cell.config``.
     """
-    flat, default = _flat(cell.config), _flat(Config())
+    flat, default = flatten_config(cell.config), flatten_config(Config())
     argv = [*program, "train"]
     for key, flag in FLAG_KEYS.items():
         if key in ("model.name", "data.dataset", "run.seed", "run.out") or flat[key] != default[key]:
@@ -507,7 +488,7 @@ def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         info = model_info(c.model)
-        shared = {k: v for k, v in _flat(c.config).items() if k not in AXIS_KEYS}
+        shared = {k: v for k, v in flatten_config(c.config).items() if k not in AXIS_KEYS}
         key = (info.depth if info else c.model, member_template(c), tuple(sorted((k, repr(v)) for k, v in
                                                                             shared.items())))
         groups.setdefault(key, []).append(c)

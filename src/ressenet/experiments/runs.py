@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
 
@@ -108,17 +108,13 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return tree if isinstance(tree, dict) else {}
 
 
-def _flat(tree: dict[str, Any]) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in tree.items() if s != "meta" and isinstance(sec, dict) for k, v in sec.items()}
-
-
 def _protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The result-relevant differences from the defaults (the paper's protocol), as sorted (key, value) pairs."""
     try:
         tree = config_from_dict({k: v for k, v in config.items() if k != "meta"}).to_dict()
     except (ConfigError, TypeError, AttributeError):
         tree = config
-    flat, default = _flat(tree), _flat(Config().to_dict())
+    flat, default = flatten_config(tree), flatten_config(Config().to_dict())
     return tuple(sorted((k, _hashable(v)) for k, v in flat.items()
                         if k not in GROUPING_IGNORED and default.get(k, object()) != v))
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from ressenet.names import natural_key
+
 __all__ = ["register_model", "create_model", "list_models", "is_model", "model_info", "natural_key"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -60,10 +62,3 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 def _has_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that orders names by their numbers: resnet20 < resnet110 < resnet1202, run-s2 < run-s10."""
-    import re
-
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
