@@ -11,7 +11,7 @@ import torch
 
 from ressenet.errors import RessenetError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "remove_orphans"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -28,18 +28,32 @@ def _fsync_dir(path: Path) -> None:
 def _atomic(path: Path, write: Any) -> None:
     """Write through ``write(fileobj)`` into a temporary file beside ``path``, fsync, then rename over it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # full disk, read-only folder, no permission: one line; the previous file is untouched
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise RessenetError(f"cannot write {path}: {e.strerror or e}; the previous {path.name}, if any, is kept; "
+                            f"free space or make the folder writable, then run the same command again") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_orphans(folder: str | Path, names: tuple[str, ...]) -> None:
+    """Deletes temporary files a killed writer left beside ``names`` (``.last.pt.*.tmp`` and the like)."""
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

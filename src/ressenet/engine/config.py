@@ -10,6 +10,7 @@ name against the choices with a did-you-mean (ressenet.names.suggest) before any
 """
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -172,6 +173,11 @@ class RunConfig:
     progress: str = option("auto", choices=PROGRESS_MODES,
                            help="progress display: bar, plain log lines, or none; auto = a bar on a terminal, "
                                 "plain lines otherwise")
+    grad_stats_every: int = option(0, flag="--log-grad-stats", metavar="N",
+                                   help="every N iterations, record the gradient norm reaching each bridge block's "
+                                        "input through the bridge and through the residual path, and every layer's "
+                                        "weight-gradient norm, as a 'grads' line of metrics.jsonl (ressenet "
+                                        "analyze plots them); that step runs eager; 0 = off")
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig}
@@ -236,7 +242,12 @@ class Config:
                  "a positive reduction ratio, e.g. 16")
         _require(o.iters > 0, "optim.iters", o.iters, "a positive number of iterations")
         _require(o.batch_size > 0, "optim.batch_size", o.batch_size, "a positive batch size")
-        _require(o.lr > 0, "optim.lr", o.lr, "a positive learning rate")
+        _require(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a positive, finite learning rate")
+        _require(math.isfinite(o.momentum) and math.isfinite(o.weight_decay) and math.isfinite(o.gamma),
+                 "optim", (o.momentum, o.weight_decay, o.gamma), "finite momentum, weight decay and gamma")
+        _require(0 <= r.seed < 2 ** 63, "run.seed", r.seed, "an integer in [0, 2**63)")
+        _require(r.grad_stats_every >= 0, "run.grad_stats_every", r.grad_stats_every,
+                 "0 (off) or a positive number of iterations")
         _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a value in [0, 1)")
         _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a non-negative value")
         _require(0 < o.gamma <= 1, "optim.gamma", o.gamma, "a factor in (0, 1]")
@@ -257,7 +268,7 @@ class Config:
 # prints, not what it computes.
 RESULT_NEUTRAL_KEYS = frozenset({
     "run.out", "run.device", "run.progress", "run.log_every", "run.ckpt_every", "run.eval_batch_size",
-    "run.compile", "run.compile_mode", "data.data_root", "data.download", "data.cache_dir",
+    "run.compile", "run.compile_mode", "data.data_root", "data.download", "data.cache_dir", "run.grad_stats_every",
 })
 
 

@@ -135,6 +135,9 @@ class FusedGroup:
         self.device = resolve_device(cfg0.run.device)
         self.mechanism = resolve_mechanism(mechanism, self.device)
         self.precision = resolve_precision(cfg0.run.precision, self.device)
+        if self.mechanism == "graphs" and cfg0.run.grad_stats_every:
+            raise RessenetError("--log-grad-stats needs eager steps, which CUDA graphs replace; use "
+                                "--fused-mechanism sequential, or drop --log-grad-stats")
         if self.mechanism == "graphs" and self.precision == "fp16":
             raise RessenetError("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises "
                                 "with the host every step); use --precision bf16")

@@ -167,9 +167,38 @@ class Run:
         """One SGD step at the schedule's learning rate on the next batch."""
         self.set_lr(lr_at(self.cfg, self.state.it))
         x, y = self.loader.next()
-        loss, logits = train_step(self.step_model, self.optimizer, self.scaler, self.amp, x, y)
+        every = self.cfg.run.grad_stats_every
+        if every and (self.state.it + 1) % every == 0:
+            loss, logits = self._probed_step(x, y)
+        else:
+            loss, logits = train_step(self.step_model, self.optimizer, self.scaler, self.amp, x, y)
         self.accumulate(loss, logits, y)
         self.advance(len(y))
+
+    def _probed_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same SGD step, eager on the raw model, recording where the gradient flows (``--log-grad-stats``):
+        the norm reaching each bridge block's input through its shortcut and through its residual branch, and
+        every weight's gradient norm. Written as a "grads" line of metrics.jsonl."""
+        blocks = {name: m for name, m in self.model.named_modules() if getattr(m, "is_bridge", False)
+                  and hasattr(m, "grad_probe")}
+        for m in blocks.values():
+            m.grad_probe = {}
+        try:
+            loss, logits = train_step(self.model, self.optimizer, self.scaler, self.amp, x, y)
+        finally:
+            probes = {name: m.grad_probe or {} for name, m in blocks.items()}
+            for m in blocks.values():
+                m.grad_probe = None
+        weights = {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None and p.dim() > 1}
+        # Weight-gradient norms are read after the step: SGD leaves .grad as the backward wrote it.
+        names = list(weights)
+        norms = torch.stack([weights[n].float().norm() for n in names]).tolist() if names else []
+        rec = {"kind": "grads", "iter": self.state.it + 1,
+               "bridge": {b: float(p["shortcut"]) for b, p in probes.items() if "shortcut" in p},
+               "residual": {b: float(p["residual"]) for b, p in probes.items() if "residual" in p},
+               "weights": dict(zip(names, norms))}
+        self.log.write(rec)
+        return loss, logits
 
     def accumulate(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Device-side bookkeeping, in place and without host synchronisation (a CUDA graph can hold it)."""

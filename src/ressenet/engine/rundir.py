@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ressenet.engine.checkpoint import remove_orphans
 from ressenet.engine.config import Config, diff_configs
 from ressenet.errors import RessenetError
 
@@ -20,8 +21,8 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
     out = Path(cfg.run.out)
     cfg_file = out / "config.yaml"
     if cfg_file.is_file():
-        old = yaml.safe_load(cfg_file.read_text()) or {}
-        changed = diff_configs(old, cfg.to_dict())
+        old = _read_config(cfg_file, overwrite)
+        changed = diff_configs(old, cfg.to_dict()) if old is not None else ["(unreadable config.yaml)"]
         if changed and not overwrite:
             shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg.to_dict(), k)!r}" for k in changed[:4])
             raise RessenetError(f"{out} holds a run with another configuration ({shown}); choose another --out, "
@@ -30,15 +31,38 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
             for name in RUN_FILES + ("train.log",):
                 (out / name).unlink(missing_ok=True)
         elif (out / "summary.json").is_file() and not overwrite:
-            return out, json.loads((out / "summary.json").read_text())
+            try:
+                return out, json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); delete it to "
+                                    f"finish the run again from its last.pt, or pass --overwrite") from None
         elif overwrite and is_main:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
     elif out.exists() and any(out.glob("*.pt")) and not overwrite:
         raise RessenetError(f"{out} holds checkpoints but no config.yaml; choose another --out or pass --overwrite")
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RessenetError(f"cannot create {out}: {e.strerror or e}; choose another --out") from None
+        remove_orphans(out, RUN_FILES)  # temporary files of a writer killed mid-write
     return out, None
+
+
+def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
+    """A run directory's config.yaml as a mapping; one line naming it when it is not one (None with --overwrite)."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        why = type(e).__name__
+    else:
+        if isinstance(tree, dict):
+            return tree
+        why = f"holds a {type(tree).__name__}, not a mapping"
+    if overwrite:
+        return None
+    raise RessenetError(f"{path} is not a readable run config ({why}); move the directory away or pass --overwrite")
 
 
 def _get(tree: dict[str, Any], dotted: str) -> Any:

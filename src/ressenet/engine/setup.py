@@ -74,6 +74,10 @@ def load_data(cfg: Config) -> dict[str, Any]:
     if d.val_split:
         # A fixed split seed: every run seed holds out the same images, as He et al.'s 45k/5k split.
         train_ds, val_ds = train_val_split(train_ds, val_size=d.val_split, seed=0)
+    for name, ds in (("test", test_ds), ("validation", val_ds)):
+        if ds is not None and len(ds) == 0:  # found now, not after the last iteration
+            raise RessenetError(f"the {name} split of {d.dataset} at {d.data_root or 'the default root'} is empty; "
+                                f"check the data folder (it needs {name}/<class>/ images) or --set data.test_limit")
     if len(train_ds) < cfg.optim.batch_size:
         raise RessenetError(f"the training split has {len(train_ds)} images, fewer than one batch of "
                             f"{cfg.optim.batch_size}; lower --batch-size")

@@ -134,6 +134,9 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
             if dist_info.is_main:
                 print(f"{out} already finished; delete summary.json or pass --overwrite to train again")
             return finished if dist_info.is_main else None
+        if dist_info.enabled and cfg.run.grad_stats_every:
+            raise RessenetError("--log-grad-stats records on one process (its probe step runs outside DDP); drop it "
+                                "or train without torchrun")
         if cfg.optim.batch_size % dist_info.world_size:
             raise RessenetError(f"batch size {cfg.optim.batch_size} does not split over {dist_info.world_size} "
                                 f"processes; use a multiple of {dist_info.world_size}")

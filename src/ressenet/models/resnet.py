@@ -36,6 +36,16 @@ def _shortcut(inplanes: int, outplanes: int, stride: int, *, shortcut: str, plac
                     se_reduction=se_reduction)
 
 
+def probe_paths(x: Tensor, probe: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Two aliases of the block input, one per path, whose gradients land in ``probe`` ("residual", "shortcut"):
+    the gradient reaching the input through each path separately (their sum is the input's gradient)."""
+    xr, xs = x.view_as(x), x.view_as(x)
+    if x.requires_grad:
+        xr.register_hook(lambda g: probe.__setitem__("residual", g.detach().float().norm()))
+        xs.register_hook(lambda g: probe.__setitem__("shortcut", g.detach().float().norm()))
+    return xr, xs
+
+
 class BasicBlock(nn.Module):
     """conv3x3(s) -> BN -> ReLU -> conv3x3 -> BN -> [SE] -> + shortcut -> ReLU (He et al.; Hu et al. for SE)."""
 
@@ -52,14 +62,16 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(inplanes, planes, stride, shortcut=shortcut, placement=placement, bridge=bridge,
                                   se_reduction=se_reduction)
         self.is_bridge = stride != 1 or inplanes != planes
+        self.grad_probe: dict[str, Tensor] | None = None  # set by the engine's --log-grad-stats for one step
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        xr, xs = (x, x) if self.grad_probe is None else probe_paths(x, self.grad_probe)
+        out = F.relu(self.bn1(self.conv1(xr)))
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
         if self.shortcut is not None:
-            out = out + self.shortcut(x)
+            out = out + self.shortcut(xs)
         return F.relu(out)
 
 
@@ -82,15 +94,17 @@ class Bottleneck(nn.Module):
         self.shortcut = _shortcut(inplanes, outplanes, stride, shortcut=shortcut, placement=placement, bridge=bridge,
                                   se_reduction=se_reduction)
         self.is_bridge = stride != 1 or inplanes != outplanes
+        self.grad_probe: dict[str, Tensor] | None = None  # set by the engine's --log-grad-stats for one step
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        xr, xs = (x, x) if self.grad_probe is None else probe_paths(x, self.grad_probe)
+        out = F.relu(self.bn1(self.conv1(xr)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
         if self.shortcut is not None:
-            out = out + self.shortcut(x)
+            out = out + self.shortcut(xs)
         return F.relu(out)
 
 
