@@ -182,6 +182,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. User errors (bad config, missing data, bad names) print one line and exit with 2; a run
     directory held by another runner exits with 75 (engine/lock.py), which the grid reads as "taken"."""
+    import warnings
+
+    # Notes the package raises (a rebuilt cache, a fallback the user should know of) print as one line, not
+    # Python's two-line "file:line: category" form.
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"ressenet: note: {message}\n"
     parser = build_parser()
     args = parser.parse_args(argv)
     from ressenet.errors import USER_ERRORS

@@ -1,22 +1,68 @@
-"""Safe, atomic unpacking of .tar/.tar.gz/.tgz/.zip archives."""
+"""Reading .tar/.tar.gz/.tgz/.zip archives member by member with bounded memory, and safe, atomic unpacking.
+
+Every member's size is known from its header before a byte of it is read, so anything larger than the caller's
+limit is refused up front: a small archive of zeros that unpacks to gigabytes costs neither memory nor disk. Links
+are refused (no official archive holds one, and a link is how an archive reaches outside its folder), and errors
+say which side failed: reading the archive (truncated, corrupt, unreadable) or writing the destination (full,
+read-only), since the fixes differ.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
 import zipfile
-from pathlib import Path
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO
 
-from ressenet.data.base import DataError
+from ressenet.data.base import DataError, os_error_text
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
 
+# Limits of the official-archive path (a CIFAR archive given as --data-root, and verified downloads).
+# The largest member of any official CIFAR archive is CIFAR-100's training file: 50,000 records of 3,074 bytes =
+# 153.7 MB in the binary variant, about 155.2 MB as the python pickle. 200 MB admits it with room and refuses
+# anything bigger before a byte of it is written.
+MAX_MEMBER_BYTES = 200 * 10**6
+# An official archive unpacks to about 185 MB (CIFAR-10: six 31 MB batches). 1 GB admits an archive holding all
+# four official folders (about 740 MB) and bounds the disk a hostile archive can fill with small members.
+MAX_UNPACKED_BYTES = 10**9
+# Official archives hold at most 9 entries; 10,000 admits any reasonable extra files and bounds a flood of empty ones.
+MAX_MEMBERS = 10_000
+# tar extension headers (pax records, GNU long names) hold a path and a few attributes, a few hundred bytes; Python's
+# tarfile reads one whole into memory, so a larger one is refused before it is read.
+MAX_TAR_HEADER_BYTES = 1 << 20
+
+_CHUNK = 1 << 20
+
+# Errors that mean the archive's bytes are bad (as opposed to an OSError with an errno: unreadable, I/O error).
+# zipfile raises NotImplementedError for an unknown compression method and RuntimeError for an encrypted member.
+_CORRUPT = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, ValueError,
+            NotImplementedError, RuntimeError)
+try:  # optional codecs of tarfile's "r|*"
+    import lzma
+
+    _CORRUPT += (lzma.LZMAError,)
+except ImportError:  # pragma: no cover
+    pass
+
 
 def is_archive(path: Path) -> bool:
-    """Whether ``path`` is a file whose name says it is an archive this module can unpack."""
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+    """Whether ``path`` is a file whose name says it is an archive this module can unpack.
+
+    False also when ``path`` cannot be examined (e.g. a folder above it is unreadable): the caller then reads it as
+    a folder and reports the permission problem with the path.
+    """
+    try:
+        return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+    except OSError:
+        return False
 
 
 def archive_stem(path: Path) -> str:
@@ -28,29 +74,221 @@ def archive_stem(path: Path) -> str:
     return path.name
 
 
-def extract(archive: Path, dest: Path) -> None:
-    """Extracts ``archive`` into the existing folder ``dest``, refusing members that would land outside it.
+# ---- reading ---------------------------------------------------------------------------------------------------
+
+
+def read_error(archive: Path, e: BaseException, what: str = "the archive is truncated or corrupt, fetch it again"
+               ) -> DataError:
+    """The one-line error for a failure while reading ``archive``: a permission or I/O problem names its errno and
+    asks for a readable file; anything else is a damaged archive (``what`` says the fix)."""
+    if isinstance(e, DataError):
+        return e
+    if isinstance(e, OSError) and e.errno is not None:
+        return DataError(f"cannot read {archive}: {os_error_text(e)}; make it readable (check its permissions and "
+                         f"the disk), or pass --data-root to another copy")
+    return DataError(f"cannot read {archive}: {type(e).__name__}: {e}; {what}")
+
+
+def write_error(where: str, e: OSError, fix: str, doing: str = "") -> DataError:
+    """The one-line error for a failure to write ``where`` (e.g. ``"the cache /x"``): ``cannot write the cache /x
+    (unpacking a/b of c.tar.gz): [Errno 28] No space left on device; free space or pass --cache-dir ...``.
+
+    ``fix`` names the other place to use; "free space or" is prepended when the disk or quota is full.
+    """
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        fix = f"free space or {fix}"
+    return DataError(f"cannot write {where}{f' ({doing})' if doing else ''}: {os_error_text(e)}; {fix}")
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses oversized extension headers, which tarfile would otherwise read whole into memory."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                         tarfile.SOLARIS_XHDTYPE) and self.size > MAX_TAR_HEADER_BYTES:
+            raise DataError(f"{getattr(tarfile_, 'name', None) or 'the archive'} holds a {self.size}-byte tar "
+                            f"extension header, above the limit of {MAX_TAR_HEADER_BYTES} bytes (real ones hold a "
+                            f"name and a few attributes); refusing the archive, it is corrupt or hostile")
+        return super()._proc_member(tarfile_)
+
+
+@dataclass
+class Member:
+    """One archive entry, before its data is read.
+
+    Attributes:
+        name: Path inside the archive, as stored.
+        kind: ``"file"``, ``"dir"``, ``"link"`` (symbolic or hard) or ``"other"`` (devices, fifos).
+        size: Uncompressed size in bytes from the header (0 for anything but files).
+        target: A link's target, else ``""``.
+    """
+
+    name: str
+    kind: str
+    size: int
+    target: str
+    _open: Callable[[], IO[bytes]]
+
+    def read(self, archive: Path, limit: int, why: str) -> bytes:
+        """The member's bytes, refused before reading when its header says more than ``limit`` bytes (and never
+        more than ``limit`` read, whatever the header said)."""
+        if self.size > limit:
+            raise too_big(archive, self.name, self.size, limit, why)
+        try:
+            with self._open() as f:
+                data = f.read(self.size + 1)  # sized by the header: a read(limit) would allocate the limit each time
+        except _CORRUPT + (OSError,) as e:
+            raise read_error(archive, e) from e
+        if len(data) > limit:
+            raise too_big(archive, self.name, len(data), limit, why)
+        return data
+
+    def copy_to(self, archive: Path, target: Path, where: str, fix: str) -> None:
+        """Streams the member into the new file ``target`` (inside ``where``, e.g. ``"the cache /x"``); reading and
+        writing errors are reported apart."""
+        doing = f"unpacking {self.name} of {archive.name}"
+        try:
+            out = open(target, "wb")
+        except OSError as e:
+            raise write_error(where, e, fix, doing) from e
+        with out:
+            try:
+                src = self._open()
+            except _CORRUPT + (OSError,) as e:
+                raise read_error(archive, e) from e
+            with src:
+                while True:
+                    try:
+                        chunk = src.read(_CHUNK)
+                    except _CORRUPT + (OSError,) as e:
+                        raise read_error(archive, e) from e
+                    if not chunk:
+                        break
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise write_error(where, e, fix, doing) from e
+
+
+def too_big(archive: Path, name: str, size: int, limit: int, why: str) -> DataError:
+    return DataError(f"refusing {archive}:{name}: the member is {size} bytes, above the limit of {limit} bytes "
+                     f"({why}); remove it from the archive")
+
+
+def iter_members(archive: Path) -> Iterator[Member]:
+    """Yields the archive's entries in order, in one sequential pass, holding at most one member's data at a time.
+
+    A member's data can be read (:meth:`Member.read`, :meth:`Member.copy_to`) only while it is the current one.
 
     Raises:
-        DataError: If the archive cannot be read or holds unsafe members.
+        DataError: If the archive cannot be opened or read (naming the errno), or is corrupt.
     """
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
-                root = dest.resolve()
-                for member in zf.namelist():
-                    if not (dest / member).resolve().is_relative_to(root):
-                        raise DataError(f"{archive} holds the unsafe member path {member!r}; refusing to unpack it")
-                zf.extractall(dest)
+                for info in zf.infolist():
+                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000  # a Unix symlink stored by zip -y
+                    kind = "dir" if info.is_dir() else "link" if is_link else "file"
+                    yield Member(info.filename, kind, 0 if kind == "dir" else info.file_size, "",
+                                 lambda info=info: zf.open(info))
         else:
-            with tarfile.open(archive) as tf:
-                # The "data" filter rejects absolute paths, "..", links out of dest and device files.
-                tf.extractall(dest, filter="data")
+            # Stream mode: one sequential pass over the compressed data, no seeking back.
+            with tarfile.open(archive, "r|*", tarinfo=_BoundedTarInfo) as tf:
+                while (m := tf.next()) is not None:
+                    tf.members.clear()  # tarfile keeps every header it has seen; ours are used once
+                    kind = ("file" if m.isreg() else "dir" if m.isdir() else
+                            "link" if m.issym() or m.islnk() else "other")
+                    yield Member(m.name, kind, m.size if kind == "file" else 0, m.linkname,
+                                 lambda m=m: tf.extractfile(m))  # type: ignore[arg-type,return-value]
     except DataError:
         raise
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise DataError(f"cannot unpack {archive}: {type(e).__name__}: {e}; the archive is truncated or corrupt, "
-                        f"fetch it again") from e
+    except _CORRUPT + (OSError,) as e:
+        raise read_error(archive, e) from e
+
+
+def file_digest(path: Path, salt: str) -> str:
+    """sha256 hex digest of ``salt`` then the file's bytes, read in 1 MiB chunks.
+
+    Raises:
+        DataError: If the file cannot be read.
+    """
+    h = hashlib.sha256(salt.encode())
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except OSError as e:
+        raise read_error(path, e) from e
+    return h.hexdigest()
+
+
+# ---- unpacking -------------------------------------------------------------------------------------------------
+
+
+def _safe_target(archive: Path, dest: Path, root: Path, name: str) -> Path:
+    rel = PurePosixPath(name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise DataError(f"{archive} holds the unsafe member path {name!r}; refusing to unpack it (it is not an "
+                        f"official archive, fetch it again)")
+    target = dest.joinpath(*rel.parts)
+    if not target.resolve().is_relative_to(root):
+        raise DataError(f"{archive} holds the unsafe member path {name!r}; refusing to unpack it (it is not an "
+                        f"official archive, fetch it again)")
+    return target
+
+
+def extract(archive: Path, dest: Path, *, where: str | None = None,
+            fix: str = "pass --cache-dir (or set RESSENET_CACHE) to a writable folder",
+            max_member_bytes: int = MAX_MEMBER_BYTES, max_total_bytes: int = MAX_UNPACKED_BYTES,
+            max_members: int = MAX_MEMBERS) -> None:
+    """Extracts ``archive`` into the existing folder ``dest`` in one pass, with limits for an official archive.
+
+    Refused before anything of it is written: members landing outside ``dest`` (absolute paths, ``..``), links,
+    devices and fifos, a member above ``max_member_bytes``, a running total above ``max_total_bytes``, more than
+    ``max_members`` entries. What was written before a refusal stays in ``dest`` (callers unpack into a temporary
+    folder and delete it on failure).
+
+    Args:
+        archive: A .tar/.tar.gz/.tgz/.zip file.
+        dest: Existing folder to unpack into.
+        where: How errors name the place written, e.g. ``"the cache /x/extracted"`` (default: ``dest``).
+        fix: What to tell the user when writing into ``dest`` fails (disk full, read-only).
+
+    Raises:
+        DataError: If the archive cannot be read, is corrupt, holds a refused member, or ``dest`` cannot be written.
+    """
+    root = dest.resolve()
+    where = where or str(dest)
+    total = count = 0
+    why = "the largest official CIFAR file is about 155 MB"
+    for m in iter_members(archive):
+        count += 1
+        if count > max_members:
+            raise DataError(f"{archive} holds more than {max_members} entries, far more than an official CIFAR "
+                            f"archive (under 10); refusing to unpack it")
+        if m.kind == "link":
+            raise DataError(f"{archive} holds the link {m.name} -> {m.target}; links are refused (an official CIFAR "
+                            f"archive holds only folders and regular files), fetch the archive again")
+        if m.kind == "other":
+            raise DataError(f"{archive} holds {m.name}, which is a device or fifo, not a file; refusing to unpack "
+                            f"it (an official CIFAR archive holds only folders and regular files)")
+        target = _safe_target(archive, dest, root, m.name)
+        if m.kind == "file":
+            if m.size > max_member_bytes:
+                raise too_big(archive, m.name, m.size, max_member_bytes, why)
+            total += m.size
+            if total > max_total_bytes:
+                raise DataError(f"refusing {archive}: its members add up to more than {max_total_bytes} bytes, "
+                                f"several times an official CIFAR archive's contents (about 185 MB); it is not an "
+                                f"official archive")
+        if m.kind == "file" and target == dest:
+            raise DataError(f"{archive} holds a file with the empty name {m.name!r}; refusing to unpack it")
+        try:
+            (target if m.kind == "dir" else target.parent).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(where, e, fix, f"unpacking {m.name} of {archive.name}") from e
+        if m.kind == "file":
+            m.copy_to(archive, target, where, fix)
 
 
 def unpack_to_cache(archive: Path, cache_dir: Path) -> Path:
@@ -62,28 +300,36 @@ def unpack_to_cache(archive: Path, cache_dir: Path) -> Path:
     is read-only).
 
     Raises:
-        DataError: If the cache folder cannot be written or the archive is unreadable.
+        DataError: If the cache folder cannot be written (naming the OS error: full disk, read-only), the archive is
+            unreadable or corrupt, or it holds a refused member (see :func:`extract`).
     """
-    st = archive.stat()
+    try:
+        st = archive.stat()
+    except OSError as e:
+        raise read_error(archive, e) from e
     key = hashlib.sha256(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     parent = cache_dir / "extracted"
     final = parent / f"{archive_stem(archive)}-{key}"
-    if final.is_dir():
-        return final
+    fix = "pass --cache-dir (or set RESSENET_CACHE) to a writable folder"
+    try:
+        if final.is_dir():
+            return final
+    except OSError as e:
+        raise DataError(f"cannot read the cache {parent}: {os_error_text(e)}; make it readable, or pass --cache-dir "
+                        f"(or set RESSENET_CACHE) to a folder of your own") from e
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
     except OSError as e:
-        raise DataError(f"cannot write the cache folder {parent} ({e.strerror or e}); set RESSENET_CACHE or pass "
-                        f"--cache-dir to a writable folder") from e
+        raise write_error(f"the cache {parent}", e, fix) from e
     try:
-        extract(archive, tmp)
+        extract(archive, tmp, where=f"the cache {parent}", fix=fix)
         try:
             os.rename(tmp, final)
-        except OSError:
+        except OSError as e:
             # Another process finished the same extraction first; its copy is as good as ours.
             if not final.is_dir():
-                raise
+                raise write_error(f"the cache {parent}", e, fix, f"renaming {tmp.name} to {final.name}") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

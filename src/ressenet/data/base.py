@@ -20,6 +20,14 @@ class DataError(ValueError):
         super().__init__(" ".join(str(message).split()))
 
 
+def os_error_text(e: OSError) -> str:
+    """An OS error as ``[Errno 28] No space left on device``, without the file name that ``str(e)`` appends (callers
+    name the path themselves, in the user's terms)."""
+    if e.errno is not None and e.strerror:
+        return f"[Errno {e.errno}] {e.strerror}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 @dataclass
 class ImageDataset:
     """A whole split held in memory as uint8 pixels.

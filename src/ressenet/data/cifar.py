@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ressenet.data.base import DataError, ImageDataset
+from ressenet.data.archive import MAX_MEMBER_BYTES
+from ressenet.data.base import DataError, ImageDataset, os_error_text
 from ressenet.data.constants import (
     ARCHIVES,
     CIFAR10_RECORD_BYTES,
@@ -24,6 +25,25 @@ from ressenet.data.constants import (
 )
 
 _DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+# A batch or meta file is refused unread above this size: no official one exceeds CIFAR-100's training file (about
+# 155 MB), and the limit is the one the archive reader applies to official members (archive.MAX_MEMBER_BYTES).
+MAX_FILE_BYTES = MAX_MEMBER_BYTES
+# Class-name text files hold 10 or 100 short names (under 1.5 KB); 1 MiB refuses any other file before it is read.
+MAX_NAMES_BYTES = 1 << 20
+
+# Globals that benign pickles written by Python 3 reference but the official Python-2 files never do: byte strings
+# in protocol 0-2 (_codecs.encode), arrays in protocol 5 (_frombuffer), numpy scalars, bytearrays. Refused like any
+# other global (each is a function call the restricted loader does not make), but reported as what they are.
+_PYTHON3_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("builtins", "bytearray"),
+    ("copyreg", "_reconstructor"),
+}
 
 
 def _reconstruct() -> Any:
@@ -38,9 +58,10 @@ def _reconstruct() -> Any:
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that admits only what the official CIFAR pickles contain: numpy arrays and dtypes."""
 
-    def __init__(self, file: io.BufferedIOBase, path: Path) -> None:
+    def __init__(self, file: io.BufferedIOBase, path: Path, protocol: int | None = None) -> None:
         super().__init__(file, encoding="latin1")
         self.path = path
+        self.protocol = protocol
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
@@ -49,6 +70,14 @@ class RestrictedUnpickler(pickle.Unpickler):
             return np.ndarray
         if module == "numpy" and name == "dtype":
             return np.dtype
+        if (module, name) in _PYTHON3_GLOBALS:
+            proto = f"protocol {self.protocol}, " if self.protocol is not None else ""
+            raise DataError(f"refusing to unpickle {self.path}: it is a pickle written by another Python or pickle "
+                            f"protocol ({proto}it references {module}.{name}), which the safe loader does not "
+                            f"accept: it reads the official CIFAR files, Python-2 pickles whose only references are "
+                            f"numpy's _reconstruct, ndarray and dtype; use the official file (delete it and download "
+                            f"the archive again), or re-save the dictionary with pickle protocol 4 "
+                            f"(pickle.dump(d, f, protocol=4)) holding numpy arrays, lists of ints and strings")
         raise DataError(f"refusing to unpickle {self.path}: it references {module}.{name}, which no official CIFAR "
                         f"file contains, so the file is corrupt or malicious; delete it and download the archive again")
 
@@ -67,12 +96,16 @@ def load_pickle(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
+        _check_size(path, MAX_FILE_BYTES)
         with open(path, "rb") as f:
-            obj = RestrictedUnpickler(f, path).load()
+            head = f.read(2)
+            f.seek(0)
+            protocol = head[1] if len(head) == 2 and head[0] == 0x80 else None
+            obj = RestrictedUnpickler(f, path, protocol).load()
     except DataError:
         raise
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file exists and is readable") from e
+        raise _read_error(path, e) from e
     except Exception as e:  # pickle raises many types on garbage: UnpicklingError, EOFError, ValueError, ...
         raise DataError(f"{path} is truncated or malformed ({type(e).__name__}: {e}); delete it and download the "
                         f"archive again") from e
@@ -80,6 +113,19 @@ def load_pickle(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{path} holds a {type(obj).__name__}, not the dictionary of an official CIFAR file; "
                         f"delete it and download the archive again")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _read_error(path: Path, e: OSError) -> DataError:
+    return DataError(f"cannot read {path}: {os_error_text(e)}; check the file exists and is readable")
+
+
+def _check_size(path: Path, limit: int) -> None:
+    """Refuses, before reading it, a file larger than any official CIFAR file of its kind can be."""
+    size = path.stat().st_size
+    if size > limit:
+        raise DataError(f"refusing {path}: it is {size} bytes, above the limit of {limit} bytes for this file (no "
+                        f"official CIFAR file of its kind is larger); it is not an official file, delete it and "
+                        f"download the archive again")
 
 
 def _names(obj: dict[str, Any], key: str, path: Path) -> list[str]:
@@ -125,9 +171,10 @@ def read_binary_batch(path: str | Path, *, coarse: bool = False) -> tuple[np.nda
     path = Path(path)
     record = CIFAR100_RECORD_BYTES if coarse else CIFAR10_RECORD_BYTES
     try:
+        _check_size(path, MAX_FILE_BYTES)
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file exists and is readable") from e
+        raise _read_error(path, e) from e
     if raw.size == 0 or raw.size % record:
         raise DataError(f"{path} is truncated or malformed: {raw.size} bytes is not a whole number of "
                         f"{record}-byte records; delete it and download the archive again")
@@ -143,9 +190,16 @@ def read_label_names(path: str | Path) -> list[str]:
     """Reads a binary-variant class-name file (one name per line, blank lines ignored)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        _check_size(path, MAX_NAMES_BYTES)
+        raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}; check the file exists and is readable") from e
+        raise _read_error(path, e) from e
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); a class-name "
+                        f"file holds one UTF-8 name per line: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) "
+                        f"or download the archive again") from e
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -161,13 +215,22 @@ def locate(name: str, root: Path) -> tuple[str, Path] | None:
     Returns:
         (variant, folder) with variant ``"python"`` or ``"binary"``, or None when neither layout is there.
     """
-    for variant in ("python", "binary"):
-        spec = ARCHIVES[(name, variant)]
-        if (root / spec.folder).is_dir():
-            return variant, root / spec.folder
-        if root.is_dir() and _holds(root, spec):
-            return variant, root
+    try:
+        for variant in ("python", "binary"):
+            spec = ARCHIVES[(name, variant)]
+            if (root / spec.folder).is_dir():
+                return variant, root / spec.folder
+            if root.is_dir() and _holds(root, spec):
+                return variant, root
+    except OSError as e:  # e.g. a data root without read/search permission: is_dir() raises PermissionError
+        raise _root_error(root, e) from e
     return None
+
+
+def _root_error(root: Path, e: OSError) -> DataError:
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(root) else ""
+    return DataError(f"cannot read the data root {root}{where}: {os_error_text(e)}; make it readable (e.g. chmod "
+                     f"u+rx), or pass --data-root to a folder you can read")
 
 
 def describe_expected(name: str, root: Path) -> str:
@@ -180,7 +243,10 @@ def load_cifar_split(name: str, split: str, variant: str, folder: Path) -> Image
     """Loads one split of CIFAR-10/100 from an official folder found by :func:`locate`."""
     spec = ARCHIVES[(name, variant)]
     files = spec.train_files if split == "train" else spec.test_files
-    missing = [m for m in (*files, *spec.meta_files) if not (folder / m).is_file()]
+    try:
+        missing = [m for m in (*files, *spec.meta_files) if not (folder / m).is_file()]
+    except OSError as e:
+        raise _root_error(folder, e) from e
     if missing:
         raise DataError(f"{folder} is an incomplete {spec.folder} folder: missing {', '.join(missing)}; delete the "
                         f"folder and download it again (--download)")

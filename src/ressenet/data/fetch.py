@@ -16,11 +16,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ressenet.data.archive import extract
-from ressenet.data.base import DataError
+from ressenet.data.archive import extract, write_error
+from ressenet.data.base import DataError, os_error_text
 from ressenet.data.constants import ARCHIVES, OFFICIAL_URL_BASE, URL_BASE_ENV, ArchiveSpec
 
 _CHUNK = 1 << 20
+
+# The official archives are 163 to 171 MB (cifar-10-python.tar.gz, 170,498,071 bytes, is the largest); a server
+# sending more than 250 MB is not sending one, so the transfer stops there instead of filling the disk.
+MAX_DOWNLOAD_BYTES = 250 * 10**6
+
+_WRITE_FIX = "pass --data-root to a writable folder"
 
 
 def file_md5(path: Path) -> str:
@@ -41,10 +47,15 @@ def archive_url(spec: ArchiveSpec) -> str:
 def _fetch(url: str, dest: Path, progress: bool) -> str:
     """Streams ``url`` into ``dest`` and returns the md5 of what arrived."""
     h = hashlib.md5()
+    where = f"the data root {dest.parent}"
+    too_big = (f"download of {url} refused: the archive is larger than {MAX_DOWNLOAD_BYTES} bytes, and no official "
+               f"CIFAR archive exceeds 171 MB; check the URL ({URL_BASE_ENV})")
     try:
         with urllib.request.urlopen(url, timeout=60) as resp:
             total = resp.headers.get("Content-Length")
             total = int(total) if total and total.isdigit() else None
+            if total is not None and total > MAX_DOWNLOAD_BYTES:
+                raise DataError(too_big)
             bar = None
             if progress and sys.stderr.isatty():
                 from tqdm import tqdm
@@ -52,17 +63,28 @@ def _fetch(url: str, dest: Path, progress: bool) -> str:
                 bar = tqdm(total=total, unit="B", unit_scale=True, desc=Path(dest.name).name, leave=False)
             got = 0
             try:
-                with open(dest, "wb") as f:
+                try:
+                    f = open(dest, "wb")
+                except OSError as e:
+                    raise write_error(where, e, _WRITE_FIX, f"downloading {Path(url).name}") from e
+                with f:
                     while chunk := resp.read(_CHUNK):
-                        f.write(chunk)
-                        h.update(chunk)
                         got += len(chunk)
+                        if got > MAX_DOWNLOAD_BYTES:
+                            raise DataError(too_big)
+                        try:
+                            f.write(chunk)
+                        except OSError as e:
+                            raise write_error(where, e, _WRITE_FIX, f"downloading {Path(url).name}") from e
+                        h.update(chunk)
                         if bar is not None:
                             bar.update(len(chunk))
             finally:
                 if bar is not None:
                     bar.close()
-    except (urllib.error.URLError, OSError, ValueError) as e:  # offline, 404, refused, bad URL, disk full
+    except DataError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as e:  # offline, 404, refused, bad URL
         reason = getattr(e, "reason", None) or e
         raise DataError(f"download of {url} failed ({reason}); check the network (or download the archive elsewhere "
                         f"and pass --data-root to the folder holding its unpacked contents)") from e
@@ -101,19 +123,23 @@ def download(name: str, root: str | Path, *, url: str | None = None, progress: b
     spec = ARCHIVES[(name, variant)]
     root = Path(root)
     final = root / spec.folder
-    if final.is_dir():
-        return final
+    try:
+        if final.is_dir():
+            return final
+        created_root = not root.exists()
+    except OSError as e:
+        raise DataError(f"cannot read the data root {root}: {os_error_text(e)}; make it readable, or pass --data-root "
+                        f"to a folder of your own") from e
     url = url or archive_url(spec)
     expected = md5 if md5 is not None else spec.md5
     members = member_md5 if member_md5 is not None else spec.members
-    created_root = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd, part_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=root)
         os.close(fd)
     except OSError as e:
-        raise DataError(f"cannot write to the data root {root} ({e.strerror or e}); pass --data-root to a writable "
-                        f"folder") from e
+        _remove_if_empty(root, created_root)
+        raise write_error(f"the data root {root}", e, _WRITE_FIX) from e
     part = Path(part_name)
     tmp_dir: Path | None = None
     try:
@@ -122,7 +148,7 @@ def download(name: str, root: str | Path, *, url: str | None = None, progress: b
             raise DataError(f"archive {spec.filename} from {url} has md5 {actual}, expected {expected}; the file is "
                             f"corrupt or not the official one, run the download again")
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{spec.folder}.tmp-", dir=root))
-        extract(part, tmp_dir)
+        extract(part, tmp_dir, where=f"the data root {root}", fix=_WRITE_FIX)
         unpacked = tmp_dir / spec.folder
         for member, want in members.items():
             path = unpacked / member
@@ -139,11 +165,19 @@ def download(name: str, root: str | Path, *, url: str | None = None, progress: b
                 raise
         return final
     except OSError as e:
-        raise DataError(f"cannot finish unpacking {spec.filename} into {root} ({e.strerror or e}); check free space "
+        raise DataError(f"cannot finish unpacking {spec.filename} into {root}: {os_error_text(e)}; check free space "
                         f"and permissions, then run the download again") from e
     finally:
         part.unlink(missing_ok=True)
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        if created_root and not any(root.iterdir()):
-            root.rmdir()  # a failed first download leaves no trace
+        _remove_if_empty(root, created_root)
+
+
+def _remove_if_empty(root: Path, created: bool) -> None:
+    """Removes the data root a failed first download created, so that it leaves no trace."""
+    try:
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+    except OSError:
+        pass

@@ -1,11 +1,19 @@
 """The "one folder per class" layout (``<root>/{train,test}/<class>/*.png|jpg``), as a folder or an archive.
 
 Decoding 60,000 small JPEGs takes PIL several seconds, so decoded pixels are cached as one ``.npz`` per split under
-the cache folder. A folder's cache key hashes the split's relative paths, sizes and mtimes, so any added, removed
-or rewritten file gives a new key and a second load only re-stats the files and reads the cache. An archive's key
-hashes its bytes (20 MB hash in a few tens of ms). Archives are read member by member, never unpacked to disk: a
-Python ``tarfile`` extraction of 60,000 files took 20 s here, reading them in memory 3 s, and this way nothing is
-written beside the (possibly read-only) source.
+the cache folder, keyed by content: a folder's key hashes every image's bytes (read once: the same bytes are hashed
+and, on a miss, decoded) with its relative path and class, an archive's key hashes the archive's bytes. Two folders
+with equal names, sizes and mtimes (``cp -p``, tar, rsync) but other pixels therefore never share an entry. A cache
+file stores its key and is checked against it, and its arrays against each other, before use; a damaged or
+mismatched one is rebuilt with a one-line warning, never used.
+
+Archives are read member by member in one pass, never unpacked to disk: a Python ``tarfile`` extraction of 60,000
+files took 20 s here, reading them in memory 3 s, and this way nothing is written beside the (possibly read-only)
+source. Each image is decoded as it is read, so at most one encoded image is held at a time.
+
+Memory stays bounded on hostile input: an image file or member above ``MAX_IMAGE_BYTES`` is refused before it is
+read (from its size), an image whose header declares anything but 32x32 pixels before its pixels are decoded (PIL's
+own decompression-bomb check refuses absurd sizes even earlier), and only PNG and JPEG decoders are used.
 """
 from __future__ import annotations
 
@@ -14,28 +22,51 @@ import io
 import os
 import re
 import sys
-import tarfile
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ressenet.data.archive import archive_stem, is_archive
-from ressenet.data.base import DataError, ImageDataset
+from ressenet.data.archive import archive_stem, file_digest, is_archive, iter_members
+from ressenet.data.base import DataError, ImageDataset, os_error_text
 from ressenet.data.constants import IMAGE_SUFFIXES, SPLITS
 
 # Bump when the cache file's content or layout changes, so old entries are never misread.
-_CACHE_VERSION = 1
+# 2: keyed by content (image bytes), the key and a version stored inside and checked on load.
+_CACHE_VERSION = 2
 _SIZE = (32, 32)
 _LAYOUT = "train/<class>/*.png|jpg and test/<class>/*.png|jpg"
+_FORMATS = ("PNG", "JPEG")  # the only decoders used: what the suffixes promise, and less decoder surface
 
-# One image to decode: (name for messages, label, path or in-memory bytes).
-_Item = tuple[str, int, "Path | bytes"]
+# The largest image file or archive member read. A 32x32 RGB image is 3,072 bytes of pixels, a few KB as PNG or
+# JPEG; even with a large ICC profile or EXIF block a real one stays far below 1 MB. 4 MiB refuses decompression
+# bombs (a 2 MB .tar.gz can hold a 400 MB "image") and files that are not such images before they are read whole,
+# so one image never costs more than this in memory.
+MAX_IMAGE_BYTES = 4 << 20
+# The largest image accepted, in pixels: exactly 32x32. It is checked from the header (``im.size``) before any pixel
+# is decoded; PIL's decompression-bomb check (``Image.MAX_IMAGE_PIXELS``) refuses absurd sizes inside ``Image.open``.
+MAX_IMAGE_PIXELS = _SIZE[0] * _SIZE[1]
+# Encoded bytes of one split kept in memory between hashing and decoding (a folder's images are read once for both).
+# Beyond this (folders far larger than CIFAR's ~60 to 180 MB) the rest are read again on a miss and checked against
+# their hashes, so memory stays bounded however large the folder is.
+_HOLD_BYTES = 512 << 20
+
+# Read-ahead of the archive reader: encoded images decoded together (see _read_archive).
+_BATCH_BYTES = 8 << 20
+_BATCH_IMAGES = 2048
+_PIXEL_BYTES = _SIZE[0] * _SIZE[1] * 3
+
+_WHY_BIG = "a 32x32 image is a few KB; larger files are decompression bombs or not 32x32 images"
+
+# A decoded split: (images (N, 3, 32, 32) uint8, labels (N,) int64, class names, formats found such as "JPEG+PNG").
+_Cached = tuple[np.ndarray, np.ndarray, list[str], str]
+# One image to decode: (name for messages, label, bytes or the path to read them again from, sha256 of the bytes).
+_Item = tuple[str, int, "bytes | Path", bytes]
 
 
 def _natural_key(name: str) -> list[int | str]:
@@ -51,6 +82,78 @@ def _check_classes(where: str, split: str, classes: list[str], found: list[str])
     if found != classes:
         raise DataError(f"{where}: {split}/ class folders differ from train/ (extra {sorted(set(found) - set(classes))}"
                         f", missing {sorted(set(classes) - set(found))}); both splits need the same class folders")
+
+
+# ---- decoding ----------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _bombs_are_errors() -> Iterator[None]:
+    # PIL only warns between MAX_IMAGE_PIXELS and twice that; here any such header is refused like a larger one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def _decode_one(name: str, data: bytes) -> tuple[bytes, str]:
+    """Decodes one encoded image to 32x32 RGB; returns its pixels as 3,072 bytes in (H, W, C) order, and its format
+    (``"PNG"`` or ``"JPEG"``).
+
+    Call inside :func:`_bombs_are_errors`.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as im:
+            if im.size != _SIZE:  # from the header: nothing is decoded yet
+                raise DataError(f"{name} is {im.size[0]}x{im.size[1]} pixels; image folders must hold 32x32 "
+                                f"images, resize it (or the whole folder) first")
+            kind = "PNG" if im.format == "PNG" else "JPEG"
+            pixels = (im if im.mode == "RGB" else im.convert("RGB")).tobytes()
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"refusing {name}: its header declares more than {Image.MAX_IMAGE_PIXELS} pixels (PIL's "
+                        f"decompression-bomb limit; the limit here is {MAX_IMAGE_PIXELS}, image folders hold "
+                        f"{_SIZE[0]}x{_SIZE[1]} images), so it is not decoded; remove it") from e
+    except Exception as e:  # PIL raises several types for unreadable files
+        raise DataError(f"cannot decode image {name} ({type(e).__name__}: {e}); replace or remove it (PNG and JPEG "
+                        f"files are read)") from e
+    return pixels, kind
+
+
+def _progress(total: int | None, desc: str):  # type: ignore[no-untyped-def]
+    if sys.stderr.isatty() and (total is None or total > 5000):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="img", leave=False)
+    return None
+
+
+def _decode(items: list[_Item]) -> tuple[np.ndarray, str]:
+    """Decodes a folder split's images to (N, 3, 32, 32) uint8, converting any mode to RGB and rejecting other
+    sizes; returns the pixels and the formats found (e.g. ``"JPEG"``, ``"JPEG+PNG"``, ``""`` for none)."""
+    images = np.empty((len(items), 3, *_SIZE), dtype=np.uint8)
+    kinds: set[str] = set()
+    progress = _progress(len(items), "decoding images (cached afterwards)")
+    try:
+        with _bombs_are_errors():
+            for i, (name, _, src, digest) in enumerate(items):
+                if isinstance(src, Path):  # beyond the memory budget of the scan: read again, check it is the same
+                    data = _read_image_file(src)
+                    if hashlib.sha256(data).digest() != digest:
+                        raise DataError(f"{name} changed while the folder was being loaded; run the command again "
+                                        f"once nothing is writing to the folder")
+                else:
+                    data = src
+                pixels, kind = _decode_one(name, data)
+                # (H, W, C) as PIL gives it -> (C, H, W), image by image: no whole-split temporary copy.
+                images[i] = np.frombuffer(pixels, dtype=np.uint8).reshape(*_SIZE, 3).transpose(2, 0, 1)
+                kinds.add(kind)
+                if progress is not None and i % 1000 == 999:
+                    progress.update(1000)
+    finally:
+        if progress is not None:
+            progress.close()
+    return images, "+".join(sorted(kinds))
 
 
 # ---- plain folders -----------------------------------------------------------------------------------------------
@@ -74,8 +177,30 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _read_image_file(path: Path) -> bytes:
+    """An image file's bytes, refused unread when its size is above ``MAX_IMAGE_BYTES``."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise DataError(f"refusing {path}: it is {size} bytes, above the limit of {MAX_IMAGE_BYTES} bytes "
+                                f"for one image ({_WHY_BIG}); remove it")
+            data = f.read(size + 1)  # never more than the limit, even if the file grows meanwhile
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {os_error_text(e)}; make it readable (check its permissions) "
+                        f"or remove it") from e
+    if len(data) > MAX_IMAGE_BYTES:
+        raise DataError(f"refusing {path}: it grew past the limit of {MAX_IMAGE_BYTES} bytes for one image while "
+                        f"being read ({_WHY_BIG}); remove it")
+    return data
+
+
 def _scan_folder(folder: Path, split: str) -> tuple[list[str], list[_Item], str]:
-    """Lists a split's images in order; returns (classes, items, hex digest of relative paths + sizes + mtimes)."""
+    """Lists a split's images in order and reads them once; returns (classes, items, content key).
+
+    The key hashes, per image, its path relative to ``folder`` and the sha256 of its bytes, so it changes with any
+    added, removed, renamed or rewritten image and with nothing else (not the folder's name or place, not mtimes).
+    """
     split_dir = folder / split
     if not split_dir.is_dir():
         raise DataError(f"image folder {folder} has no {split}/ folder; add {split}/<class>/*.png|jpg")
@@ -84,139 +209,178 @@ def _scan_folder(folder: Path, split: str) -> tuple[list[str], list[_Item], str]
         raise DataError(f"{folder / 'train'} has no class subfolders; an image folder must hold {_LAYOUT}")
     if split != "train":
         _check_classes(str(folder), split, classes, _class_dirs(split_dir))
-    digest = hashlib.sha256(f"folder-v{_CACHE_VERSION}".encode())
+    key = hashlib.sha256(f"folder-v{_CACHE_VERSION}|{split}\n".encode())
     items: list[_Item] = []
+    held = 0
     for label, name in enumerate(classes):
         with os.scandir(split_dir / name) as it:
             entries = [e for e in it if _is_image(e.name) and e.is_file()]
         if not entries and split == "train":
             raise DataError(f"class folder {split_dir / name} holds no .png/.jpg/.jpeg images; add some or remove it")
         for e in sorted(entries, key=lambda e: _natural_key(e.name)):
-            st = e.stat()
-            digest.update(f"{split}/{name}/{e.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-            items.append((e.path, label, Path(e.path)))
-    return classes, items, digest.hexdigest()
+            data = _read_image_file(Path(e.path))
+            digest = hashlib.sha256(data).digest()
+            key.update(f"{name}/{e.name}|{len(data)}|".encode() + digest + b"\n")
+            held += len(data)
+            items.append((e.path, label, data if held <= _HOLD_BYTES else Path(e.path), digest))
+    return classes, items, key.hexdigest()
 
 
 # ---- archives ----------------------------------------------------------------------------------------------------
 
 
-def _archive_files(archive: Path) -> Iterator[tuple[str, bytes | None]]:
-    """Yields (member path, bytes) for every regular file; bytes only for image files (others are not read)."""
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    if not info.is_dir():
-                        yield info.filename, zf.read(info) if _is_image(PurePosixPath(info.filename).name) else None
-        else:
-            with tarfile.open(archive, "r|*") as tf:  # stream mode: one sequential pass over the compressed data
-                for member in tf:
-                    if member.isfile():
-                        wanted = _is_image(PurePosixPath(member.name).name)
-                        yield member.name, tf.extractfile(member).read() if wanted else None  # type: ignore[union-attr]
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
-        raise DataError(f"cannot read {archive}: {type(e).__name__}: {e}; the archive is truncated or corrupt, "
-                        f"fetch it again") from e
-
-
-def _read_archive(archive: Path, splits: tuple[str, ...]) -> tuple[list[str], dict[str, list[_Item]]]:
-    """Reads the given splits' images from an archive of an image folder (at the top or one directory down).
+def _read_archive(archive: Path, splits: tuple[str, ...]) -> tuple[list[str], dict[str, _Cached]]:
+    """Reads and decodes the given splits' images from an archive of an image folder (at the top or one directory
+    down), in one pass, decoding each image as it is read.
 
     Returns:
-        (class names, split -> items in order).
+        (class names, split -> ((N, 3, 32, 32) uint8 pixels in order, (N,) labels, class names, formats found)).
     """
-    # (prefix, split, class) -> [(file name, bytes)]
-    found: dict[tuple[str, str, str], list[tuple[str, bytes]]] = {}
-    for name, data in _archive_files(archive):
-        parts = PurePosixPath(name).parts  # drops "." components, so "./x/train/..." works
-        if data is None or len(parts) not in (3, 4) or parts[-3] not in SPLITS:
-            continue
-        prefix = parts[0] if len(parts) == 4 else ""
-        found.setdefault((prefix, parts[-3], parts[-2]), []).append((parts[-1], data))
+    # (prefix, split, class) -> [[file name, index of its pixels in `store` (-1: a split not asked for), format]]
+    found: dict[tuple[str, str, str], list[list]] = {}
+    store = bytearray()  # decoded pixels, 3,072 bytes per image in reading order (one buffer: no per-image objects)
+    # Images are decoded in batches of up to _BATCH_BYTES read ahead: alternating gzip and JPEG decoding image by
+    # image was 15% slower (caches), and the batch bounds what is held.
+    pending: list[tuple[list, str, bytes]] = []
+    pending_bytes = 0
+    progress = _progress(None, f"reading {archive.name} (decoded images are cached)")
+
+    def flush() -> None:
+        nonlocal pending_bytes
+        for entry, name, data in pending:
+            pixels, entry[2] = _decode_one(name, data)
+            entry[1] = len(store) // _PIXEL_BYTES
+            store.extend(pixels)
+        if progress is not None:
+            progress.update(len(pending))
+        pending.clear()
+        pending_bytes = 0
+
+    try:
+        with _bombs_are_errors():
+            for m in iter_members(archive):
+                parts = PurePosixPath(m.name).parts  # drops "." components, so "./x/train/..." works
+                if m.kind == "dir" or not parts or not _is_image(parts[-1]):
+                    continue
+                if m.kind == "link":
+                    raise DataError(f"{archive} holds the link {m.name} -> {m.target}; links are refused, an archive "
+                                    f"of an image folder must hold the image files themselves (re-create it with "
+                                    f"tar --dereference --hard-dereference, or zip without -y)")
+                if m.kind != "file" or len(parts) not in (3, 4) or parts[-3] not in SPLITS:
+                    continue
+                prefix = parts[0] if len(parts) == 4 else ""
+                entry = [parts[-1], -1, ""]
+                if parts[-3] in splits:
+                    data = m.read(archive, MAX_IMAGE_BYTES, _WHY_BIG)
+                    pending.append((entry, f"{archive}:{m.name}", data))
+                    pending_bytes += len(data)
+                    if pending_bytes >= _BATCH_BYTES or len(pending) >= _BATCH_IMAGES:
+                        flush()
+                found.setdefault((prefix, parts[-3], parts[-2]), []).append(entry)
+            flush()
+    finally:
+        if progress is not None:
+            progress.close()
     prefixes = sorted({p for p, s, _ in found if s == "train"})
     if len(prefixes) != 1:
         raise DataError(f"{archive} holds {'no' if not prefixes else 'several'} image folder(s) "
                         f"{prefixes if prefixes else ''}; it must hold one folder with {_LAYOUT}, at the top or one "
                         f"level down")
     prefix = prefixes[0]
-    top = f"{prefix}/" if prefix else ""
     classes = sorted(c for p, s, c in found if p == prefix and s == "train")
-    items: dict[str, list[_Item]] = {}
+    out: dict[str, _Cached] = {}
+    decoded = np.frombuffer(store, dtype=np.uint8).reshape(-1, *_SIZE, 3)  # (M, H, W, C)
     for split in splits:
         if split != "train":
             _check_classes(str(archive), split, classes, sorted(c for p, s, c in found if p == prefix and s == split))
-        items[split] = []
+        order: list[int] = []
+        labels: list[int] = []
+        kinds: set[str] = set()
         for label, cls in enumerate(classes):
             files = sorted(found.get((prefix, split, cls), []), key=lambda f: _natural_key(f[0]))
-            items[split] += [(f"{archive}:{top}{split}/{cls}/{fname}", label, data) for fname, data in files]
-    return classes, items
+            order += [index for _, index, _ in files]
+            labels += [label] * len(files)
+            kinds |= {kind for _, _, kind in files}
+        # Gathered into file order and transposed to (N, C, H, W) a slice at a time: one whole temporary copy would
+        # add 150 MB to the peak for CIFAR-10 (np.take(..., out=) makes one too).
+        index = np.asarray(order, dtype=np.int64)
+        images = np.empty((len(order), 3, *_SIZE), dtype=np.uint8)
+        for start in range(0, len(order), 4096):
+            images[start:start + 4096] = decoded[index[start:start + 4096]].transpose(0, 3, 1, 2)
+        out[split] = (images, np.asarray(labels, dtype=np.int64), classes, "+".join(sorted(kinds)))
+    return classes, out
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256(f"archive-v{_CACHE_VERSION}".encode())
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+# ---- the cache ---------------------------------------------------------------------------------------------------
 
 
-# ---- decoding and the cache --------------------------------------------------------------------------------------
+def _note(message: str) -> None:
+    warnings.warn(message, stacklevel=4)
 
 
-def _decode(items: list[_Item]) -> np.ndarray:
-    """Decodes images to (N, 3, 32, 32) uint8, converting any mode to RGB and rejecting other sizes."""
-    images = np.empty((len(items), 32, 32, 3), dtype=np.uint8)  # (N, H, W, C) as PIL gives it
-    progress = None
-    if sys.stderr.isatty() and len(items) > 5000:
-        from tqdm import tqdm
+def _read_cache(path: Path, key: str, classes: list[str] | None = None, count: int | None = None) -> _Cached | None:
+    """The cache entry at ``path`` if it exists and holds ``key``'s content; None otherwise.
 
-        progress = tqdm(total=len(items), desc="decoding images (cached afterwards)", unit="img", leave=False)
+    An entry that is unreadable, was written for other content, or whose arrays do not fit each other (or the
+    expected class names and image count, when given) is reported in one line and not used; the caller rebuilds it.
+    """
     try:
-        for i, (name, _, src) in enumerate(items):
-            try:
-                with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-                    if im.size != _SIZE:
-                        raise DataError(f"{name} is {im.size[0]}x{im.size[1]} pixels; image folders must hold 32x32 "
-                                        f"images, resize it (or the whole folder) first")
-                    images[i] = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-            except DataError:
-                raise
-            except Exception as e:  # PIL raises several types for unreadable files
-                raise DataError(f"cannot decode image {name} ({type(e).__name__}: {e}); replace or remove it") from e
-            if progress is not None and i % 1000 == 999:
-                progress.update(1000)
-    finally:
-        if progress is not None:
-            progress.close()
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
-
-
-def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], str] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return z["images"], z["labels"], [str(c) for c in z["classes"]], str(z["kinds"])
-    except FileNotFoundError:
+        if not path.is_file():
+            return None
+        # Opened here, not by np.load(path): np.load leaks its file handle when the file is not a valid .npz.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
+            version, stored = int(z["version"]), str(z["key"])
+            if version != _CACHE_VERSION or stored != key:
+                problem = f"it was written for other content (key {stored[:12]}, expected {key[:12]})"
+            else:
+                images, labels, kinds = z["images"], z["labels"], str(z["kinds"])
+                names = [str(c) for c in z["classes"]]
+                problem = _cache_problem(images, labels, names, classes, count)
+    except OSError as e:
+        problem = f"it cannot be read ({os_error_text(e)})"
+    except Exception as e:  # damaged, truncated, not an .npz: rebuilt, never trusted
+        problem = f"it is damaged or not a cache file ({type(e).__name__})"
+    if problem:
+        _note(f"ignoring the decoded-image cache {path}: {problem}; decoding the images again and rewriting it")
         return None
-    except Exception:  # a damaged cache entry is rebuilt, not trusted
-        return None
+    return images, labels, names, kinds
 
 
-def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, classes: list[str], kinds: str) -> None:
+def _cache_problem(images: np.ndarray, labels: np.ndarray, names: list[str], classes: list[str] | None,
+                   count: int | None) -> str:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, *_SIZE):
+        return f"its images are {images.dtype} {images.shape}, not (N, 3, 32, 32) uint8"
+    if labels.dtype != np.int64 or labels.shape != (images.shape[0],):
+        return f"its labels are {labels.dtype} {labels.shape} for {images.shape[0]} images"
+    if not names or (labels.size and (labels.min() < 0 or labels.max() >= len(names))):
+        return f"its labels do not fit its {len(names)} class names"
+    if classes is not None and names != classes:
+        return "its class names differ from the folder's"
+    if count is not None and images.shape[0] != count:
+        return f"it holds {images.shape[0]} images, the folder {count}"
+    return ""
+
+
+def _write_cache(path: Path, key: str, images: np.ndarray, labels: np.ndarray, classes: list[str],
+                 kinds: str) -> None:
+    """Writes a cache entry atomically (a temporary file renamed into place); a failure is a one-line warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=images, labels=labels, classes=np.asarray(classes, dtype=str),
-                         kinds=np.asarray(kinds))
+                np.savez(f, version=np.asarray(_CACHE_VERSION), key=np.asarray(key), images=images, labels=labels,
+                         classes=np.asarray(classes, dtype=str), kinds=np.asarray(kinds))
             os.replace(tmp, path)  # readers see the old state or the whole new file, never a partial one
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError as e:
-        warnings.warn(f"could not write the decoded-image cache {path} ({e}); the next load will decode again. "
-                      f"Set RESSENET_CACHE or pass --cache-dir to a writable folder.", stacklevel=4)
+        _note(f"could not write the decoded-image cache {path} ({os_error_text(e)}); the next load will decode "
+              f"again. Free space, or set RESSENET_CACHE or pass --cache-dir to a writable folder.")
+
+
+# ---- loading -----------------------------------------------------------------------------------------------------
 
 
 def load_imagefolder(root: Path, splits: tuple[str, ...], cache_dir: Path) -> dict[str, ImageDataset]:
@@ -235,48 +399,56 @@ def load_imagefolder(root: Path, splits: tuple[str, ...], cache_dir: Path) -> di
         split -> dataset.
 
     Raises:
-        DataError: Missing or malformed layout, class folders differing between splits, an unreadable image, or
-            one that is not 32x32.
+        DataError: Missing, unreadable or malformed layout, class folders differing between splits, an unreadable
+            image, one that is not 32x32, or one (or an archive member) above the size limits.
     """
-    if not root.exists():
+    try:
+        exists = root.exists()
+        archive = exists and is_archive(root)
+        folder_like = exists and not archive and root.is_dir()
+    except OSError as e:
+        raise _unreadable(root, e) from e
+    if not exists:
         raise DataError(f"image folder {root} does not exist; pass --data-root pointing at a folder (or .tar.gz/.zip "
                         f"archive) holding {_LAYOUT}")
-    # split -> (cache file, cached content or None, class names and items to decode on a miss)
-    cache_files: dict[str, Path] = {}
-    cached: dict[str, tuple[np.ndarray, np.ndarray, list[str], str] | None] = {}
-    todo: dict[str, tuple[list[str], list[_Item]]] = {}
-    if is_archive(root):
-        digest = _file_digest(root)
+    # split -> (images, labels, classes, formats)
+    loaded: dict[str, _Cached] = {}
+    if archive:
+        digest = file_digest(root, f"archive-v{_CACHE_VERSION}")
+        keys = {split: hashlib.sha256(f"{digest}|{split}".encode()).hexdigest() for split in splits}
+        files = {split: cache_dir / "imagefolder" / f"{archive_stem(root)}-{split}-{keys[split][:24]}.npz"
+                 for split in splits}
         for split in splits:
-            cache_files[split] = cache_dir / "imagefolder" / f"{archive_stem(root)}-{split}-{digest[:24]}.npz"
-            cached[split] = _read_cache(cache_files[split])
-        missing = tuple(split for split in splits if cached[split] is None)
+            if (hit := _read_cache(files[split], keys[split])) is not None:
+                loaded[split] = hit
+        missing = tuple(split for split in splits if split not in loaded)
         if missing:
-            classes, items = _read_archive(root, missing)
-            todo = {split: (classes, items[split]) for split in missing}
-    elif root.is_dir():
-        folder = find_folder(root)
-        for split in splits:
-            classes, items, digest = _scan_folder(folder, split)
-            cache_files[split] = cache_dir / "imagefolder" / f"{folder.name}-{split}-{digest[:24]}.npz"
-            hit = _read_cache(cache_files[split])
-            cached[split] = hit if hit is not None and hit[2] == classes and len(hit[1]) == len(items) else None
-            if cached[split] is None:
-                todo[split] = (classes, items)
+            _, decoded = _read_archive(root, missing)
+            for split in missing:
+                _write_cache(files[split], keys[split], *decoded[split])
+                loaded[split] = decoded[split]
+    elif folder_like:
+        try:
+            folder = find_folder(root)
+            for split in splits:
+                classes, items, key = _scan_folder(folder, split)
+                cache_file = cache_dir / "imagefolder" / f"{folder.name}-{split}-{key[:24]}.npz"
+                hit = _read_cache(cache_file, key, classes, len(items))
+                if hit is None:
+                    images, kinds = _decode(items)
+                    labels = np.fromiter((label for _, label, _, _ in items), dtype=np.int64, count=len(items))
+                    _write_cache(cache_file, key, images, labels, classes, kinds)
+                    hit = (images, labels, classes, kinds)
+                loaded[split] = hit
+                del items  # the encoded bytes, before the next split is read
+        except OSError as e:  # e.g. a folder without read permission
+            raise _unreadable(root, e) from e
     else:
         raise DataError(f"{root} is neither a folder nor a .tar.gz/.tgz/.tar/.zip archive; pass --data-root pointing "
                         f"at a folder holding {_LAYOUT}")
     out = {}
     for split in splits:
-        hit = cached[split]
-        if hit is not None:
-            images, labels, classes, kinds = hit
-        else:
-            classes, items = todo[split]
-            images = _decode(items)
-            labels = np.fromiter((label for _, label, _ in items), dtype=np.int64, count=len(items))
-            kinds = "+".join(sorted({"PNG" if name.lower().endswith(".png") else "JPEG" for name, _, _ in items}))
-            _write_cache(cache_files[split], images, labels, classes, kinds)
+        images, labels, classes, kinds = loaded[split]
         out[split] = ImageDataset(
             images=torch.from_numpy(images),
             labels=torch.from_numpy(labels),
@@ -287,3 +459,9 @@ def load_imagefolder(root: Path, splits: tuple[str, ...], cache_dir: Path) -> di
             lossless="JPEG" not in kinds.split("+") if kinds else None,
         )
     return out
+
+
+def _unreadable(root: Path, e: OSError) -> DataError:
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(root) else ""
+    return DataError(f"cannot read the image folder {root}{where}: {os_error_text(e)}; make it readable (e.g. chmod "
+                     f"-R u+rX), or pass --data-root to a folder you can read")
