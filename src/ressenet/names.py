@@ -44,5 +44,6 @@ def suggest(name: object, choices: Iterable[str], *, cutoff: float = 0.6) -> str
 
 
 def natural_key(name: str) -> tuple:
-    """Sort key that orders names by their numbers: resnet20 < resnet110 < resnet1202, 2.png < 10.png."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name))
+    """Sort key that orders names by their numbers, ignoring case: resnet20 < resnet110 < resnet1202,
+    img9.png < img10.png. Model names, run directories and image files all sort with it."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 import sys
 import tempfile
 import warnings
@@ -33,6 +32,7 @@ import torch
 from PIL import Image
 
 from ressenet.data.archive import archive_stem, file_digest, is_archive, iter_members
+from ressenet.names import natural_key
 from ressenet.data.base import DataError, ImageDataset, os_error_text
 from ressenet.data.constants import IMAGE_SUFFIXES, SPLITS
 
@@ -67,11 +67,6 @@ _WHY_BIG = "a 32x32 image is a few KB; larger files are decompression bombs or n
 _Cached = tuple[np.ndarray, np.ndarray, list[str], str]
 # One image to decode: (name for messages, label, bytes or the path to read them again from, sha256 of the bytes).
 _Item = tuple[str, int, "bytes | Path", bytes]
-
-
-def _natural_key(name: str) -> list[int | str]:
-    # "img10.png" after "img9.png"; digit runs compare as numbers.
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def _is_image(name: str) -> bool:
@@ -217,7 +212,7 @@ def _scan_folder(folder: Path, split: str) -> tuple[list[str], list[_Item], str]
             entries = [e for e in it if _is_image(e.name) and e.is_file()]
         if not entries and split == "train":
             raise DataError(f"class folder {split_dir / name} holds no .png/.jpg/.jpeg images; add some or remove it")
-        for e in sorted(entries, key=lambda e: _natural_key(e.name)):
+        for e in sorted(entries, key=lambda e: natural_key(e.name)):
             data = _read_image_file(Path(e.path))
             digest = hashlib.sha256(data).digest()
             key.update(f"{name}/{e.name}|{len(data)}|".encode() + digest + b"\n")
@@ -297,7 +292,7 @@ def _read_archive(archive: Path, splits: tuple[str, ...]) -> tuple[list[str], di
         labels: list[int] = []
         kinds: set[str] = set()
         for label, cls in enumerate(classes):
-            files = sorted(found.get((prefix, split, cls), []), key=lambda f: _natural_key(f[0]))
+            files = sorted(found.get((prefix, split, cls), []), key=lambda f: natural_key(f[0]))
             order += [index for _, index, _ in files]
             labels += [label] * len(files)
             kinds |= {kind for _, _, kind in files}
