@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
 # Fused training on one GPU, in one device-tool call (whole script: GPU_BUDGET seconds, default 570):
-#   1. the first real comparison: resnet20, se_resnet20, res_se_net20 and resnet20_nobridge, seeds 1-3, the paper's
-#      full protocol (64,000 iterations, batch 128, lr 0.1 /10 at 32k and 48k, test evaluation and checkpoint every
-#      1000) on the CIFAR-10 JPEG copy, as ONE fused job (engine/fused.py, mechanism graphs). It runs under a time cap
-#      (at the cap: SIGINT, every member checkpoints, and the same script resumes it in a second call while the
-#      machine is warm, RESUME=1);
-#   2. benchmarks/fused_throughput.py in the time left: aggregate images/s against group size at depths 20, 56 and
-#      110, the graphs on one stream, eager members, and separate processes started at once;
+#   1. full-protocol runs of the paper's depth-20 comparison (64,000 iterations, batch 128, lr 0.1 /10 at 32k and
+#      48k, test evaluation and checkpoint every 1000) on the CIFAR-10 JPEG copy, as ONE fused job
+#      (engine/fused.py, mechanism graphs), in run directories named as the paper grid names its cells
+#      (`<model>-imagefolder-s<seed>`), so that they join results/paper. It runs under a time cap (at the cap:
+#      SIGINT, every member checkpoints). The runs live in .gpu-runs/ (git-ignored and NOT carried), so a second
+#      call made while the machine is still warm (within 30 s) resumes them: carry only .gpu.
+#      Size: at the measured ~108,000 images/s of a 12-member group (evaluation and checkpoints included), each
+#      member costs 8.19 million images, about 76 s of the group's time; 6 members (the default MODELS x SEEDS)
+#      take about 460 s, which fits one call; 12 take about 15 minutes and do not fit one session's 15 minutes.
+#   2. benchmarks/fused_throughput.py in the time left (BENCH_TIME seconds, default 0: the runs come first);
 #   3. packs the run directories (config.yaml, metrics.jsonl, summary.json; no checkpoints) into
-#      $OUT/fused_runs.tar.gz.
+#      $OUT/fused_runs.tar.gz; unpack it into results/paper and commit.
 #
 # Data: the 20 MB archive at .gpu/cifar10-jpeg.tar.gz (git-ignored). Before calling the device tool:
 #     mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
 # then run `bash benchmarks/fused_gpu.sh` there with carry [".gpu"] and timeout_s 600.
 # Check it on the CPU first (tiny sizes, mechanism sequential, the same commands):
 #     bash benchmarks/fused_gpu.sh --cpu-dry-run
-# Knobs (environment): PYTHON (default python3), GPU_BUDGET, RESUME=1 (skip the benchmark; finish the comparison),
-# ITERS (default 64000).
+# Knobs (environment): PYTHON (default python3), GPU_BUDGET, MODELS (default resnet20,se_resnet20,res_se_net20),
+# SEEDS (default 1,2), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000).
 set -uo pipefail
 
 DRY_RUN=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "fused_gpu.sh: unknown argument $arg (only --cpu-dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -45,8 +48,8 @@ if [ ! -f "$ARCHIVE" ]; then
        ".gpu in the device tool's carry" >&2
   exit 2
 fi
-MODELS="resnet20,se_resnet20,res_se_net20,resnet20_nobridge"
-SEEDS="1,2,3"
+MODELS="${MODELS:-resnet20,se_resnet20,res_se_net20}"
+SEEDS="${SEEDS:-1,2}"
 if [ "$DRY_RUN" = 1 ]; then
   DEVICE=cpu; BUDGET="${GPU_BUDGET:-100000}"; RUNS="$REPO/.gpu/dry/paper"
   TRAIN_ARGS=(--iters "${ITERS:-6}" --batch-size 8 --eval-every 2 --log-every 2 --ckpt-every 2 --no-compile
@@ -54,13 +57,13 @@ if [ "$DRY_RUN" = 1 ]; then
   CASES="sequential:20:1,2;procs:20:2"
   BENCH_ARGS=(--batch-size 8 --seconds 0.5 --min-steps 2)
 else
-  DEVICE=cuda; BUDGET="${GPU_BUDGET:-570}"; RUNS="$REPO/.gpu/runs/paper"
+  DEVICE=cuda; BUDGET="${GPU_BUDGET:-570}"; RUNS="$REPO/.gpu-runs/paper"
   TRAIN_ARGS=(--iters "${ITERS:-64000}" --log-every 1000)
   CASES="graphs:20:1,2,4,8,12,16,32;graphs1s:20:12;sequential:20:1;graphs:56:1,4,8,16;graphs:110:1,4,8,16;procs:20:4"
   BENCH_ARGS=(--seconds 1.5 --min-steps 10)
 fi
 
-echo "== benchmarks/fused_gpu.sh (dry run $DRY_RUN, device $DEVICE, budget $BUDGET s, resume ${RESUME:-0}) $(date -u +%FT%TZ)"
+echo "== benchmarks/fused_gpu.sh (dry run $DRY_RUN, device $DEVICE, budget $BUDGET s) $(date -u +%FT%TZ)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm \
   --format=csv,noheader
 "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', \
@@ -74,12 +77,13 @@ t = time.perf_counter(); s = load_datasets('imagefolder', sys.argv[1])
 print(f\"{s['train'].description}: {len(s['train'])} train / {len(s['test'])} test in {time.perf_counter() - t:.1f} s\")
 " "$ARCHIVE" || exit 1
 
-BENCH_TIME=$([ "${RESUME:-0}" = 1 ] && echo 0 || echo 75)
+BENCH_TIME="${BENCH_TIME:-0}"
 CAP=$(( $(left) - BENCH_TIME - 25 ))
 echo "-- 1. fused comparison: $MODELS x seeds $SEEDS, cap $CAP s [t=$(elapsed) s]"
 p0=$(date +%s)
 timeout -s INT --kill-after=40 "$CAP" "$PY" -m ressenet train --model "$MODELS" --seed "$SEEDS" \
-  --dataset imagefolder --data-root "$ARCHIVE" --device "$DEVICE" --out "$RUNS" --progress plain "${TRAIN_ARGS[@]}"
+  --dataset imagefolder --data-root "$ARCHIVE" --device "$DEVICE" --out "$RUNS" --progress plain \
+  --member-name "{model}-imagefolder-s{seed}" "${TRAIN_ARGS[@]}"
 RC=$?
 echo "   exit status $RC after $(( $(date +%s) - p0 )) s"
 
