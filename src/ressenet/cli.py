@@ -185,8 +185,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     # Notes the package raises (a rebuilt cache, a fallback the user should know of) print as one line, not
-    # Python's two-line "file:line: category" form.
-    warnings.formatwarning = lambda message, category, *_a, **_k: f"ressenet: note: {message}\n"
+    # Python's two-line "file:line: category" form; other libraries' warnings keep theirs.
+    if not getattr(warnings.formatwarning, "_ressenet", False):
+        plain = warnings.formatwarning
+
+        def one_line(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+            if f"{os.sep}ressenet{os.sep}" in str(filename):
+                return f"ressenet: note: {message}\n"
+            return plain(message, category, filename, lineno, line)
+
+        one_line._ressenet = True  # type: ignore[attr-defined]
+        warnings.formatwarning = one_line
     parser = build_parser()
     args = parser.parse_args(argv)
     from ressenet.errors import USER_ERRORS
