@@ -83,3 +83,22 @@ def test_two_step_run_logs_grads_lines_without_changing_the_weights(tmp_path):
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # recording does not change the training
+
+
+def test_grad_flow_section_summarises_runs(tmp_path):
+    from ressenet.gradflow import grad_flow_section
+
+    base = {"data.dataset": "synthetic", "data.train_limit": 64, "data.test_limit": 32, "optim.batch_size": 16,
+            "optim.iters": 4, "run.eval_every": 4, "run.log_every": 2, "run.ckpt_every": 4, "run.progress": "none",
+            "run.device": "cpu", "run.compile": False, "run.grad_stats_every": 2}
+    dirs = []
+    for model in ("resnet20", "resnet20_nobridge"):
+        out = tmp_path / model
+        train(load_config(None, {**base, "model.name": model, "run.out": str(out)}))
+        dirs.append(out)
+    lines = grad_flow_section(dirs, tmp_path / "an")
+    table = [ln for ln in lines if ln.startswith("| resnet20")]
+    assert len(table) == 4  # 2 models x 2 bridge blocks
+    assert all(ln.endswith("| 0.000 |") for ln in table if "nobridge" in ln)  # nothing flows through a bridge
+    assert (tmp_path / "an" / "grad_flow.png").is_file() and (tmp_path / "an" / "grad_flow.csv").is_file()
+    assert grad_flow_section([tmp_path / "nothing"], tmp_path / "x") == []

@@ -7,6 +7,7 @@
     ressenet grid PRESET --runs-dir runs
     ressenet report RUNS_DIR --out report
     ressenet reproduce PRESET
+    ressenet analyze RUN_DIR [RUN_DIR ...] --out DIR
 """
 from __future__ import annotations
 
@@ -78,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     # --- experiments (grid / report / reproduce) -------------------------------------------------------
+    from ressenet.analysis import add_parser as add_analyze_command
     from ressenet.experiments.cli import add_experiment_commands
 
     add_experiment_commands(sub)
+    add_analyze_command(sub)
     return parser
 
 
