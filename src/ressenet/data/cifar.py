@@ -16,6 +16,7 @@ import torch
 from ressenet.data.archive import MAX_MEMBER_BYTES
 from ressenet.data.base import DataError, ImageDataset, os_error_text
 from ressenet.data.constants import (
+    DATASET_INFO,
     ARCHIVES,
     CIFAR10_RECORD_BYTES,
     CIFAR100_RECORD_BYTES,
@@ -24,7 +25,6 @@ from ressenet.data.constants import (
     ArchiveSpec,
 )
 
-_DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 # A batch or meta file is refused unread above this size: no official one exceeds CIFAR-100's training file (about
 # 155 MB), and the limit is the one the archive reader applies to official members (archive.MAX_MEMBER_BYTES).
@@ -273,8 +273,8 @@ def load_cifar_split(name: str, split: str, variant: str, folder: Path) -> Image
             coarse = np.concatenate([p[2] for p in parts3])  # type: ignore[misc]
             coarse_classes = read_label_names(folder / spec.meta_files[1])
     if len(classes) != NUM_CLASSES[name]:
-        raise DataError(f"{folder / spec.meta_files[0]} lists {len(classes)} class names, {_DISPLAY[name]} has "
-                        f"{NUM_CLASSES[name]}; download the archive again")
+        raise DataError(f"{folder / spec.meta_files[0]} lists {len(classes)} class names, "
+                        f"{DATASET_INFO[name].title} has {NUM_CLASSES[name]}; download the archive again")
     for what, lab, k in (("label", labels, len(classes)),
                          ("coarse label", coarse, len(coarse_classes or ()))):
         if lab is not None and lab.size and (lab.min() < 0 or lab.max() >= k):
@@ -289,6 +289,6 @@ def load_cifar_split(name: str, split: str, variant: str, folder: Path) -> Image
         coarse_labels=None if coarse is None else torch.from_numpy(coarse),
         coarse_classes=coarse_classes,
         source=f"{name}-{variant}",
-        description=f"{_DISPLAY[name]} {split} (official {kind}) at {folder}",
+        description=f"{DATASET_INFO[name].title} {split} (official {kind}) at {folder}",
         path=str(folder),
     )

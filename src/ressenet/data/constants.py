@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagefolder", "synthetic")
 SPLITS: tuple[str, ...] = ("train", "test")
 
 DEFAULT_ROOT = "./data"
@@ -40,18 +39,49 @@ CIFAR100_COARSE_CLASSES: tuple[str, ...] = (
     "vehicles_1", "vehicles_2",
 )
 
-# The released Res-SE-Net code normalises both datasets with these (docs/design.md). The std differs from CIFAR-10's pixel
-# std (0.247, 0.243, 0.261) and its origin is unclear; it is kept because it is what the paper trained with.
+# The released Res-SE-Net code normalises both datasets with these (docs/design.md). The std differs from
+# CIFAR-10's pixel std (0.247, 0.243, 0.261) and its origin is unclear; it is kept because the paper trained with it.
 PAPER_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 PAPER_STD: tuple[float, float, float] = (0.2023, 0.1994, 0.2010)
 
 # Per-channel mean and (population) std over all pixels of the official training sets, /255.
-DATASET_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "cifar10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
-    "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
-}
+_CIFAR10_STATS = ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784))
+_CIFAR100_STATS = ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047))
 
-NUM_CLASSES: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One row of the dataset registry: what everything else (loaders, config choices, report labels) reads.
+
+    Attributes:
+        name: The ``--dataset`` value.
+        title: Human name, e.g. "CIFAR-10" (report labels, error messages).
+        reader: Which loader reads it: "cifar" (official archives), "imagefolder" or "synthetic".
+        classes: The class names when fixed by the dataset (None: read from the files).
+        stats: Per-channel (mean, std) of the training pixels, /255 (None: computed from the data when asked).
+        downloadable: ``--download`` fetches and verifies the official archive.
+        lossless: Whether the pixels are the originals (None: depends on the files, recorded per run).
+    """
+
+    name: str
+    title: str
+    reader: str
+    classes: tuple[str, ...] | None
+    stats: tuple[tuple[float, float, float], tuple[float, float, float]] | None
+    downloadable: bool
+    lossless: bool | None
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {d.name: d for d in (
+    DatasetInfo("cifar10", "CIFAR-10", "cifar", CIFAR10_CLASSES, _CIFAR10_STATS, True, True),
+    DatasetInfo("cifar100", "CIFAR-100", "cifar", CIFAR100_CLASSES, _CIFAR100_STATS, True, True),
+    DatasetInfo("imagefolder", "image folder", "imagefolder", None, None, False, None),
+    DatasetInfo("synthetic", "synthetic data", "synthetic", None, None, False, True),
+)}
+# Derived views, kept for the code that reads them.
+DATASETS: tuple[str, ...] = tuple(DATASET_INFO)
+DATASET_STATS = {k: d.stats for k, d in DATASET_INFO.items() if d.stats is not None}
+NUM_CLASSES: dict[str, int] = {k: len(d.classes) for k, d in DATASET_INFO.items() if d.classes is not None}
 
 OFFICIAL_URL_BASE = "https://www.cs.toronto.edu/~kriz"
 URL_BASE_ENV = "RESSENET_CIFAR_URL_BASE"

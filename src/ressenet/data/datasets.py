@@ -11,6 +11,7 @@ from ressenet.data.archive import is_archive, unpack_to_cache
 from ressenet.data.base import DataError, ImageDataset, channel_stats
 from ressenet.data.cifar import describe_expected, load_cifar_split, locate
 from ressenet.data.constants import (
+    DATASET_INFO,
     ARCHIVES,
     DATASET_STATS,
     DATASETS,
@@ -25,7 +26,6 @@ from ressenet.data.imagefolder import load_imagefolder
 from ressenet.data.synthetic import load_synthetic_split
 
 _SYNTHETIC_OPTIONS = ("num_classes", "train_size", "test_size", "seed", "image_size")
-_DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 Stats = tuple[tuple[float, float, float], tuple[float, float, float]]
 
@@ -72,7 +72,7 @@ def _load(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | Non
           cache_dir: str | os.PathLike[str] | None, synthetic_kwargs: dict[str, Any]) -> dict[str, ImageDataset]:
     for split in splits:
         _check(name, split)
-    if name == "synthetic":
+    if DATASET_INFO[name].reader == "synthetic":
         unknown = sorted(set(synthetic_kwargs) - set(_SYNTHETIC_OPTIONS))
         if unknown:
             raise DataError(f"unknown synthetic dataset options {unknown}; valid: {', '.join(_SYNTHETIC_OPTIONS)}")
@@ -81,7 +81,7 @@ def _load(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | Non
         raise DataError(f"options {sorted(synthetic_kwargs)} apply only to the synthetic dataset, not {name}")
     root_path = Path(root if root is not None else DEFAULT_ROOT).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    if name == "imagefolder":
+    if DATASET_INFO[name].reader == "imagefolder":
         if download:
             raise DataError("--download applies to cifar10 and cifar100 only; an image folder must already exist")
         return load_imagefolder(root_path, splits, cache)
@@ -93,8 +93,8 @@ def _load(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | Non
         found = locate(name, root_path)
     if found is None:
         python_folder = ARCHIVES[(name, "python")].folder
-        raise DataError(f"no {_DISPLAY[name]} found: looked for {describe_expected(name, search)}; pass --download "
-                        f"to fetch it, or --data-root pointing at a folder holding {python_folder}/")
+        raise DataError(f"no {DATASET_INFO[name].title} found: looked for {describe_expected(name, search)}; "
+                        f"pass --download to fetch it, or --data-root pointing at a folder holding {python_folder}/")
     return {split: load_cifar_split(name, split, *found) for split in splits}
 
 

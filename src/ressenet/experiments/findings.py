@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ressenet.data.constants import DATASET_INFO
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
     COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, protocol_text,
@@ -34,7 +35,7 @@ __all__ = ["write_findings", "fused_rate", "MIN_SEEDS"]
 
 MIN_SEEDS = 3  # a cell with fewer seeds is "missing"
 PAPER_FAMILIES = ("resnet", "se_resnet", "res_se_net", "resnet_nobridge")
-PAPER_DATASETS = (("cifar10", "CIFAR-10"), ("cifar100", "CIFAR-100"))
+PAPER_DATASETS = tuple((k, DATASET_INFO[k].title) for k in ("cifar10", "cifar100"))
 ITER_IMAGES = 64_000 * 128  # images one protocol run trains on
 # Aggregate training images/s of a fused group on one H200 (BENCHMARKS.md, "Fused training"): measured at depths
 # 20 and 56; other depths scale as 1 / blocks per stage from depth 56 (45,000 x 9 / n).

@@ -27,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ressenet.data.constants import DATASET_INFO
 from ressenet.experiments.paper import (
     HE_PARAMS_M, PARAM_CLAIMS, PAPER_TABLES, paper_improvements, paper_result, percent_fewer,
 )
@@ -468,7 +469,7 @@ def _paper_improvement_section() -> list[str]:
     if slips:
         md += ["Slips found:", ""]
         for i in slips:
-            ds = "CIFAR-10" if i.dataset == "cifar10" else "CIFAR-100"
+            ds = DATASET_INFO[i.dataset].title
             md.append(f"- over {FAMILY_TITLES[i.over]}, depth {i.depth}, {ds} {i.metric.replace('top', 'top-')}: "
                       f"printed {i.printed:g}, recomputed {i.recomputed:g}{f' ({i.note})' if i.note else ''}.")
         md.append("")

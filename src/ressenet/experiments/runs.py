@@ -50,28 +50,29 @@ def parse_model(name: str) -> tuple[str | None, int | None]:
 
 
 def dataset_label(summary: dict[str, Any], config: dict[str, Any]) -> tuple[str, str | None]:
-    """A human label for a run's data and the paper dataset it may be compared with (None: not comparable)."""
-    from ressenet.data.constants import CIFAR10_CLASSES, CIFAR100_CLASSES
+    """A human label for a run's data and the paper dataset it may be compared with (None: not comparable).
+
+    From the dataset registry (data/constants.py ``DATASET_INFO``) and the structured fields a run records
+    (``data.classes``, ``data.test_size``, ``data.lossless``), never from prose.
+    """
+    from ressenet.data.constants import DATASET_INFO
 
     ds = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "?"
     data = summary.get("data") or {}
-    if ds == "cifar10":
-        return "CIFAR-10", "cifar10"
-    if ds == "cifar100":
-        return "CIFAR-100", "cifar100"
-    if ds == "imagefolder":
+    info = DATASET_INFO.get(str(ds))
+    if info is not None and info.classes is not None:  # an official dataset, read as such
+        return info.title, info.name
+    if info is not None and info.reader == "imagefolder":
         classes = tuple(data.get("classes") or ())
-        # From the structured field the engine records (ImageDataset.lossless), never from the description.
-        lossless = data.get("lossless")
-        copy = {True: "image-folder copy", False: "JPEG copy"}.get(lossless, "image-folder copy, format unrecorded")
-        for title, key, names in (("CIFAR-10", "cifar10", CIFAR10_CLASSES),
-                                  ("CIFAR-100", "cifar100", CIFAR100_CLASSES)):
-            if classes == tuple(names) and data.get("test_size") == 10_000:
-                return f"{title} ({copy})", key
+        copy = {True: "image-folder copy", False: "JPEG copy"}.get(data.get("lossless"),
+                                                                   "image-folder copy, format unrecorded")
+        for known in DATASET_INFO.values():
+            if known.classes is not None and classes == known.classes and data.get("test_size") == 10_000:
+                return f"{known.title} ({copy})", known.name
         root = (config.get("data") or {}).get("data_root") or data.get("description") or "?"
         return f"image folder {Path(str(root)).name}", None
-    if ds == "synthetic":
-        return "synthetic data", None
+    if info is not None:
+        return info.title, None
     return str(ds), None
 
 
