@@ -1038,13 +1038,14 @@ def _findings(g: list[RunAnalysis], blocks: list[dict[str, Any]], targets: list[
     if len(singles) > 1:
         top = max(singles, key=lambda t: t["drop"].mean)
         one = tmap.get((top["target"], "one"))
-        if top["pos"]:
-            out.append(f"Of single blocks, the network relies most on the input dependence of `{top['target']}`: "
-                       f"its mean gate costs {top['drop'].fmt(2, False)} points of top-1"
-                       + (f", removing it {one['drop'].fmt(2, False)}" if one else "") + ".")
+        if any(t["pos"] for t in singles):
+            runs_ = "the run" if top["n"] == 1 else f"{top['pos']} of {top['n']} runs"
+            out.append(f"Of single blocks, replacing the gate of `{top['target']}` by its mean costs the most: "
+                       f"{top['drop'].fmt(2, False)} points of top-1 (its {pct}% interval lies above zero in "
+                       f"{runs_})" + (f"; removing the block costs {one['drop'].fmt(2, False)}" if one else "") + ".")
         else:
-            out.append(f"No single block's gate, replaced by its mean, lowers top-1 by more than its {pct}% interval "
-                       f"allows for chance (largest drop {top['drop'].fmt(2, False)} points, `{top['target']}`).")
+            out.append(f"No single block's gate, replaced by its mean, lowers top-1 beyond its {pct}% interval in any "
+                       f"run (largest drop {top['drop'].fmt(2, False)} points, `{top['target']}`).")
     return out
 
 
