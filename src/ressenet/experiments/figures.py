@@ -49,8 +49,8 @@ def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
     points: dict[int, float] = {}
     fallback: dict[int, float] = {}
     try:
-        lines = (run.path / "metrics.jsonl").read_text().splitlines()
-    except OSError:
+        lines = (run.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
         lines = []
     for line in lines:
         try:

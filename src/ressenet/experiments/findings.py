@@ -27,7 +27,8 @@ from typing import Any
 from ressenet.data.constants import DATASET_INFO
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
-    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, protocol_text,
+    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, md_cell,
+    protocol_text,
 )
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
 
@@ -72,7 +73,7 @@ def _cmp_text(c: Comparison, p_adj: float) -> str:
 
 def _md(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return out
 
 

@@ -261,12 +261,17 @@ def _make_cell(spec: GridSpec, runs: Path, model: str, dataset: str, seed: int, 
                user: dict[str, Any]) -> Cell:
     axes = {"model.name": model, "data.dataset": dataset, "run.seed": seed}
     preset_cfg = apply_overrides(Config(), {**spec.base, **variant, **axes})
-    cfg = apply_overrides(Config(), {**spec.base, **variant, **user, **axes})
+    cfg = apply_overrides(Config(), {**spec.base, **variant, **user, **axes}).validate()  # names before paths
     preset_flat, flat = flatten_config(preset_cfg), flatten_config(cfg)
     tag_keys = set(variant) | {k for k in user if flat[k] != preset_flat[k] and k not in RESULT_NEUTRAL_KEYS}
     tags = tuple((k, flat[k]) for k in sorted(tag_keys))
     name = "-".join([model, dataset, *_tag_strings(tags), f"s{seed}"])
-    cfg.run.out = str(runs / name)
+    out = runs / name
+    # Names come from a grid file anyone can write: every cell directory must lie inside the runs directory.
+    if out.resolve().parent != runs.resolve() or "/" in name or name.startswith("."):
+        raise ConfigError(f"cell name {name!r} would leave the runs directory {runs}; check the grid's models, "
+                          f"datasets and variants")
+    cfg.run.out = str(out)
     return Cell(name=name, model=model, dataset=dataset, seed=seed, tags=tags, config=cfg.validate())
 
 

@@ -33,7 +33,7 @@ from ressenet.experiments.paper import (
 )
 from ressenet.experiments.runs import (
     COMPARISONS, FAMILY_TITLES, METRICS, PAPER_DEPTHS, Group, Run, collect_runs,
-    dataset_label, family_order, group_runs, label_order, parse_model, protocol_text,
+    dataset_label, family_order, group_runs, label_order, md_cell, parse_model, protocol_text,
 )
 from ressenet.experiments.stats import (
     Comparison, Summary, fmt_comparison, fmt_mean_std, fmt_num, welch,
@@ -85,7 +85,7 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str 
     align = align or "l" + "r" * (len(headers) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
     out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
     return out
 
 

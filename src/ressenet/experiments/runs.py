@@ -21,7 +21,7 @@ from ressenet.models import FAMILIES, family_order, model_info
 
 __all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
            "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
-           "PAPER_DEPTHS", "GROUPING_IGNORED"]
+           "PAPER_DEPTHS", "GROUPING_IGNORED", "md_cell"]
 
 
 # metric kind -> (top-1 key, top-5 key) in summary.json
@@ -164,7 +164,16 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
         cfg_file = _load_yaml(d / "config.yaml")
         config = summary.get("config") if isinstance(summary.get("config"), dict) else cfg_file
         meta = cfg_file.get("meta") if isinstance(cfg_file.get("meta"), dict) else {}
-        model = str(summary.get("model") or (config.get("model") or {}).get("name") or "?")
+        if not isinstance(summary.get("model"), str):
+            problems.append(f"{rel}: summary.json's model is a {type(summary.get('model')).__name__}, not a model "
+                            f"name; skipped")
+            continue
+        try:
+            (d / "metrics.jsonl").read_bytes().decode("utf-8") if (d / "metrics.jsonl").is_file() else ""
+        except (OSError, UnicodeDecodeError) as e:
+            problems.append(f"{rel}: metrics.jsonl is unreadable ({type(e).__name__}); skipped")
+            continue
+        model = summary["model"]
         family, depth = parse_model(model)
         label, compare_to = dataset_label(summary, config)
         seed = summary.get("seed", (config.get("run") or {}).get("seed"))
@@ -225,6 +234,14 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
             groups[key] = Group(r.protocol, r.label, r.compare_to, r.model, r.family, r.depth)
         groups[key].runs.append(r)
     return groups
+
+
+def md_cell(value: Any) -> str:
+    """A value as one Markdown table cell: pipes and HTML escaped, line breaks flattened (names come from files
+    anyone can write, so a model name with a newline or a <script> must not break or inject into a report)."""
+    import html
+
+    return html.escape(" ".join(str(value).split()), quote=False).replace("|", "\\|")
 
 
 def label_order(label: str) -> tuple:
