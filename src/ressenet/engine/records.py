@@ -17,7 +17,9 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_iter: int | None) -> None:
         self.path, self.enabled = path, enabled
         if enabled and resume_iter is not None and path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and _line_iter(ln) <= resume_iter]
+            # Undecodable bytes (a torn or damaged line) become U+FFFD and that line is dropped as unreadable.
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            keep = [ln for ln in text.splitlines() if ln.strip() and _line_iter(ln) <= resume_iter]
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
         elif enabled and resume_iter is None:
             path.unlink(missing_ok=True)

@@ -122,7 +122,10 @@ def load_grid(preset: str | Path) -> GridSpec:
     if not path.is_file():
         raise ConfigError(f"grid file {path} not found")
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"grid file {path} cannot be read as UTF-8 text ({type(e).__name__}); save it as UTF-8")\
+            from None
     except yaml.YAMLError as e:
         raise ConfigError(f"grid file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     where = str(path)
@@ -340,8 +343,8 @@ def _existing_config(out: Path, summary: dict[str, Any] | None) -> dict[str, Any
     path = out / "config.yaml"
     if path.is_file():
         try:
-            tree = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):  # unreadable: the cell is reported as a conflict
             return None
         return tree if isinstance(tree, dict) else None
     return None

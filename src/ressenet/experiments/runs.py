@@ -103,8 +103,8 @@ class Run:
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
-        tree = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError
         return {}
     return tree if isinstance(tree, dict) else {}
 
