@@ -611,6 +611,7 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
     Raises:
         RessenetError: no checkpoint, a damaged one, or a ``blocks`` name that a checkpoint's model has no SE block of.
     """
+    from ressenet.engine.evaluation import data_as_given
     from ressenet.engine.train import load_data, resolve_device
 
     if not 0 < confidence < 1:
@@ -629,14 +630,7 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
     data_cache: dict[str, dict[str, Any]] = {}
     runs: list[RunAnalysis] = []
     for o in opened:
-        # As `ressenet eval`: the checkpoint is data, not instructions (no download, no cache it names; a recorded
-        # folder that is not here falls back to the default).
-        o.cfg.data.download = False
-        o.cfg.data.cache_dir = cache_dir
-        if data_root is not None:
-            o.cfg.data.data_root = data_root
-        elif o.cfg.data.data_root is not None and not Path(o.cfg.data.data_root).exists():
-            o.cfg.data.data_root = None
+        data_as_given(o.cfg, data_root=data_root, cache_dir=cache_dir)  # as `ressenet eval`
         key = json.dumps(asdict(o.cfg.data), sort_keys=True, default=str)
         if key not in data_cache:
             say(f"loading {o.cfg.data.dataset} for {o.path}")

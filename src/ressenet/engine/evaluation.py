@@ -16,7 +16,7 @@ from ressenet.engine.distributed import DistInfo, all_reduce_sum
 from ressenet.engine.setup import build_model, load_data, resolve_channels_last, resolve_device, resolve_eval_batch_size
 from ressenet.errors import RessenetError
 
-__all__ = ["evaluate", "eval_split", "evaluate_checkpoint"]
+__all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "data_as_given"]
 
 
 @torch.no_grad()
@@ -54,6 +54,19 @@ def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, dev
     return evaluate(model, batches, amp=amp, dist_info=dist_info)
 
 
+def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None) -> Config:
+    """A checkpoint's data settings as data, not instructions: no download, no cache it names (only the caller's
+    ``cache_dir`` or the default), and its recorded ``data_root`` only when that folder exists here (else the
+    default ./data); the caller's ``data_root`` wins. Changes ``cfg`` in place and returns it."""
+    cfg.data.download = False
+    cfg.data.cache_dir = cache_dir
+    if data_root is not None:
+        cfg.data.data_root = data_root
+    elif cfg.data.data_root is not None and not Path(cfg.data.data_root).exists():
+        cfg.data.data_root = None
+    return cfg
+
+
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                         cache_dir: str | None = None, split: str = "test", device: str = "auto",
                         batch_size: int | None = None) -> dict[str, Any]:
@@ -71,14 +84,9 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
         cfg = config_from_dict(state["config"], where=str(path))
     except (ValueError, TypeError, AttributeError) as e:
         raise RessenetError(f"{path}: unreadable config ({e})") from None
-    cfg.data.download = False
-    cfg.data.cache_dir = cache_dir
     if dataset is not None:
         cfg.data.dataset = dataset
-    if data_root is not None:
-        cfg.data.data_root = data_root
-    elif cfg.data.data_root is not None and not Path(cfg.data.data_root).exists():
-        cfg.data.data_root = None  # a recorded folder that is not here: fall back to the default ./data
+    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
     cfg.run.eval_batch_size = batch_size
     dev = resolve_device(device)
     data = load_data(cfg)

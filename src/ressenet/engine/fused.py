@@ -62,7 +62,7 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
         raise RessenetError(f"--member-name {template!r} must contain {{model}} and {{seed}} and no '/', e.g. "
                             f"'{{model}}-cifar10-s{{seed}}'")
     from ressenet.engine.config import load_config
-    from ressenet.models import create_model, is_model, list_models
+    from ressenet.models import create_model, is_model, list_models, model_info
     from ressenet.names import suggest
 
     for m in models:
@@ -72,7 +72,7 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
     if len(set(models)) != len(models) or len(set(seeds)) != len(seeds):
         raise RessenetError(f"--model {','.join(models)} --seed {','.join(map(str, seeds))} repeats a member; "
                             f"list each model and seed once")
-    depths = {m: create_model(m).depth for m in models}
+    depths = {m: (info.depth if (info := model_info(m)) else create_model(m).depth) for m in models}
     if len(set(depths.values())) > 1:
         raise RessenetError(f"fused members must share one depth, got {depths}; run one command per depth")
     cfgs = []

@@ -143,8 +143,8 @@ class RunLock:
             self._thread.join(timeout=5)
         if self.held:
             try:  # only our own lock: a runner that took over a lock we let go stale must keep its own
-                if json.loads(self.path.read_text()).get("pid") == self.me["pid"] and \
-                        json.loads(self.path.read_text()).get("host") == self.me["host"]:
+                holder = json.loads(self.path.read_text())
+                if (holder.get("pid"), holder.get("host")) == (self.me["pid"], self.me["host"]):
                     self.path.unlink()
             except (OSError, ValueError):
                 pass

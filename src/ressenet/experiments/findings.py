@@ -27,7 +27,7 @@ from typing import Any
 from ressenet.data.constants import DATASET_INFO
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
-    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, md_cell,
+    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, md_table,
     protocol_text,
 )
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
@@ -69,12 +69,6 @@ def _cmp_text(c: Comparison, p_adj: float) -> str:
         return f"{fmt_num(c.diff, 2, True)} (not testable: n={min(c.n_a, c.n_b)})"
     return (f"{fmt_num(c.diff, 2, True)} [{fmt_num(c.ci_low, 2, True)}, {fmt_num(c.ci_high, 2, True)}], "
             f"p={fmt_p(c.p)}, Holm p={fmt_p(p_adj)}")
-
-
-def _md(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] * len(headers)) + "|"]
-    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
-    return out
 
 
 def _paper_groups(runs: list[Run]) -> tuple[dict[tuple[str, str], Group], list[str], list[Run]]:
@@ -127,7 +121,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                 row.append(f"{ours}; paper {pr.top1:.2f}" if pr else ours)
             rows.append(row)
         lines += [f"**{label}**, final test top-1 (%), ours mean ± std (n); the paper's single best-on-test run "
-                  f"after 'paper':", ""] + _md(["family"] + [f"depth {d}" for d in depths], rows) + [""]
+                  f"after 'paper':", ""] + _table(["family"] + [f"depth {d}" for d in depths], rows) + [""]
 
     # -- comparisons -----------------------------------------------------------------------------------------
     lines += ["## Comparisons", ""]
@@ -154,7 +148,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
             rows.append([label, title, d, cp.n_a, _cmp_text(cp, pp), _cmp_text(cw, pw), verdict])
         lines += [f"Differences in final test top-1 (percentage points), 95% intervals; Holm's adjustment runs over "
                   f"all {sum(t[3].tested for t in tests)} tested comparisons of the page.", ""]
-        lines += _md(["data", "comparison", "depth", "pairs", "paired by seed", "Welch", "significant?"], rows)
+        lines += _table(["data", "comparison", "depth", "pairs", "paired by seed", "Welch", "significant?"], rows)
         lines += [""]
 
     # -- figures ---------------------------------------------------------------------------------------------
@@ -169,7 +163,6 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                                                "dashed: the paper)"))
         if plot_train_loss(gl, fig_dir / "train_loss.png", "Training loss (the paper's figure)"):
             shown.append(("train_loss.png", "Training loss against iteration, mean over seeds"))
-        _close_figures()
         lines += ["## Figures", ""] + [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
 
     # -- partial runs ----------------------------------------------------------------------------------------
@@ -200,7 +193,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
               f"{MEASURED_FUSED_RATE[56]:,.0f} at depth 56; other depths extrapolated as 1/blocks). CIFAR-100 cannot "
               f"be trained offline here (no copy of it on the project's machines); CIFAR-10 rows count the JPEG "
               f"copy.", ""]
-    lines += _md(["data", "depth", "families short of seeds (n)", "runs to train", "H200 hours"], rows) + [""]
+    lines += _table(["data", "depth", "families short of seeds (n)", "runs to train", "H200 hours"], rows) + [""]
     lines += [f"In all: {total_runs} runs, about {total_h:.1f} H200 hours.", ""]
     if unfinished:
         lines += [f"Unfinished run directories in `{runs_dir}`: "
@@ -245,7 +238,7 @@ def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: 
             lines += [f"### `{job}`: stopped at iteration {last:,} of 64,000", "",
                       f"Test top-1 (%) at iteration {last:,} (learning rate still 0.1, before the schedule's drops): "
                       f"not the protocol's result, and no ranking follows from it.", ""]
-            lines += _md(["model", "n", f"test top-1 at {last:,}"], rows) + [""]
+            lines += _table(["model", "n", f"test top-1 at {last:,}"], rows) + [""]
     if lines:
         lines = ["## Runs stopped before the end", "",
                  "These GPU jobs hit their time limit; their checkpoints were not kept, so they cannot resume. "
@@ -268,7 +261,7 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
         pr = paper_result(g.family or "", g.depth or 0, g.compare_to) if g.compare_to else None
         rows.append([label, g.model, s.n, fmt_mean_std(s), f"{pr.top1:.2f}" if pr else "–"])
     if rows:
-        block += _md(["data", "model", "n", "final test top-1 (%)", "paper (best-on-test)"], rows) + [""]
+        block += _table(["data", "model", "n", "final test top-1 (%)", "paper (best-on-test)"], rows) + [""]
     tested = [t for t in tests if t[3].tested]
     if not tested:
         block += [f"**No answer yet.** No comparison of the paper has two or more seeds of both sides at the full "
@@ -285,12 +278,6 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
     readme.write_text(text[:start] + "\n".join(block) + text[end:])
 
 
-def _close_figures() -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close("all")  # figures.py draws without pyplot; this only guards against a stray pyplot figure
-
-
 def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(base).resolve())
 
@@ -299,3 +286,7 @@ def _command(runs_dir: Path, out_md: Path, partial: Sequence[str | Path], readme
     cmd = f"ressenet report {runs_dir} --findings {out_md}"
     cmd += "".join(f" --partial {p}" for p in partial)
     return cmd + (f" --readme {readme}" if readme else "")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    return md_table(headers, rows, align="l" * len(headers))

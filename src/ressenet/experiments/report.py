@@ -33,7 +33,7 @@ from ressenet.experiments.paper import (
 )
 from ressenet.experiments.runs import (
     COMPARISONS, FAMILY_TITLES, METRICS, PAPER_DEPTHS, Group, Run, collect_runs,
-    dataset_label, family_order, group_runs, label_order, md_cell, parse_model, protocol_text,
+    dataset_label, family_order, group_runs, label_order, md_table, parse_model, protocol_text,
 )
 from ressenet.experiments.stats import (
     Comparison, Summary, fmt_comparison, fmt_mean_std, fmt_num, welch,
@@ -79,14 +79,6 @@ class ReportResult:
     n_runs: int
     n_unfinished: int
     problems: list[str]
-
-
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
-    align = align or "l" + "r" * (len(headers) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    out += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
-    return out
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> Path:
@@ -242,7 +234,7 @@ def _data_section(runs: list[Run]) -> list[str]:
             else "no (not the paper's data)"
         rows.append([label, data.get("source", rs[0].summary.get("dataset", "?")), data.get("description", "–"),
                      sizes, len(rs), compared])
-    return ["## Data", "", *_md_table(["Dataset label", "Source", "Description", "Train/val/test images", "Runs",
+    return ["## Data", "", *md_table(["Dataset label", "Source", "Description", "Train/val/test images", "Runs",
                                        "Compared"], rows, "lllrrl"), ""]
 
 
@@ -289,7 +281,7 @@ def _paper_tables(gs: list[Group], pid: str, table_rows: list[dict[str, Any]]) -
         derived = " (not printed in the paper: its numbers are derived from the improvement table)" \
             if family == "se_resnet" else ""
         md += [f"### Table: {title}{derived}",
-               "", *_md_table(headers, rows, "l" + "r" * (len(headers) - 2) + "l"), ""]
+               "", *md_table(headers, rows, "l" + "r" * (len(headers) - 2) + "l"), ""]
     return md
 
 
@@ -369,7 +361,7 @@ def _comparison_tables(gs: list[Group], pid: str, imp_rows: list[dict[str, Any]]
                          fmt_num(mean["best_on_test_top1"], signed=True), paper_cells[0],
                          fmt_num(mean["final_top5"], signed=True), fmt_num(mean["best_on_test_top5"], signed=True),
                          paper_cells[1]])
-        md += [f"### {title}", "", *_md_table(headers, rows), ""]
+        md += [f"### {title}", "", *md_table(headers, rows), ""]
     if md:
         md = ["Differences are the first model minus the second, in percentage points; \"Paper Δ\" is the printed "
               "improvement where the paper prints one (recomputed from its own numbers where that differs), else "
@@ -412,7 +404,7 @@ def _claim_accuracy(gs: list[Group]) -> list[str]:
     if not rows:
         return []
     return ["### The claim \"Res-SE-Net-44 beats the 110-layer nets\" (accuracy side)", "",
-            *_md_table(["Dataset", "Comparison", "Δ top-1 final [95% CI]", "Δ top-1 best-on-test [95% CI]",
+            *md_table(["Dataset", "Comparison", "Δ top-1 final [95% CI]", "Δ top-1 best-on-test [95% CI]",
                         "Paper Δ top-1"], rows, "llrrr"), ""]
 
 
@@ -436,7 +428,7 @@ def _all_groups(gs: list[Group], pid: str, group_rows: list[dict[str, Any]]) -> 
                            **{f"{k}_{x}": getattr(v, x) for k, v in s.items() for x in ("mean", "std")},
                            "paper_top1": pr.top1 if pr else None, "paper_top5": pr.top5 if pr else None})
     return ["### Every model and dataset", "",
-            *_md_table(["Dataset", "Model", "n", "Seeds", "Top-1 final", "Top-1 best-on-test", "Top-1 val-selected",
+            *md_table(["Dataset", "Model", "n", "Seeds", "Top-1 final", "Top-1 best-on-test", "Top-1 val-selected",
                         "Top-5 final", "Paper top-1", "Params"], rows, "llrlrrrrrr"), ""]
 
 
@@ -464,7 +456,7 @@ def _paper_improvement_section() -> list[str]:
                 else:
                     row.append(f"{imp.printed:g}")
             rows.append(row)
-        md += [f"### {title}", "", *_md_table(["Depth", *(c[2] for c in cols)], rows), ""]
+        md += [f"### {title}", "", *md_table(["Depth", *(c[2] for c in cols)], rows), ""]
     slips = [i for i in imps if i.slip]
     if slips:
         md += ["Slips found:", ""]
@@ -500,7 +492,7 @@ def _params_section(runs: list[Run], param_rows: list[dict[str, Any]]) -> list[s
           "Counted from the model registry with a 10-class head (basic blocks, projection bridges: the paper's "
           "models; a 100-class head adds 5,850 parameters). He et al.'s counts are for ResNet with parameter-free "
           "option-A shortcuts, shown beside them.", "",
-          *_md_table(["Depth", *(FAMILY_TITLES.get(f, f) for f in families), "ResNet, option A", "He et al."],
+          *md_table(["Depth", *(FAMILY_TITLES.get(f, f) for f in families), "ResNet, option A", "He et al."],
                      rows), ""]
     claim_rows = []
     for small, large, claimed in PARAM_CLAIMS:
@@ -511,7 +503,7 @@ def _params_section(runs: list[Run], param_rows: list[dict[str, Any]]) -> list[s
                            "yes" if holds else f"no (off by {ours - claimed:+.2f} pp)"])
     md += ["The paper's claim: Res-SE-Net-44 has 61.75% fewer parameters than ResNet-110 and 62.06% fewer than "
            "SE-ResNet-110.", "",
-           *_md_table(["Models", "Parameters", "Fewer (ours)", "Fewer (claimed)", "Claim holds"], claim_rows,
+           *md_table(["Models", "Parameters", "Fewer (ours)", "Fewer (claimed)", "Claim holds"], claim_rows,
                       "lrrrl"), ""]
     return md
 
@@ -569,7 +561,7 @@ def _provenance(runs: list[Run], unfinished: list[tuple[str, str]]) -> list[str]
                          _fmt_seconds(wall), r.meta.get("device_name") or r.meta.get("device") or "–",
                          r.meta.get("precision") or (r.config.get("run") or {}).get("precision") or "–",
                          str(r.meta.get("git_commit") or "–")[:10]])
-        md += _md_table(["Run directory", "Model", "Dataset", "Seed", "Iterations", "Top-1 final",
+        md += md_table(["Run directory", "Model", "Dataset", "Seed", "Iterations", "Top-1 final",
                          "Top-1 best-on-test @ iter", "Wall time", "Device", "Precision", "Commit"], rows,
                         "lllrrrrrlll")
         md.append("")

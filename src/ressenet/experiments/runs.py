@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from ressenet.models import FAMILIES, family_order, model_info
 
 __all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
            "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
-           "PAPER_DEPTHS", "GROUPING_IGNORED", "md_cell"]
+           "PAPER_DEPTHS", "GROUPING_IGNORED", "md_cell", "md_table"]
 
 
 # metric kind -> (top-1 key, top-5 key) in summary.json
@@ -242,6 +242,14 @@ def md_cell(value: Any) -> str:
     import html
 
     return html.escape(" ".join(str(value).split()), quote=False).replace("|", "\\|")
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
+    """A Markdown table; ``align`` one letter per column, "l" or "r" (default: first left, the rest right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
+    return out + ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
 
 
 def label_order(label: str) -> tuple:
