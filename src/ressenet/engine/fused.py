@@ -7,7 +7,7 @@ before the model is built, as a separate run), its own data order and augmentati
 optimizer, and its own run directory with the usual files (``config.yaml`` with ``meta.fused_with``,
 ``metrics.jsonl``, ``last.pt``, ``summary.json``). ``ressenet eval``, resume and the report treat it as any run.
 
-Two mechanisms run a group (``--fused-mechanism``; auto picks by device, from benchmarks/fused_throughput.py):
+Three mechanisms run a group (``--fused-mechanism``; auto picks by device, from benchmarks/fused_throughput.py):
 
 * ``sequential`` (the CPU's): the members step one after another with the single-run step
   (:func:`ressenet.engine.train.train_step`), so every member is bit-identical to its separate run. On the 2-core
@@ -21,6 +21,13 @@ Two mechanisms run a group (``--fused-mechanism``; auto picks by device, from be
   the bit). The learning rate is a float baked into the graph, so a member's graph is captured again at each
   milestone; the first ``WARMUP_STEPS`` steps run eagerly (cuDNN's algorithm search and the optimizer's momentum
   buffers must exist before capture).
+* ``grouped`` (any device; HFTA's horizontal fusion, models/fused.py): the members become one network whose
+  convolutions are grouped over the members, and one SGD optimizer steps it. The members' own models and optimizers
+  stay the record: the fused copy is built from them at the first step and written back into them before every
+  boundary (log, evaluation, checkpoint), so evaluation, checkpoints and resume are a separate run's. Equal to
+  separate runs up to summation order (grouped kernels add in another order; tests/test_fused.py). It needs the
+  members at one iteration, fp32 or bf16 (one loss scaler for all members would couple them), and no
+  ``--log-grad-stats``.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import Config
@@ -44,7 +52,7 @@ from ressenet.errors import RessenetError
 
 __all__ = ["MECHANISMS", "FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
 
-MECHANISMS = ("auto", "sequential", "graphs")
+MECHANISMS = ("auto", "sequential", "graphs", "grouped")
 WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotuning, momentum buffers)
 # Keys in which the members of one group may differ; everything else (data, protocol, precision, device) is shared.
 MEMBER_KEYS = ("model.name", "run.seed", "run.out")
@@ -115,6 +123,67 @@ class _Graph:
     y: torch.Tensor | None = None
 
 
+@dataclass
+class _Grouped:
+    """Mechanism ``grouped``: the fused network of the members in ``names`` and its one SGD optimizer."""
+
+    names: list[str]
+    members: list[Run]
+    net: Any  # models.fused.FusedResNet
+    step_net: Any  # the same, maybe compiled
+    optimizer: torch.optim.Optimizer
+    dirty: bool = False  # stepped since the members' models were last written
+
+    @classmethod
+    def build(cls, members: list[Run], compile_mode: str | None) -> _Grouped:
+        """Fuses the members' current weights, buffers and momentum (resumed members carry theirs)."""
+        from ressenet.models.fused import FusedResNet
+
+        its = {m.name: m.state.it for m in members}
+        if len(set(its.values())) > 1:
+            raise RessenetError(f"--fused-mechanism grouped steps its members together, but they are at different "
+                                f"iterations ({', '.join(f'{k}: {v}' for k, v in its.items())}); bring them level "
+                                f"with --fused-mechanism sequential, or train them in separate commands")
+        m0 = members[0]
+        try:
+            net = FusedResNet([m.model for m in members])
+        except ValueError as e:
+            raise RessenetError(f"--fused-mechanism grouped cannot fuse {', '.join(its)}: {e}; use "
+                                f"--fused-mechanism sequential") from None
+        net.to(m0.device, memory_format=torch.channels_last if m0.channels_last else torch.contiguous_format)
+        o = m0.cfg.optim
+        optimizer = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                    nesterov=o.nesterov, **({"fused": True} if m0.device.type == "cuda" else {}))
+        buffers = [_momentum(m) for m in members]
+        if any(buffers):
+            for k in net.param_keys:
+                fused = net.stack(k, [b.get(k) for b in buffers])
+                p = net.tensor(k)
+                optimizer.state[p]["momentum_buffer"] = fused.to(memory_format=torch.channels_last) \
+                    if m0.channels_last and fused.dim() == 4 else fused
+        step_net = torch.compile(net, mode=compile_mode) if compile_mode else net
+        return cls([m.name for m in members], members, net, step_net, optimizer)
+
+    def write_back(self) -> None:
+        """Copies each member's part of the weights, buffers and momentum into its own model and optimizer."""
+        if not self.dirty:
+            return
+        self.net.copy_to([m.model for m in self.members])
+        for i, m in enumerate(self.members):
+            for k, p in m.model.named_parameters():
+                fused = self.optimizer.state.get(self.net.tensor(k), {}).get("momentum_buffer")
+                if fused is not None:
+                    m.optimizer.state[p]["momentum_buffer"] = \
+                        self.net.member_tensor(fused, k, i).clone(memory_format=torch.preserve_format)
+        self.dirty = False
+
+
+def _momentum(m: Run) -> dict[str, torch.Tensor]:
+    """A member's SGD momentum buffers by parameter name (empty before its first step)."""
+    return {k: buf for k, p in m.model.named_parameters()
+            if (buf := m.optimizer.state.get(p, {}).get("momentum_buffer")) is not None}
+
+
 class FusedGroup:
     """The members (engine/run.py ``Run`` objects) of one fused job; :meth:`step` advances the unfinished ones."""
 
@@ -135,12 +204,15 @@ class FusedGroup:
         self.device = resolve_device(cfg0.run.device)
         self.mechanism = resolve_mechanism(mechanism, self.device)
         self.precision = resolve_precision(cfg0.run.precision, self.device)
-        if self.mechanism == "graphs" and cfg0.run.grad_stats_every:
-            raise RessenetError("--log-grad-stats needs eager steps, which CUDA graphs replace; use "
-                                "--fused-mechanism sequential, or drop --log-grad-stats")
+        if self.mechanism in ("graphs", "grouped") and cfg0.run.grad_stats_every:
+            raise RessenetError(f"--log-grad-stats probes each member's own eager step, which --fused-mechanism "
+                                f"{self.mechanism} replaces; use --fused-mechanism sequential, or drop --log-grad-stats")
         if self.mechanism == "graphs" and self.precision == "fp16":
             raise RessenetError("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises "
                                 "with the host every step); use --precision bf16")
+        if self.mechanism == "grouped" and self.precision == "fp16":
+            raise RessenetError("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip "
+                                "every member's step when one member overflows); use --precision bf16")
         names = [Path(c.run.out).name for c in cfgs]
         self.finished: dict[str, dict[str, Any]] = {}
         self.locked: dict[str, str] = {}  # member -> the runner that holds it
@@ -162,6 +234,7 @@ class FusedGroup:
         self.members: list[Run] = []
         self.failed: dict[str, str] = {}
         self.graphs: dict[str, _Graph] = {}
+        self.grouped: _Grouped | None = None  # mechanism grouped: the fused network of the active members
         if not pending:
             return
         try:
@@ -187,10 +260,11 @@ class FusedGroup:
                 raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++); install one or "
                                     "pass --no-compile")
             amp = None
+        self.compile_mode = compile_mode if compile_on else None
         for c, out in pending:
             first = self.members[0].loader if self.members else None
             run = Run.build(c, out, self.data, self.device, share_pixels_with=first, amp=amp)
-            if compile_on:
+            if compile_on and self.mechanism == "sequential":  # grouped compiles its fused network instead
                 run.step_model = torch.compile(run.model, mode=compile_mode)
             run.write_config(compile=compile_mode if compile_on else False, fused_with=names,
                              fused_mechanism=self.mechanism)
@@ -214,9 +288,37 @@ class FusedGroup:
         for m in stepped:
             if self.mechanism == "graphs":
                 self._step_graph(m, self.graphs[m.name])
-            else:
+            elif self.mechanism == "sequential":
                 m.step()  # the single-run step: bit-identical to a separate run
+        if self.mechanism == "grouped" and stepped:
+            self._step_grouped(stepped)
         return stepped
+
+    def _step_grouped(self, members: list[Run]) -> None:
+        g = self.grouped
+        if g is None or g.names != [m.name for m in members]:
+            if g is not None:
+                g.write_back()  # (already done at the boundary that changed the set; harmless)
+            g = self.grouped = _Grouped.build(members, self.compile_mode)
+        xs, ys = zip(*(m.loader.next() for m in members))
+        lr = lr_at(members[0].cfg, members[0].state.it)
+        for group in g.optimizer.param_groups:
+            group["lr"] = lr
+        x = torch.cat(xs, dim=1)
+        if members[0].channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.stack(ys)  # (N, B)
+        with members[0].amp:
+            logits = g.step_net(x)  # (N, B, K)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        g.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # each member's weights get exactly its own loss's gradient
+        g.optimizer.step()
+        g.dirty = True
+        losses, logits = losses.detach(), logits.detach()
+        for i, m in enumerate(members):
+            m.accumulate(losses[i], logits[i], ys[i])
+            m.advance(len(ys[i]))
 
     def _step_graph(self, m: Run, g: _Graph) -> None:
         lr = lr_at(m.cfg, m.state.it)
@@ -259,7 +361,10 @@ class FusedGroup:
         self.locks = []
 
     def sync(self) -> None:
-        """Waits for every member's queued work (before reading its weights or accumulators on the host)."""
+        """Brings every member's own model and optimizer up to date and waits for its queued work (before the host
+        reads its weights or accumulators)."""
+        if self.grouped is not None:
+            self.grouped.write_back()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
