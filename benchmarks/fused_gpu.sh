@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Fused training on one GPU, in one device-tool call (whole script: GPU_BUDGET seconds, default 570):
+#   0. a short probe of the two CUDA mechanisms at the group's size (benchmarks/fused_throughput.py: graphs, CUDA
+#      graphs of each member on parallel streams; grouped, one network with grouped convolutions, compiled with
+#      CUDA graphs), about 60-100 s; the runs use the faster one (MECHANISM=graphs|grouped skips the probe);
 #   1. full-protocol runs of the paper's depth-20 comparison (64,000 iterations, batch 128, lr 0.1 /10 at 32k and
 #      48k, test evaluation and checkpoint every 1000) on the CIFAR-10 JPEG copy, as ONE fused job
 #      (engine/fused.py, mechanism graphs), in run directories named as the paper grid names its cells
@@ -19,14 +22,15 @@
 # Check it on the CPU first (tiny sizes, mechanism sequential, the same commands):
 #     bash benchmarks/fused_gpu.sh --cpu-dry-run
 # Knobs (environment): PYTHON (default python3), GPU_BUDGET, MODELS (default resnet20,se_resnet20,res_se_net20),
-# SEEDS (default 1,2), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000).
+# SEEDS (default 1,2), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000), MECHANISM (default:
+# probe).
 set -uo pipefail
 
 DRY_RUN=0
 for arg in "$@"; do
   case "$arg" in
     --cpu-dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set /{/^set /d;p}' "$0"; exit 0 ;;
     *) echo "fused_gpu.sh: unknown argument $arg (only --cpu-dry-run)" >&2; exit 2 ;;
   esac
 done
@@ -54,13 +58,15 @@ if [ "$DRY_RUN" = 1 ]; then
   DEVICE=cpu; BUDGET="${GPU_BUDGET:-100000}"; RUNS="$REPO/.gpu/dry/paper"
   TRAIN_ARGS=(--iters "${ITERS:-6}" --batch-size 8 --eval-every 2 --log-every 2 --ckpt-every 2 --no-compile
               --set data.train_limit=256 --set data.test_limit=100)
-  CASES="sequential:20:1,2;procs:20:2"
+  CASES="sequential:20:1,2;grouped:20:1,2;procs:20:2"
   BENCH_ARGS=(--batch-size 8 --seconds 0.5 --min-steps 2)
+  PROBE_MECHS=(sequential grouped)
 else
   DEVICE=cuda; BUDGET="${GPU_BUDGET:-570}"; RUNS="$REPO/.gpu-runs/paper"
   TRAIN_ARGS=(--iters "${ITERS:-64000}" --log-every 1000)
-  CASES="graphs:20:1,2,4,8,12,16,32;graphs1s:20:12;sequential:20:1;graphs:56:1,4,8,16;graphs:110:1,4,8,16;procs:20:4"
+  CASES="grouped:20:1,4,8,12,16,32;grouped-eager:20:12;grouped:56:4,12;graphs:110:1,8;grouped:110:8;procs:20:4"
   BENCH_ARGS=(--seconds 1.5 --min-steps 10)
+  PROBE_MECHS=(graphs grouped)
 fi
 
 echo "== benchmarks/fused_gpu.sh (dry run $DRY_RUN, device $DEVICE, budget $BUDGET s) $(date -u +%FT%TZ)"
@@ -77,13 +83,33 @@ t = time.perf_counter(); s = load_datasets('imagefolder', sys.argv[1])
 print(f\"{s['train'].description}: {len(s['train'])} train / {len(s['test'])} test in {time.perf_counter() - t:.1f} s\")
 " "$ARCHIVE" || exit 1
 
+N_MEMBERS=$(( $(echo "$MODELS" | tr ',' '\n' | wc -l) * $(echo "$SEEDS" | tr ',' '\n' | wc -l) ))
+if [ -n "${MECHANISM:-}" ]; then
+  echo "-- 0. mechanism $MECHANISM (given; no probe)"
+else
+  echo "-- 0. probe: ${PROBE_MECHS[*]} at depth 20, $N_MEMBERS members [t=$(elapsed) s]"
+  PROBE_CASES="${PROBE_MECHS[0]}:20:$N_MEMBERS;${PROBE_MECHS[1]}:20:$N_MEMBERS"
+  timeout -s KILL 180 "$PY" benchmarks/fused_throughput.py --device "$DEVICE" --cases "$PROBE_CASES" \
+    --data-root "$ARCHIVE" --json "$OUTDIR/probe.json" "${BENCH_ARGS[@]}" || echo "   probe failed or was cut (exit $?)"
+  MECHANISM=$("$PY" - "$OUTDIR/probe.json" "${PROBE_MECHS[0]}" <<'EOF'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["results"]
+except (OSError, ValueError, KeyError):
+    rows = []
+print(max(rows, key=lambda r: r["images_per_second"])["mechanism"] if rows else sys.argv[2])
+EOF
+)
+  echo "   the runs use mechanism $MECHANISM"
+fi
+
 BENCH_TIME="${BENCH_TIME:-0}"
 CAP=$(( $(left) - BENCH_TIME - 25 ))
-echo "-- 1. fused comparison: $MODELS x seeds $SEEDS, cap $CAP s [t=$(elapsed) s]"
+echo "-- 1. fused comparison: $MODELS x seeds $SEEDS, mechanism $MECHANISM, cap $CAP s [t=$(elapsed) s]"
 p0=$(date +%s)
 timeout -s INT --kill-after=40 "$CAP" "$PY" -m ressenet train --model "$MODELS" --seed "$SEEDS" \
   --dataset imagefolder --data-root "$ARCHIVE" --device "$DEVICE" --out "$RUNS" --progress plain \
-  --member-name "{model}-imagefolder-s{seed}" "${TRAIN_ARGS[@]}"
+  --member-name "{model}-imagefolder-s{seed}" --fused-mechanism "$MECHANISM" "${TRAIN_ARGS[@]}"
 RC=$?
 echo "   exit status $RC after $(( $(date +%s) - p0 )) s"
 

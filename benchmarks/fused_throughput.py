@@ -10,6 +10,9 @@ Cases (``--cases``, separated by ";", each MECHANISM:DEPTH:N[,N...]):
     graphs:20:1,2,4,8        CUDA graphs replayed on parallel streams (the CUDA default)
     graphs1s:20:8            the same graphs on one stream (how much the overlap of members adds)
     sequential:20:1,4        members one after another, eager (the CPU default)
+    grouped:20:4,12          one network, convolutions grouped over the members (HFTA); compiled as a single run
+                             would be (CUDA: torch.compile with CUDA graphs; the CPU: eager here)
+    grouped-eager:20:12      the same, never compiled
     procs:20:4               N separate processes started at once, one single-member group each (the naive way)
 
     python benchmarks/fused_throughput.py --device cpu --cases sequential:20:1,2,4 --data-root ../shared/data/cifar10-jpeg.tar.gz
@@ -56,12 +59,13 @@ def base_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, data: dict) -> dict[str, float]:
     parallel = mechanism != "graphs1s"
-    mech = "graphs" if mechanism == "graphs1s" else mechanism
+    mech = {"graphs1s": "graphs", "grouped-eager": "grouped"}.get(mechanism, mechanism)
+    overrides = base_overrides(args) | ({"run.compile": False} if mechanism.endswith("-eager") else {})
     with tempfile.TemporaryDirectory() as tmp:
         mem = members(depth, n)
         cfgs = []
         for model, seed in mem:
-            cfgs += fused_configs(base_overrides(args), [model], [seed], tmp)
+            cfgs += fused_configs(overrides, [model], [seed], tmp)
         cuda = args.device.startswith("cuda")
         if cuda:
             gc.collect()  # the previous case's graphs and pools must be gone from the baseline
