@@ -130,7 +130,7 @@ class _Grouped:
     names: list[str]
     members: list[Run]
     net: Any  # models.fused.FusedResNet
-    step_net: Any  # the same, maybe compiled
+    step_loss: Any  # (x, y) -> (each member's mean loss (N,), logits (N, B, K)); maybe compiled
     optimizer: torch.optim.Optimizer
     dirty: bool = False  # stepped since the members' models were last written
 
@@ -161,8 +161,15 @@ class _Grouped:
                 p = net.tensor(k)
                 optimizer.state[p]["momentum_buffer"] = fused.to(memory_format=torch.channels_last) \
                     if m0.channels_last and fused.dim() == 4 else fused
-        step_net = torch.compile(net, mode=compile_mode) if compile_mode else net
-        return cls([m.name for m in members], members, net, step_net, optimizer)
+
+        def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = net(x)  # (N, B, K)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+            return losses, logits
+
+        # The loss inside the compiled region: its forward and backward are captured with the network's.
+        compiled = torch.compile(step_loss, mode=compile_mode) if compile_mode else step_loss
+        return cls([m.name for m in members], members, net, compiled, optimizer)
 
     def write_back(self) -> None:
         """Copies each member's part of the weights, buffers and momentum into its own model and optimizer."""
@@ -309,8 +316,7 @@ class FusedGroup:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.stack(ys)  # (N, B)
         with members[0].amp:
-            logits = g.step_net(x)  # (N, B, K)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+            losses, logits = g.step_loss(x, y)
         g.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # each member's weights get exactly its own loss's gradient
         g.optimizer.step()
