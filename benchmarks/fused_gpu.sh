@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Fused training on one GPU, in one device-tool call (whole script: GPU_BUDGET seconds, default 570):
-#   0. a short probe of the two CUDA mechanisms at the group's size (benchmarks/fused_throughput.py: graphs, CUDA
-#      graphs of each member on parallel streams; grouped, one network with grouped convolutions, compiled with
-#      CUDA graphs), about 60-100 s; the runs use the faster one (MECHANISM=graphs|grouped skips the probe);
+#   0. a short probe of the two CUDA mechanisms with 6 members at depth 20 (benchmarks/fused_throughput.py:
+#      graphs, CUDA graphs of each member on parallel streams; grouped, one network with grouped convolutions,
+#      compiled with CUDA graphs), at most 180 s. The runs use the faster mechanism, and as many members as its
+#      rate finishes in the time left, largest first: 4 families x 3 seeds (the whole depth-20 comparison), 3 x 3,
+#      4 x 2, else 3 x 2 (resumed by a second call). At graphs' measured ~108,000 images/s with evaluation and
+#      checkpoints, a member costs 8.19 million images, about 76 s of the group's time: 6 members fit one call,
+#      12 need about 15 minutes.
 #   1. full-protocol runs of the paper's depth-20 comparison (64,000 iterations, batch 128, lr 0.1 /10 at 32k and
 #      48k, test evaluation and checkpoint every 1000) on the CIFAR-10 JPEG copy, as ONE fused job
-#      (engine/fused.py, mechanism graphs), in run directories named as the paper grid names its cells
+#      (engine/fused.py), in run directories named as the paper grid names its cells
 #      (`<model>-imagefolder-s<seed>`), so that they join results/paper. It runs under a time cap (at the cap:
 #      SIGINT, every member checkpoints). The runs live in .gpu-runs/ (git-ignored and NOT carried), so a second
-#      call made while the machine is still warm (within 30 s) resumes them: carry only .gpu.
-#      Size: at the measured ~108,000 images/s of a 12-member group (evaluation and checkpoints included), each
-#      member costs 8.19 million images, about 76 s of the group's time; 6 members (the default MODELS x SEEDS)
-#      take about 460 s, which fits one call; 12 take about 15 minutes and do not fit one session's 15 minutes.
+#      call made while the machine is still warm (within 30 s) resumes them with the first call's choices
+#      (.gpu-runs/members.env): carry only .gpu.
 #   2. benchmarks/fused_throughput.py in the time left (BENCH_TIME seconds, default 0: the runs come first);
 #   3. packs the run directories (config.yaml, metrics.jsonl, summary.json; no checkpoints) into
 #      $OUT/fused_runs.tar.gz; unpack it into results/paper and commit.
@@ -19,11 +21,10 @@
 # Data: the 20 MB archive at .gpu/cifar10-jpeg.tar.gz (git-ignored). Before calling the device tool:
 #     mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
 # then run `bash benchmarks/fused_gpu.sh` there with carry [".gpu"] and timeout_s 600.
-# Check it on the CPU first (tiny sizes, mechanism sequential, the same commands):
+# Check it on the CPU first (tiny sizes, mechanisms sequential and grouped, the same commands):
 #     bash benchmarks/fused_gpu.sh --cpu-dry-run
-# Knobs (environment): PYTHON (default python3), GPU_BUDGET, MODELS (default resnet20,se_resnet20,res_se_net20),
-# SEEDS (default 1,2), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000), MECHANISM (default:
-# probe).
+# Knobs (environment): PYTHON (default python3), GPU_BUDGET, MODELS and SEEDS (given: exactly these members, no
+# sizing), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000), MECHANISM (given: no probe).
 set -uo pipefail
 
 DRY_RUN=0
@@ -52,18 +53,20 @@ if [ ! -f "$ARCHIVE" ]; then
        ".gpu in the device tool's carry" >&2
   exit 2
 fi
+SIZED=0  # MODELS and SEEDS given: train exactly those; else sized from the probe (step 0)
+[ -n "${MODELS:-}${SEEDS:-}" ] && SIZED=1
 MODELS="${MODELS:-resnet20,se_resnet20,res_se_net20}"
 SEEDS="${SEEDS:-1,2}"
 if [ "$DRY_RUN" = 1 ]; then
   DEVICE=cpu; BUDGET="${GPU_BUDGET:-100000}"; RUNS="$REPO/.gpu/dry/paper"
-  TRAIN_ARGS=(--iters "${ITERS:-6}" --batch-size 8 --eval-every 2 --log-every 2 --ckpt-every 2 --no-compile
+  BATCH=8; TRAIN_ARGS=(--iters "${ITERS:-6}" --batch-size 8 --eval-every 2 --log-every 2 --ckpt-every 2 --no-compile
               --set data.train_limit=256 --set data.test_limit=100)
   CASES="sequential:20:1,2;grouped:20:1,2;procs:20:2"
   BENCH_ARGS=(--batch-size 8 --seconds 0.5 --min-steps 2)
   PROBE_MECHS=(sequential grouped)
 else
   DEVICE=cuda; BUDGET="${GPU_BUDGET:-570}"; RUNS="$REPO/.gpu-runs/paper"
-  TRAIN_ARGS=(--iters "${ITERS:-64000}" --log-every 1000)
+  BATCH=128; TRAIN_ARGS=(--iters "${ITERS:-64000}" --log-every 1000)
   CASES="grouped:20:1,4,8,12,16,32;grouped-eager:20:12;grouped:56:4,12;graphs:110:1,8;grouped:110:8;procs:20:4"
   BENCH_ARGS=(--seconds 1.5 --min-steps 10)
   PROBE_MECHS=(graphs grouped)
@@ -84,7 +87,11 @@ print(f\"{s['train'].description}: {len(s['train'])} train / {len(s['test'])} te
 " "$ARCHIVE" || exit 1
 
 N_MEMBERS=$(( $(echo "$MODELS" | tr ',' '\n' | wc -l) * $(echo "$SEEDS" | tr ',' '\n' | wc -l) ))
-if [ -n "${MECHANISM:-}" ]; then
+# A second call (the machine still warm) finds the first call's choices here and resumes its runs with them.
+CHOICE="$(dirname "$RUNS")/members.env"
+if [ -f "$CHOICE" ]; then
+  . "$CHOICE"; echo "-- 0. as the first call chose: mechanism $MECHANISM, $MODELS x seeds $SEEDS (no probe)"
+elif [ -n "${MECHANISM:-}" ]; then
   echo "-- 0. mechanism $MECHANISM (given; no probe)"
 else
   echo "-- 0. probe: ${PROBE_MECHS[*]} at depth 20, $N_MEMBERS members [t=$(elapsed) s]"
@@ -102,6 +109,30 @@ EOF
 )
   echo "   the runs use mechanism $MECHANISM"
 fi
+
+# The group's size from the probe's rate (a conservative estimate: a larger group trains at least as fast), unless
+# MODELS/SEEDS were given.
+if [ ! -f "$CHOICE" ] && [ "$SIZED" = 0 ] && [ -f "$OUTDIR/probe.json" ]; then
+  read -r MODELS SEEDS < <("$PY" - "$OUTDIR/probe.json" "$MECHANISM" "$(( $(left) - ${BENCH_TIME:-0} - 40 ))" \
+                          "$(( ${ITERS:-$([ "$DRY_RUN" = 1 ] && echo 6 || echo 64000)} * BATCH ))" "$MODELS" "$SEEDS" <<'EOF'
+import json, sys
+probe, mech, seconds, images, models, seeds = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), \
+    sys.argv[5], sys.argv[6]
+rows = [r for r in json.load(open(probe))["results"] if r["mechanism"] == mech]
+rate = 0.9 * rows[0]["images_per_second"] if rows else 0  # evaluation and checkpoints cost about 10%
+four, three = "resnet20,se_resnet20,res_se_net20,resnet20_nobridge", "resnet20,se_resnet20,res_se_net20"
+for m, s in ((four, "1,2,3"), (three, "1,2,3"), (four, "1,2"), (three, "1,2")):  # preferred first
+    n = len(m.split(",")) * len(s.split(","))
+    if rate and n * images / rate <= seconds:
+        print(m, s)
+        break
+else:
+    print(models, seeds)  # too slow for even the smallest: train it anyway and resume in a second call
+EOF
+)
+  echo "   sized from the probe: $MODELS x seeds $SEEDS"
+fi
+mkdir -p "$(dirname "$RUNS")" && printf 'MODELS=%s\nSEEDS=%s\nMECHANISM=%s\n' "$MODELS" "$SEEDS" "$MECHANISM" > "$CHOICE"
 
 BENCH_TIME="${BENCH_TIME:-0}"
 CAP=$(( $(left) - BENCH_TIME - 25 ))
