@@ -185,7 +185,8 @@ class FusedResNet(nn.Module):
             x = self._se(b.se_after, x)
         mask = self.masks.get(b.shortcut)
         if mask is not None:  # members without this bridge: it contributes exactly 0
-            x = torch.where(mask.repeat_interleave(x.shape[1] // self.n)[None, :, None, None], x, 0.0)
+            channels = mask[:, None].expand(self.n, x.shape[1] // self.n).reshape(1, -1, 1, 1)
+            x = torch.where(channels, x, 0.0)
         return x
 
 
