@@ -167,16 +167,59 @@ def test_extracted_member_evaluates_as_inside_the_fused_network(tmp_path):
         grp.release_locks()
 
 
-def test_grouped_refusals(tmp_path):
-    grp = FusedGroup(_members(tmp_path / "a", MEMBERS[:2]), mechanism="grouped")
-    grp.members[0].state.it = 6  # e.g. a member resumed from a checkpoint the other does not have
-    with pytest.raises(RessenetError, match="different iterations.*resnet20-s1: 6"):
+def _assert_same(seq: FusedGroup, grp: FusedGroup) -> None:
+    seq.sync()
+    grp.sync()
+    for a, b in zip(seq.members, grp.members):
+        assert a.state.it == b.state.it, a.name
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa) < 1e-7, a.name
+        ma, mb = a.optimizer.state_dict(), b.optimizer.state_dict()
+        assert max((ma["state"][k]["momentum_buffer"] - mb["state"][k]["momentum_buffer"]).abs().max().item()
+                   for k in ma["state"]) < 1e-7, a.name
+        assert ma["param_groups"][0]["lr"] == mb["param_groups"][0]["lr"], a.name  # what last.pt records
+
+
+def test_grouped_levels_members_at_different_iterations(tmp_path):
+    # A kill between two members' checkpoints resumes them at different iterations: the one behind takes
+    # single-run steps until level, then the group fuses (float64, against the single-run step throughout).
+    seq = _float64(FusedGroup(_members(tmp_path / "seq", MEMBERS), mechanism="sequential"))
+    grp = _float64(FusedGroup(_members(tmp_path / "grp", MEMBERS), mechanism="grouped"))
+    for g in (seq, grp):
+        for _ in range(5):
+            g.members[1].step()  # this member is 5 iterations ahead
+    for _ in range(BASE["optim.iters"]):
+        seq.step()
         grp.step()
-    grp.release_locks()
+    assert grp.grouped is not None and len(grp.grouped.names) == 3  # fused once level
+    _assert_same(seq, grp)
+
+
+def test_grouped_refuses_after_a_member_leaves(tmp_path):
+    # A member stops (non-finite loss, or finished): the group writes back, fuses the rest and goes on exactly.
+    seq = _float64(FusedGroup(_members(tmp_path / "seq", MEMBERS), mechanism="sequential"))
+    grp = _float64(FusedGroup(_members(tmp_path / "grp", MEMBERS), mechanism="grouped"))
+    for step in range(16):
+        if step == 7:
+            for g in (seq, grp):
+                g.sync()  # a boundary
+                g.failed[g.members[0].name] = "stopped for the test"
+        seq.step()
+        grp.step()
+    assert grp.grouped.names == [m.name for m in grp.members[1:]]
+    _assert_same(seq, grp)
+
+
+def test_grouped_refusals(tmp_path):
     cfgs = _members(tmp_path / "b", MEMBERS[:2])
     for c in cfgs:
         c.run.grad_stats_every = 2
     with pytest.raises(RessenetError, match="--log-grad-stats"):
+        FusedGroup(cfgs, mechanism="grouped")
+    cfgs = _members(tmp_path / "c", MEMBERS[:2])
+    for c in cfgs:
+        c.run.precision = "fp16"
+    with pytest.raises(RessenetError, match="fp32 or bf16"):
         FusedGroup(cfgs, mechanism="grouped")
 
 

@@ -54,8 +54,16 @@ def _check(names: list[str], batch: int = 5, **kw) -> FusedResNet:
 def test_every_family_fused_in_one_network():
     # The superset: residual SE, bridge SE after and before the conv, identity SE, a member without bridges.
     net = _check([f.model_name(20) for f in FAMILIES])
-    assert set(net.masks) >= {"layer2.0.shortcut", "layer1.0.se", "layer2.0.shortcut.se_after",
+    assert net.masked >= {"layer2.0.shortcut", "layer1.0.se", "layer2.0.shortcut.se_after",
                               "layer2.0.shortcut.se_before", "layer1.1.shortcut.se_after"}
+
+
+def test_masks_follow_the_network_to_another_device():
+    # .to(device) replaces buffer objects; a mask cached before the move would stay behind (a CUDA group of mixed
+    # families would fail on its first step). "meta" stands in for CUDA here.
+    net = FusedResNet(_members(["resnet20", "res_se_net20", "resnet20_nobridge"])).to("meta")
+    assert all(net.mask(site).device.type == "meta" for site in net.masked)
+    assert net(torch.empty(2, 9, 32, 32, dtype=torch.float64, device="meta")).shape == (3, 2, 10)
 
 
 def test_parameters_a_member_lacks_get_no_gradient():

@@ -25,9 +25,9 @@ Three mechanisms run a group (``--fused-mechanism``; auto picks by device, from 
   convolutions are grouped over the members, and one SGD optimizer steps it. The members' own models and optimizers
   stay the record: the fused copy is built from them at the first step and written back into them before every
   boundary (log, evaluation, checkpoint), so evaluation, checkpoints and resume are a separate run's. Equal to
-  separate runs up to summation order (grouped kernels add in another order; tests/test_fused.py). It needs the
-  members at one iteration, fp32 or bf16 (one loss scaler for all members would couple them), and no
-  ``--log-grad-stats``.
+  separate runs up to summation order (grouped kernels add in another order; tests/test_fused.py). Members resumed
+  at different iterations take single-run steps until level. It needs fp32 or bf16 (one loss scaler for all
+  members would couple them) and no ``--log-grad-stats``.
 """
 from __future__ import annotations
 
@@ -140,10 +140,7 @@ class _Grouped:
         from ressenet.models.fused import FusedResNet
 
         its = {m.name: m.state.it for m in members}
-        if len(set(its.values())) > 1:
-            raise RessenetError(f"--fused-mechanism grouped steps its members together, but they are at different "
-                                f"iterations ({', '.join(f'{k}: {v}' for k, v in its.items())}); bring them level "
-                                f"with --fused-mechanism sequential, or train them in separate commands")
+        assert len(set(its.values())) == 1, f"members at different iterations: {its}"
         m0 = members[0]
         try:
             net = FusedResNet([m.model for m in members])
@@ -302,6 +299,17 @@ class FusedGroup:
         return stepped
 
     def _step_grouped(self, members: list[Run]) -> None:
+        low = min(m.state.it for m in members)
+        if any(m.state.it != low for m in members):
+            # Members resumed from checkpoints of different iterations (a kill between two members' saves): the
+            # ones behind take single-run steps until all are level, then the group fuses.
+            if self.grouped is not None:
+                self.grouped.write_back()
+                self.grouped = None
+            for m in members:
+                if m.state.it == low:
+                    m.step()
+            return
         g = self.grouped
         if g is None or g.names != [m.name for m in members]:
             if g is not None:
@@ -311,6 +319,8 @@ class FusedGroup:
         lr = lr_at(members[0].cfg, members[0].state.it)
         for group in g.optimizer.param_groups:
             group["lr"] = lr
+        for m in members:
+            m.set_lr(lr)  # the members' own optimizers (what last.pt records) show the lr as a separate run's do
         x = torch.cat(xs, dim=1)
         if members[0].channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

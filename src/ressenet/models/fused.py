@@ -91,13 +91,14 @@ class FusedResNet(nn.Module):
             else:
                 self.register_buffer(_safe(k), fused)
         self.param_keys = [k for k in self.shapes if k in param_names]
-        # Sites that some members lack are masked for those members (a gate of 1, a bridge of 0).
-        self.masks: dict[str, Tensor] = {}
+        # Sites that some members lack are masked for those members (a gate of 1, a bridge of 0). The masks are
+        # buffers, looked up by name when used: .to(device) replaces buffer objects.
+        self.masked: set[str] = set()
         for site in sorted(sites):
             flags = [site in dict(mem.named_modules()) for mem in members]
             if not all(flags):
                 self.register_buffer(f"mask__{_safe(site)}", torch.tensor(flags), persistent=False)
-                self.masks[site] = getattr(self, f"mask__{_safe(site)}")
+                self.masked.add(site)
         self.blocks = _structure(members, set(sites))
 
     # -- stacking ---------------------------------------------------------------------------------------------
@@ -120,6 +121,10 @@ class FusedResNet(nn.Module):
 
     def tensor(self, key: str) -> Tensor:
         return getattr(self, _safe(key))
+
+    def mask(self, site: str) -> Tensor | None:
+        """(N,) bool: which members have the SE block or shortcut ``site``; None when all have it."""
+        return getattr(self, f"mask__{_safe(site)}") if site in self.masked else None
 
     @torch.no_grad()
     def copy_to(self, members: Sequence[ResNet]) -> None:
@@ -155,7 +160,7 @@ class FusedResNet(nn.Module):
         b = x.shape[0]
         s = x.mean(dim=(2, 3)).view(b, self.n, -1).transpose(0, 1)  # squeeze: (N, B, C)
         gate = torch.sigmoid(self._linear(f"{key}.fc2", F.relu(self._linear(f"{key}.fc1", s))))
-        mask = self.masks.get(key)
+        mask = self.mask(key)
         if mask is not None:  # members without this SE block: a gate of exactly 1
             gate = torch.where(mask[:, None, None], gate, 1.0)
         return x * gate.transpose(0, 1).reshape(b, -1, 1, 1)
@@ -183,7 +188,7 @@ class FusedResNet(nn.Module):
             x = self._bn(f"{b.shortcut}.proj.1", self._conv(f"{b.shortcut}.proj.0", x, b.stride, 0))
         if b.se_after is not None:
             x = self._se(b.se_after, x)
-        mask = self.masks.get(b.shortcut)
+        mask = self.mask(b.shortcut)
         if mask is not None:  # members without this bridge: it contributes exactly 0
             channels = mask[:, None].expand(self.n, x.shape[1] // self.n).reshape(1, -1, 1, 1)
             x = torch.where(channels, x, 0.0)
