@@ -14,7 +14,8 @@
 #      SIGINT, every member checkpoints). The runs live in .gpu-runs/ (git-ignored and NOT carried), so a second
 #      call made while the machine is still warm (within 30 s) resumes them with the first call's choices
 #      (.gpu-runs/members.env): carry only .gpu.
-#   2. benchmarks/fused_throughput.py in the time left (BENCH_TIME seconds, default 0: the runs come first);
+#   2. benchmarks/fused_throughput.py in the time left (BENCH_TIME seconds, default 0: the runs come first), then
+#      benchmarks/conv_candidates.py (one layer; at most 30 s, when 45 s are left);
 #   3. packs the run directories (config.yaml, metrics.jsonl, summary.json; no checkpoints) into
 #      $OUT/fused_runs.tar.gz; unpack it into results/paper and commit.
 #
@@ -149,6 +150,13 @@ if [ "$BENCH_TIME" -gt 0 ]; then
   timeout -s KILL "$(( $(left) - 10 ))" "$PY" benchmarks/fused_throughput.py --device "$DEVICE" --cases "$CASES" \
     --data-root "$ARCHIVE" --deadline "$(( $(left) - 25 ))" --json "$OUTDIR/fused_throughput.json" "${BENCH_ARGS[@]}" \
     || echo "   fused_throughput.py failed or was cut (exit $?)"
+fi
+
+if [ "$(left)" -gt 45 ]; then
+  echo "-- 2b. convolution candidates, one layer at a time (dense, grouped, bmm) [t=$(elapsed) s]"
+  timeout -s KILL 30 "$PY" benchmarks/conv_candidates.py --device "$DEVICE" --members 1,4,12 \
+    $([ "$DRY_RUN" = 1 ] && echo "--batch-size 8 --repeats 2") --json "$OUTDIR/conv_candidates.json" \
+    || echo "   conv_candidates.py failed or was cut (exit $?)"
 fi
 
 echo "-- 3. results [t=$(elapsed) s]"
