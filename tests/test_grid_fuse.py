@@ -57,6 +57,12 @@ def test_emit_commands_writes_one_line_per_job(cells, tmp_path):
     path, script, _ = emit_commands(cells, tmp_path / "cmds.txt", fuse=12)
     lines = path.read_text().splitlines()
     assert len(lines) == 10 and all("--member-name" in ln for ln in lines)
+    assert not any("--fused-mechanism" in ln for ln in lines)  # auto: the engine picks by device
+    grouped, _, _ = emit_commands(cells, tmp_path / "grouped.txt", fuse=12, mechanism="grouped")
+    argv = shlex.split(grouped.read_text().splitlines()[0])
+    assert argv[argv.index("--fused-mechanism") + 1] == "grouped"
+    from ressenet.cli import build_parser
+    assert build_parser().parse_args(argv[1:]).fused_mechanism == "grouped"
     assert "--array=1-10" in script.read_text()
     assert shlex.split(lines[0])[shlex.split(lines[0]).index("--model") + 1].count(",") == 3
 

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model with the paper's protocol (resumes an existing --out)")
     add_train_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run directory holding another configuration")
-    p.add_argument("--fused-mechanism", default="auto", choices=("auto", "sequential", "graphs", "grouped"),
+    from ressenet.engine.config import FUSED_MECHANISMS
+
+    p.add_argument("--fused-mechanism", default="auto", choices=FUSED_MECHANISMS,
                    help="how several members (--model a,b --seed 1,2) train together: sequential (one after another "
                         "in one process), graphs (CUDA graphs replayed on parallel streams), grouped (one network "
                         "with convolutions grouped over the members, HFTA); auto: graphs on CUDA, sequential on the "

@@ -72,6 +72,9 @@ COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-auto
 NORMALIZATIONS = ("paper", "dataset")
 SHORTCUTS = ("A", "B")
 LAYOUTS = ("basic", "released")
+# How several members of one command train together (engine/fused.py); a flag of train and grid, not a config field
+# (it changes the arithmetic's order, not what is computed).
+FUSED_MECHANISMS = ("auto", "sequential", "graphs", "grouped")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # cuda:N: any GPU index; checked by _DEVICE_RE
 _DEVICE_RE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ressenet.engine.checkpoint import atomic_write_json
-from ressenet.engine.config import Config
+from ressenet.engine.config import FUSED_MECHANISMS, Config
 from ressenet.engine.lock import LockHeld, RunLock, describe
 from ressenet.engine.run import NonFiniteLoss, Run, lr_at, train_step
 from ressenet.engine.rundir import prepare_run_dir
@@ -52,7 +52,7 @@ from ressenet.errors import RessenetError
 
 __all__ = ["MECHANISMS", "FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
 
-MECHANISMS = ("auto", "sequential", "graphs", "grouped")
+MECHANISMS = FUSED_MECHANISMS
 WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotuning, momentum buffers)
 # Keys in which the members of one group may differ; everything else (data, protocol, precision, device) is shared.
 MEMBER_KEYS = ("model.name", "run.seed", "run.out")

@@ -66,6 +66,8 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_grid_options(p: argparse.ArgumentParser) -> None:
+    from ressenet.engine.config import FUSED_MECHANISMS
+
     g = p.add_argument_group("grid")
     g.add_argument("--runs-dir", metavar="DIR", default=None, help="one directory per cell (default: runs/<preset>)")
     g.add_argument("--seeds", default=None, metavar="N|LIST",
@@ -77,6 +79,8 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fuse", default="1", metavar="N|auto",
                    help="train compatible cells (same depth, dataset and protocol) together, at most N per process "
                         "(engine/fused.py); auto: 12 on a GPU, 1 on the CPU, where fusing gains nothing; default 1")
+    g.add_argument("--fused-mechanism", default="auto", choices=FUSED_MECHANISMS,
+                   help="with --fuse: how a job's members train together (see ressenet train --help); default auto")
     g.add_argument("--filter", default=None, metavar="GLOB",
                    help="only the cells whose name matches, e.g. '*-cifar10-*' or 'res_se_net*'")
 
@@ -151,7 +155,8 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
         return spec, runs_dir, 0
     if getattr(args, "emit_commands", None):
         path, script, conflicts = emit_commands(cells, args.emit_commands, job_name=f"ressenet-{spec.name}",
-                                                log_dir=Path(runs_dir) / "slurm-logs", fuse=fuse)
+                                                log_dir=Path(runs_dir) / "slurm-logs", fuse=fuse,
+                                                mechanism=args.fused_mechanism)
         n = sum(1 for _ in path.read_text().splitlines())
         print(f"wrote {n} command(s) to {path}" + (f" and a Slurm job array to {script} (sbatch {script})"
                                                     if script else " (nothing left to run)"))
@@ -159,7 +164,7 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
             print(f"left out {c.name}: its directory holds another configuration", file=sys.stderr)
         return spec, runs_dir, 1 if conflicts else 0
     print(f"grid {spec.name!r}: {spec.description}" if spec.description else f"grid {spec.name!r}")
-    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=args.jobs, fuse=fuse)
+    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=args.jobs, fuse=fuse, mechanism=args.fused_mechanism)
     print(f"grid {spec.name!r}: {len(result.skipped)} already done, {len(result.succeeded)} finished now, "
           f"{len(result.failed)} failed, {len(result.conflicts)} in conflict"
           + (f", {len(result.elsewhere)} taken by another runner" if result.elsewhere else ""))

@@ -20,6 +20,7 @@ A grid file (``presets/*.yaml`` are the shipped ones)::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -519,9 +520,10 @@ def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
     return jobs
 
 
-def job_command(job: Job, program: Sequence[str] = ("ressenet",)) -> list[str]:
+def job_command(job: Job, program: Sequence[str] = ("ressenet",), mechanism: str = "auto") -> list[str]:
     """One cell: :func:`train_command`. Several: ``ressenet train --model a,b --seed 1,2 --out RUNS_DIR
-    --member-name '{model}-<dataset>-s{seed}'`` with the cells' shared flags."""
+    --member-name '{model}-<dataset>-s{seed}'`` with the cells' shared flags (and ``--fused-mechanism`` unless
+    ``mechanism`` is auto)."""
     first = job.cells[0]
     argv = train_command(first, program)
     if len(job.cells) == 1:
@@ -536,15 +538,17 @@ def job_command(job: Job, program: Sequence[str] = ("ressenet",)) -> list[str]:
         if a in values:
             next(it)
             out.append(values[a])
-    return out + ["--member-name", member_template(first)]
+    return out + ["--member-name", member_template(first)] + \
+        (["--fused-mechanism", mechanism] if mechanism != "auto" else [])
 
 
-def _default_job_command(job: Job) -> list[str]:
-    return job_command(job, program=(sys.executable, "-m", "ressenet"))
+def _default_job_command(job: Job, mechanism: str = "auto") -> list[str]:
+    return job_command(job, program=(sys.executable, "-m", "ressenet"), mechanism=mechanism)
 
 
 def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "ressenet-grid",
-                  log_dir: str | Path | None = None, fuse: int = 1) -> tuple[Path, Path | None, list[Cell]]:
+                  log_dir: str | Path | None = None, fuse: int = 1,
+                  mechanism: str = "auto") -> tuple[Path, Path | None, list[Cell]]:
     """Write one ``ressenet train`` line per unfinished cell, and a Slurm job-array script beside it.
 
     The script is ``path`` with the suffix ``.slurm``; array task ``i`` runs line ``i``. Cells whose directory
@@ -561,7 +565,7 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
             conflicts.append(c)
     path.parent.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(todo, fuse)
-    path.write_text("".join(shlex.join(job_command(j)) + "\n" for j in jobs))
+    path.write_text("".join(shlex.join(job_command(j, mechanism=mechanism)) + "\n" for j in jobs))
     if not todo:
         return path, None, conflicts
     script = path.with_suffix(".slurm") if path.suffix else path.with_name(path.name + ".slurm")
@@ -614,7 +618,7 @@ class GridResult:
 
 def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: int | None = None,
              command: Callable[[Cell], list[str]] | None = None, echo: Callable[[str], None] = print,
-             env: dict[str, str] | None = None, fuse: int = 1,
+             env: dict[str, str] | None = None, fuse: int = 1, mechanism: str = "auto",
              fused_command: Callable[[Job], list[str]] | None = None) -> GridResult:
     """Run the unfinished cells as separate processes and report each one's outcome.
 
@@ -628,6 +632,7 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
         env: extra environment variables for every process.
         fuse: members per process: compatible unfinished cells are packed into fused jobs (:func:`plan_jobs`);
             1 runs every cell alone.
+        mechanism: ``--fused-mechanism`` of the fused jobs (auto: the engine picks by device).
         fused_command: builds the argv of a fused job (default ``python -m ressenet train --model a,b ...``).
 
     A failing cell (non-zero exit, or exit 0 without ``summary.json``) is reported with its return code and log
@@ -660,7 +665,7 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
     job_list = plan_jobs(todo, fuse)
     if fuse > 1:
         echo(f"fused: {len(todo)} cells in {len(job_list)} jobs of at most {fuse} members")
-    build_job = fused_command or _default_job_command
+    build_job = fused_command or functools.partial(_default_job_command, mechanism=mechanism)
 
     base_env = {**os.environ, **(env or {})}
     if not gpu_list and n_slots > 1 and "OMP_NUM_THREADS" not in base_env:
