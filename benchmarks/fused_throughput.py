@@ -3,8 +3,9 @@
 Each case builds a fused group (engine/fused.py) of N members (the families resnet, se_resnet, res_se_net in turn,
 seeds 1..N) on the real data, runs the warm-up steps (eager steps and CUDA-graph capture), then times whole
 group steps until ``--seconds`` have passed (at least ``--min-steps``). Figures: aggregate images/s, per-member
-images/s, the ratio to N = 1 of the same depth and mechanism, and the device memory per member (CUDA: the peak
-allocated during the case over N).
+images/s, the ratio to N = 1 of the same depth and mechanism, and the memory per member: on CUDA the peak
+allocated during the case over N; on the CPU, with ``--isolate`` (each case in a fresh process), the growth of the
+process's peak resident memory (VmHWM) from after loading the data to the end of the case, over N.
 
 Cases (``--cases``, separated by ";", each MECHANISM:DEPTH:N[,N...]):
     graphs:20:1,2,4,8        CUDA graphs replayed on parallel streams (the CUDA default)
@@ -57,6 +58,17 @@ def base_overrides(args: argparse.Namespace) -> dict[str, object]:
     return ov
 
 
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (Linux VmHWM), MiB; NaN where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, data: dict) -> dict[str, float]:
     parallel = mechanism != "graphs1s"
     mech = {"graphs1s": "graphs", "grouped-eager": "grouped"}.get(mechanism, mechanism)
@@ -85,7 +97,8 @@ def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, dat
                 group.sync()
         group.sync()
         dt = time.perf_counter() - t0
-        peak = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20 if cuda else float("nan")
+        peak = (torch.cuda.max_memory_allocated() - base_mem) / 2 ** 20 if cuda else \
+            (peak_rss_mib() - args.rss_base if args.rss_base is not None else float("nan"))
         del group
         gc.collect()
     agg = n * args.batch_size * steps / dt
@@ -93,17 +106,29 @@ def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, dat
             "mib_per_member": peak / n}
 
 
-def run_procs(args: argparse.Namespace, depth: int, n: int) -> dict[str, float]:
-    """N processes at once, each a one-member group; they start timing together at a shared wall-clock time."""
-    start_at = time.time() + 15 + 2 * n
+def child_command(args: argparse.Namespace, start_at: float, case: str) -> list[str]:
+    """A process that runs one case, starting to time it at the wall-clock time ``start_at``."""
     cmd = [sys.executable, __file__, "--child", str(start_at), "--device", args.device, "--batch-size",
-           str(args.batch_size), "--seconds", str(args.seconds), "--min-steps", str(args.min_steps)]
+           str(args.batch_size), "--seconds", str(args.seconds), "--min-steps", str(args.min_steps), "--cases", case]
     if args.data_root:
         cmd += ["--data-root", args.data_root]
     if args.precision:
         cmd += ["--precision", args.precision]
+    return cmd
+
+
+def run_isolated(args: argparse.Namespace, mech: str, depth: int, n: int) -> dict[str, float]:
+    """One case in a fresh process (``--isolate``)."""
+    out = subprocess.run(child_command(args, 0.0, f"{mech}:{depth}:{n}"), stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_procs(args: argparse.Namespace, depth: int, n: int) -> dict[str, float]:
+    """N processes at once, each a one-member group; they start timing together at a shared wall-clock time."""
+    start_at = time.time() + 15 + 2 * n
     mech = "graphs" if args.device.startswith("cuda") else "sequential"
-    procs = [subprocess.Popen(cmd + ["--cases", f"{mech}:{depth}:1"], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(child_command(args, start_at, f"{mech}:{depth}:1"), stdout=subprocess.PIPE, text=True)
              for _ in range(n)]
     rates = []
     for p in procs:
@@ -124,10 +149,14 @@ def main() -> int:
     ap.add_argument("--min-steps", type=int, default=10)
     ap.add_argument("--deadline", type=float, default=0, help="start no case after this many seconds")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--isolate", action="store_true",
+                    help="run each case in a fresh process (the CPU's memory per member needs it)")
     ap.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     t_begin = time.perf_counter()
     data = load_data(load_config(None, base_overrides(args)))
+    # In a child (one case per process) the peak resident memory after loading the data is the case's baseline.
+    args.rss_base = peak_rss_mib() if args.child is not None and args.device == "cpu" else None
     cases = []
     for spec in args.cases.split(";") if ";" in args.cases else [args.cases]:
         mech, depth, sizes = spec.split(":")
@@ -149,7 +178,12 @@ def main() -> int:
             print(f"{mech:<11}{depth:>6}{n:>4}  skipped (--deadline {args.deadline:.0f} s)")
             continue
         try:
-            r = run_procs(args, depth, n) if mech == "procs" else time_group(args, mech, depth, n, data)
+            if mech == "procs":
+                r = run_procs(args, depth, n)
+            elif args.isolate:
+                r = run_isolated(args, mech, depth, n)
+            else:
+                r = time_group(args, mech, depth, n, data)
         except Exception as e:  # report and go on: one failing case must not hide the others
             print(f"{mech:<11}{depth:>6}{n:>4}  failed: {type(e).__name__}: {e}")
             continue
