@@ -221,6 +221,13 @@ def test_grouped_refusals(tmp_path):
         c.run.precision = "fp16"
     with pytest.raises(RessenetError, match="fp32 or bf16"):
         FusedGroup(cfgs, mechanism="grouped")
+    # Bottleneck and basic blocks (the released layout at depth 44) cannot share one network: said before any
+    # directory exists.
+    cfgs = [c for model in ("resnet44", "se_resnet44")
+            for c in fused_configs(dict(BASE, **{"model.layout": "released"}), [model], [1], str(tmp_path / "d"))]
+    with pytest.raises(RessenetError, match="block type"):
+        FusedGroup(cfgs, mechanism="grouped")
+    assert not (tmp_path / "d").exists()
 
 
 def _cli_cmd(out: Path, iters: int, mechanism: str = "sequential") -> list[str]:

@@ -182,6 +182,20 @@ class _Grouped:
         self.dirty = False
 
 
+def _check_fusable(cfgs: list[Config]) -> None:
+    """Mechanism grouped: the members' networks fuse into one (built on the meta device: no memory, no time)."""
+    from ressenet.engine.setup import build_model
+    from ressenet.models.fused import FusedResNet
+
+    with torch.device("meta"):
+        try:
+            FusedResNet([build_model(c, c.model.num_classes or 10) for c in cfgs])
+        except ValueError as e:
+            raise RessenetError(f"--fused-mechanism grouped cannot fuse "
+                                f"{', '.join(sorted({c.model.name for c in cfgs}))}: {e}; use --fused-mechanism "
+                                f"sequential, or one command per block type") from None
+
+
 def _momentum(m: Run) -> dict[str, torch.Tensor]:
     """A member's SGD momentum buffers by parameter name (empty before its first step)."""
     return {k: buf for k, p in m.model.named_parameters()
@@ -217,6 +231,8 @@ class FusedGroup:
         if self.mechanism == "grouped" and self.precision == "fp16":
             raise RessenetError("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip "
                                 "every member's step when one member overflows); use --precision bf16")
+        if self.mechanism == "grouped":
+            _check_fusable(cfgs)  # before any directory is touched
         names = [Path(c.run.out).name for c in cfgs]
         self.finished: dict[str, dict[str, Any]] = {}
         self.locked: dict[str, str] = {}  # member -> the runner that holds it
