@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import FUSED_MECHANISMS, Config
 from ressenet.engine.lock import LockHeld, RunLock, describe
-from ressenet.engine.run import NonFiniteLoss, Run, lr_at, train_step
+from ressenet.engine.run import NonFiniteLoss, Run, lr_at, make_optimizer, train_step
 from ressenet.engine.rundir import prepare_run_dir
 from ressenet.engine.setup import load_data, resolve_device, resolve_precision
 from ressenet.engine.train import cpu_compiler_found, resolve_compile, stop_signals
@@ -142,15 +142,9 @@ class _Grouped:
         its = {m.name: m.state.it for m in members}
         assert len(set(its.values())) == 1, f"members at different iterations: {its}"
         m0 = members[0]
-        try:
-            net = FusedResNet([m.model for m in members])
-        except ValueError as e:
-            raise RessenetError(f"--fused-mechanism grouped cannot fuse {', '.join(its)}: {e}; use "
-                                f"--fused-mechanism sequential") from None
+        net = FusedResNet([m.model for m in members])  # fusable: checked when the group was made
         net.to(m0.device, memory_format=torch.channels_last if m0.channels_last else torch.contiguous_format)
-        o = m0.cfg.optim
-        optimizer = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                    nesterov=o.nesterov, **({"fused": True} if m0.device.type == "cuda" else {}))
+        optimizer = make_optimizer(net.parameters(), m0.cfg, m0.device)  # elementwise: each member's own update
         buffers = [_momentum(m) for m in members]
         if any(buffers):
             for k in net.param_keys:

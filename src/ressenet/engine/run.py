@@ -25,7 +25,7 @@ from ressenet.engine.setup import (autocast_context, build_model, resolve_channe
                                    versions)
 from ressenet.errors import RessenetError
 
-__all__ = ["CHECKPOINT_VERSION", "TrainState", "Run", "NonFiniteLoss", "lr_at", "train_step"]
+__all__ = ["CHECKPOINT_VERSION", "TrainState", "Run", "NonFiniteLoss", "lr_at", "train_step", "make_optimizer"]
 
 CHECKPOINT_VERSION = 1
 
@@ -33,6 +33,13 @@ CHECKPOINT_VERSION = 1
 def lr_at(cfg: Config, it: int) -> float:
     """Step schedule: ``lr * gamma ** (number of milestones <= it)`` (x0.1 at 32k and 48k in the paper)."""
     return cfg.optim.lr * cfg.optim.gamma ** bisect_right(cfg.optim.milestones, it)
+
+
+def make_optimizer(params: Any, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """The paper's SGD (momentum, weight decay, optional Nesterov) at ``optim.lr``; fused kernels on CUDA."""
+    o = cfg.optim
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov,
+                           **({"fused": True} if device.type == "cuda" else {}))
 
 
 def train_step(step_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, amp: Any,
@@ -122,9 +129,7 @@ class Run:
         if cfg.run.sync_bn and dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                    weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov,
-                                    **({"fused": True} if device.type == "cuda" else {}))
+        optimizer = make_optimizer(model.parameters(), cfg, device)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         loader = TrainLoader(data["train"], cfg.optim.batch_size, mean=data["mean"], std=data["std"],
                              seed=cfg.run.seed, device=device, augment=cfg.data.augment, rank=dist.rank,
