@@ -11,8 +11,8 @@ Three mechanisms run a group (``--fused-mechanism``; auto picks by device, from 
 
 * ``sequential`` (the CPU's): the members step one after another with the single-run step
   (:func:`ressenet.engine.train.train_step`), so every member is bit-identical to its separate run. On the 2-core
-  CPU of BENCHMARKS.md a ResNet-20 whose convolutions are grouped over N members (HFTA's horizontal fusion) trained
-  at 0.55x the aggregate images/s of N dense runs at N = 8, so merging members into one network loses there.
+  CPU of BENCHMARKS.md merging the members into one network (``grouped`` below) trained at 0.36x the aggregate
+  images/s of this at N = 8, depth 20, and held every member's activations at once.
 * ``graphs`` (CUDA): each member's whole step (forward, loss, backward, SGD update, loss/accuracy accumulators) is
   captured once in a CUDA graph, and every iteration replays the members' graphs on their own CUDA streams. One
   member at batch 128 leaves an H200 mostly idle (kernels of a few microseconds, launch-bound); replayed graphs
