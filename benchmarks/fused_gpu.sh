@@ -25,7 +25,8 @@
 # Check it on the CPU first (tiny sizes, mechanisms sequential and grouped, the same commands):
 #     bash benchmarks/fused_gpu.sh --cpu-dry-run
 # Knobs (environment): PYTHON (default python3), GPU_BUDGET, MODELS and SEEDS (given: exactly these members, no
-# sizing), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000), MECHANISM (given: no probe).
+# sizing), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000), MECHANISM (given: no probe), GPU_DIR
+# (default .gpu: where the archive is).
 set -uo pipefail
 
 DRY_RUN=0
@@ -41,14 +42,15 @@ REPO="$(pwd)"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # the GPU machine has torch but not ressenet installed
 export PYTHONUNBUFFERED=1
-OUTDIR="${OUT:-$REPO/.gpu/out}"
+GPU_DIR="${GPU_DIR:-$REPO/.gpu}"  # the archive (and, in a dry run, the runs); tests point it elsewhere
+OUTDIR="${OUT:-$GPU_DIR/out}"
 mkdir -p "$OUTDIR"
 exec > >(tee -a "$OUTDIR/fused_gpu.log") 2>&1
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 left() { echo $(( BUDGET - $(date +%s) + T0 )); }
 
-ARCHIVE="$REPO/.gpu/cifar10-jpeg.tar.gz"
+ARCHIVE="$GPU_DIR/cifar10-jpeg.tar.gz"
 if [ ! -f "$ARCHIVE" ]; then
   echo "fused_gpu.sh: $ARCHIVE is missing: mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/ and name" \
        ".gpu in the device tool's carry" >&2
@@ -59,7 +61,7 @@ SIZED=0  # MODELS and SEEDS given: train exactly those; else sized from the prob
 MODELS="${MODELS:-resnet20,se_resnet20,res_se_net20}"
 SEEDS="${SEEDS:-1,2}"
 if [ "$DRY_RUN" = 1 ]; then
-  DEVICE=cpu; BUDGET="${GPU_BUDGET:-100000}"; RUNS="$REPO/.gpu/dry/paper"
+  DEVICE=cpu; BUDGET="${GPU_BUDGET:-100000}"; RUNS="$GPU_DIR/dry/paper"
   BATCH=8; TRAIN_ARGS=(--iters "${ITERS:-6}" --batch-size 8 --eval-every 2 --log-every 2 --ckpt-every 2 --no-compile
               --set data.train_limit=256 --set data.test_limit=100)
   CASES="sequential:20:1,2;grouped:20:1,2;procs:20:2"
