@@ -13,7 +13,8 @@
 #      (`<model>-imagefolder-s<seed>`), so that they join results/paper. It runs under a time cap (at the cap:
 #      SIGINT, every member checkpoints). The runs live in .gpu-runs/ (git-ignored and NOT carried), so a second
 #      call made while the machine is still warm (within 30 s) resumes them with the first call's choices
-#      (.gpu-runs/members.env): carry only .gpu.
+#      (.gpu-runs/members.env): carry only .gpu. A job that fails with grouped (not one stopped at its cap) resumes
+#      its members' checkpoints with graphs in the time left.
 #   2. benchmarks/fused_throughput.py in the time left (BENCH_TIME seconds, default 0: the runs come first), then
 #      benchmarks/conv_candidates.py (one layer; at most 30 s, when 45 s are left);
 #   3. packs the run directories (config.yaml, metrics.jsonl, summary.json; no checkpoints) into
@@ -141,12 +142,26 @@ mkdir -p "$(dirname "$RUNS")" && printf 'MODELS=%s\nSEEDS=%s\nMECHANISM=%s\n' "$
 BENCH_TIME="${BENCH_TIME:-0}"
 CAP=$(( $(left) - BENCH_TIME - 25 ))
 echo "-- 1. fused comparison: $MODELS x seeds $SEEDS, mechanism $MECHANISM, cap $CAP s [t=$(elapsed) s]"
+train_job() {  # the fused job with mechanism $1 for at most $2 seconds (then SIGINT: every member checkpoints)
+  timeout -s INT --kill-after=40 "$2" "$PY" -m ressenet train --model "$MODELS" --seed "$SEEDS" \
+    --dataset imagefolder --data-root "$ARCHIVE" --device "$DEVICE" --out "$RUNS" --progress plain \
+    --member-name "{model}-imagefolder-s{seed}" --fused-mechanism "$1" "${TRAIN_ARGS[@]}"
+}
 p0=$(date +%s)
-timeout -s INT --kill-after=40 "$CAP" "$PY" -m ressenet train --model "$MODELS" --seed "$SEEDS" \
-  --dataset imagefolder --data-root "$ARCHIVE" --device "$DEVICE" --out "$RUNS" --progress plain \
-  --member-name "{model}-imagefolder-s{seed}" --fused-mechanism "$MECHANISM" "${TRAIN_ARGS[@]}"
+train_job "$MECHANISM" "$CAP"
 RC=$?
 echo "   exit status $RC after $(( $(date +%s) - p0 )) s"
+# A job that failed (not one stopped at its cap: 130) resumes its members' checkpoints with the other mechanism:
+# the mechanism is not part of a run's configuration, only of how its steps are computed.
+if [ "$RC" != 0 ] && [ "$RC" != 130 ] && [ "$MECHANISM" = "${PROBE_MECHS[1]}" ] && [ "$(left)" -gt 120 ]; then
+  MECHANISM="${PROBE_MECHS[0]}"
+  printf 'MODELS=%s\nSEEDS=%s\nMECHANISM=%s\n' "$MODELS" "$SEEDS" "$MECHANISM" > "$CHOICE"
+  CAP=$(( $(left) - ${BENCH_TIME:-0} - 25 ))
+  echo "-- 1b. the job failed; resuming it with mechanism $MECHANISM, cap $CAP s [t=$(elapsed) s]"
+  train_job "$MECHANISM" "$CAP"
+  RC=$?
+  echo "   exit status $RC"
+fi
 
 if [ "$BENCH_TIME" -gt 0 ]; then
   echo "-- 2. fused throughput (start no case after $(( $(left) - 20 )) s) [t=$(elapsed) s]"
