@@ -31,18 +31,7 @@
 set -uo pipefail
 
 DRY_RUN=0
-for arg in "$@"; do
-  case "$arg" in
-    --cpu-dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,/^set /{/^set /d;p}' "$0"; exit 0 ;;
-    *) echo "fused_gpu.sh: unknown argument $arg (only --cpu-dry-run)" >&2; exit 2 ;;
-  esac
-done
-cd "$(dirname "$0")/.." || exit 2
-REPO="$(pwd)"
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # the GPU machine has torch but not ressenet installed
-export PYTHONUNBUFFERED=1
+. "$(dirname "$0")/gpu_prologue.sh"
 GPU_DIR="${GPU_DIR:-$REPO/.gpu}"  # the archive (and, in a dry run, the runs); tests point it elsewhere
 OUTDIR="${OUT:-$GPU_DIR/out}"
 mkdir -p "$OUTDIR"
@@ -137,7 +126,9 @@ EOF
 )
   echo "   sized from the probe: $MODELS x seeds $SEEDS"
 fi
-mkdir -p "$(dirname "$RUNS")" && printf 'MODELS=%s\nSEEDS=%s\nMECHANISM=%s\n' "$MODELS" "$SEEDS" "$MECHANISM" > "$CHOICE"
+save_choice() { mkdir -p "$(dirname "$CHOICE")" && printf 'MODELS=%s\nSEEDS=%s\nMECHANISM=%s\n' "$MODELS" "$SEEDS" \
+  "$MECHANISM" > "$CHOICE"; }
+save_choice
 
 BENCH_TIME="${BENCH_TIME:-0}"
 CAP=$(( $(left) - BENCH_TIME - 25 ))
@@ -155,7 +146,7 @@ echo "   exit status $RC after $(( $(date +%s) - p0 )) s"
 # the mechanism is not part of a run's configuration, only of how its steps are computed.
 if [ "$RC" != 0 ] && [ "$RC" != 130 ] && [ "$MECHANISM" = "${PROBE_MECHS[1]}" ] && [ "$(left)" -gt 120 ]; then
   MECHANISM="${PROBE_MECHS[0]}"
-  printf 'MODELS=%s\nSEEDS=%s\nMECHANISM=%s\n' "$MODELS" "$SEEDS" "$MECHANISM" > "$CHOICE"
+  save_choice
   CAP=$(( $(left) - ${BENCH_TIME:-0} - 25 ))
   echo "-- 1b. the job failed; resuming it with mechanism $MECHANISM, cap $CAP s [t=$(elapsed) s]"
   train_job "$MECHANISM" "$CAP"

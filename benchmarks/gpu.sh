@@ -27,19 +27,7 @@
 set -uo pipefail
 
 DRY_RUN="${GPU_DRY_RUN:-0}"
-for arg in "$@"; do
-  case "$arg" in
-    --cpu-dry-run) DRY_RUN=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
-    *) echo "gpu.sh: unknown argument $arg (only --cpu-dry-run)" >&2; exit 2 ;;
-  esac
-done
-
-cd "$(dirname "$0")/.." || exit 2
-REPO="$(pwd)"
-PY="${PYTHON:-python3}"
-export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"  # the GPU machine has torch but not ressenet installed
-export PYTHONUNBUFFERED=1
+. "$(dirname "$0")/gpu_prologue.sh"
 OUTDIR="${OUT:-$REPO/.gpu/out}"
 mkdir -p "$OUTDIR"
 rm -f "$OUTDIR"/table_*.json "$OUTDIR"/protocol_*

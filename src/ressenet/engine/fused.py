@@ -50,9 +50,8 @@ from ressenet.engine.setup import load_data, resolve_device, resolve_precision
 from ressenet.engine.train import cpu_compiler_found, resolve_compile, stop_signals
 from ressenet.errors import RessenetError
 
-__all__ = ["MECHANISMS", "FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
+__all__ = ["FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
 
-MECHANISMS = FUSED_MECHANISMS
 WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotuning, momentum buffers)
 # Keys in which the members of one group may differ; everything else (data, protocol, precision, device) is shared.
 MEMBER_KEYS = ("model.name", "run.seed", "run.out")
@@ -93,8 +92,8 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
 
 
 def resolve_mechanism(name: str, device: torch.device) -> str:
-    if name not in MECHANISMS:
-        raise RessenetError(f"--fused-mechanism {name!r} is not one of {', '.join(MECHANISMS)}")
+    if name not in FUSED_MECHANISMS:
+        raise RessenetError(f"--fused-mechanism {name!r} is not one of {', '.join(FUSED_MECHANISMS)}")
     if name == "auto":
         return "graphs" if device.type == "cuda" else "sequential"
     if name == "graphs" and device.type != "cuda":
@@ -125,14 +124,17 @@ class _Graph:
 
 @dataclass
 class _Grouped:
-    """Mechanism ``grouped``: the fused network of the members in ``names`` and its one SGD optimizer."""
+    """Mechanism ``grouped``: the fused network of ``members`` and its one SGD optimizer."""
 
-    names: list[str]
     members: list[Run]
     net: Any  # models.fused.FusedResNet
     step_loss: Any  # (x, y) -> (each member's mean loss (N,), logits (N, B, K)); maybe compiled
     optimizer: torch.optim.Optimizer
     dirty: bool = False  # stepped since the members' models were last written
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
 
     @classmethod
     def build(cls, members: list[Run], compile_mode: str | None) -> _Grouped:
@@ -160,7 +162,7 @@ class _Grouped:
 
         # The loss inside the compiled region: its forward and backward are captured with the network's.
         compiled = torch.compile(step_loss, mode=compile_mode) if compile_mode else step_loss
-        return cls([m.name for m in members], members, net, compiled, optimizer)
+        return cls(members, net, compiled, optimizer)
 
     def write_back(self) -> None:
         """Copies each member's part of the weights, buffers and momentum into its own model and optimizer."""
