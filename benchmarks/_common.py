@@ -228,13 +228,14 @@ class Switch:
         return out
 
     def resolved(self, device: torch.device) -> Switch:
-        from ressenet.engine.train import resolve_channels_last, resolve_compile, resolve_precision
+        from ressenet.engine.setup import resolve_channels_last, resolve_compile, resolve_precision
 
-        # Resolved as for the paper's 64,000-iteration run: the engine's defaults depend on the run's length
-        # (compile on the CPU from CPU_COMPILE_MIN_ITERS), and a benchmark's short run stands for a long one.
-        on, mode = resolve_compile(self.compile, self.compile_mode, device, iters=PROTOCOL_ITERS)
-        return Switch(resolve_precision(self.precision, device), resolve_channels_last(self.channels_last, device),
-                      on, mode if on else "default")
+        # Resolved as for the paper's 64,000-iteration run: the engine's defaults depend on the run's length and
+        # precision (compile on the CPU in fp32 from CPU_COMPILE_MIN_ITERS), and a benchmark's short run stands for
+        # a long one.
+        precision = resolve_precision(self.precision, device)
+        on, mode = resolve_compile(self.compile, self.compile_mode, device, iters=PROTOCOL_ITERS, precision=precision)
+        return Switch(precision, resolve_channels_last(self.channels_last, device), on, mode if on else "default")
 
     def label(self, device: torch.device) -> str:
         r = self.resolved(device)

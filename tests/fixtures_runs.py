@@ -108,7 +108,8 @@ summary = {"model": p["config"]["model"]["name"], "dataset": p["config"]["data"]
            "test_top1": 50.0 + p["config"]["run"]["seed"],
            "test_top5": 90.0, "test_loss": 1.0, "best_test_top1": 51.0, "best_test_top5": 91.0, "best_test_iter": iters,
            "selected_test_top1": None, "selected_test_top5": None, "resumed_from": start,
-           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "wall_seconds": 1.0,
+           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "wall_seconds": 1.0,
            "config": p["config"]}
 with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(summary, f)

@@ -16,8 +16,10 @@ import yaml
 from ressenet.cli import main as cli_main
 from ressenet.engine.checkpoint import load_checkpoint
 from ressenet.engine.config import Config, ConfigError, load_config
+from ressenet.engine import setup as engine_setup
 from ressenet.engine import train as engine_train
-from ressenet.engine.train import CPU_COMPILE_MIN_ITERS, lr_at, resolve_compile, resolve_eval_batch_size, train
+from ressenet.engine.setup import CPU_COMPILE_MIN_ITERS, resolve_compile, resolve_precision
+from ressenet.engine.train import lr_at, resolve_eval_batch_size, train
 from ressenet.errors import RessenetError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +66,10 @@ def test_compile_default_is_cuda_graphs_on_one_gpu_and_long_cpu_runs(monkeypatch
     assert resolve_compile(None, "auto", gpu) == (True, "reduce-overhead")
     assert resolve_compile(None, "auto", gpu, world_size=2) == (False, "reduce-overhead")  # DDP stays eager
     assert resolve_compile(None, "auto", cpu, iters=long - 1) == (False, "default")  # short runs stay eager
-    monkeypatch.setattr(engine_train, "cpu_compiler_found", lambda: True)
+    monkeypatch.setattr(engine_setup, "cpu_compiler_found", lambda: True)
     assert resolve_compile(None, "auto", cpu, iters=long) == (True, "default")
     assert resolve_compile(None, "auto", cpu, world_size=2, iters=long) == (False, "default")
-    monkeypatch.setattr(engine_train, "cpu_compiler_found", lambda: False)
+    monkeypatch.setattr(engine_setup, "cpu_compiler_found", lambda: False)
     assert resolve_compile(None, "auto", cpu, iters=long) == (False, "default")  # no C++ compiler: eager
     assert resolve_compile(True, "auto", cpu) == (True, "default")
     assert resolve_compile(False, "auto", gpu) == (False, "reduce-overhead")
@@ -83,7 +85,7 @@ def test_compile_default_is_cuda_graphs_on_one_gpu_and_long_cpu_runs(monkeypatch
 def test_the_paper_run_compiles_on_a_cpu_with_a_compiler(monkeypatch, compiler):
     # The paper's 64,000-iteration run compiles by default on a CPU exactly when a C++ compiler is found; the probe is
     # replaced, so the decision is pinned whether or not this machine has g++/clang++.
-    monkeypatch.setattr(engine_train, "cpu_compiler_found", lambda: compiler)
+    monkeypatch.setattr(engine_setup, "cpu_compiler_found", lambda: compiler)
     assert Config().optim.iters >= CPU_COMPILE_MIN_ITERS
     assert resolve_compile(None, "auto", torch.device("cpu"), iters=Config().optim.iters) == (compiler, "default")
     assert resolve_compile(True, "auto", torch.device("cpu"), iters=Config().optim.iters) == (True, "default")
@@ -92,13 +94,58 @@ def test_the_paper_run_compiles_on_a_cpu_with_a_compiler(monkeypatch, compiler):
 
 def test_cpu_compiler_probe_answers_without_raising():
     # Whatever this machine has, the probe is a plain yes/no (it swallows the private API's errors).
-    assert isinstance(engine_train.cpu_compiler_found(), bool)
+    assert isinstance(engine_setup.cpu_compiler_found(), bool)
 
 
 def test_compile_without_a_cpu_compiler_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine_train, "cpu_compiler_found", lambda: False)
+    monkeypatch.setattr(engine_setup, "cpu_compiler_found", lambda: False)
     with pytest.raises(RessenetError, match="needs a C..? compiler.*--no-compile"):
         train(smoke_config(tmp_path / "run", **{"optim.iters": 4, "run.compile": True}))
+
+
+def test_precision_auto_follows_the_cpus_bf16_arithmetic(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(engine_setup, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32"  # an explicit choice wins
+    assert resolve_precision("auto", cpu, recorded="fp32") == "fp32"  # a resumed run keeps its start's choice
+    monkeypatch.setattr(engine_setup, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cpu, recorded="bf16") == "bf16"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(RessenetError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", cpu)
+    assert isinstance(engine_setup.cpu_has_native_bf16(), bool)  # the real probe answers without raising
+
+
+def test_cpu_compile_default_follows_the_precision_and_a_resumed_choice(monkeypatch):
+    cpu, long = torch.device("cpu"), CPU_COMPILE_MIN_ITERS
+    monkeypatch.setattr(engine_setup, "cpu_compiler_found", lambda: True)
+    assert resolve_compile(None, "auto", cpu, iters=long, precision="fp32") == (True, "default")
+    assert resolve_compile(None, "auto", cpu, iters=long, precision="bf16") == (False, "default")
+    assert resolve_compile(True, "auto", cpu, iters=long, precision="bf16") == (True, "default")
+    # Resumed: what config.yaml recorded, whatever auto would say now.
+    assert resolve_compile(None, "auto", cpu, iters=long, precision="fp32", recorded=False) == (False, "default")
+    assert resolve_compile(None, "auto", cpu, iters=10, precision="bf16", recorded="default") == (True, "default")
+
+
+def test_a_resumed_run_keeps_the_precision_and_compile_it_started_with(tmp_path, monkeypatch):
+    # Started where auto meant fp32, resumed where auto means bf16: it goes on in fp32, eager, as it began.
+    out = tmp_path / "run"
+    monkeypatch.setattr(engine_setup, "cpu_has_native_bf16", lambda: False)
+    train(smoke_config(out, **{"optim.iters": 4, "run.ckpt_every": 2}))
+    meta = yaml.safe_load((out / "config.yaml").read_text())["meta"]
+    assert (meta["precision"], meta["compile"]) == ("fp32", False)
+    (out / "summary.json").unlink()
+    monkeypatch.setattr(engine_setup, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(engine_setup, "CPU_COMPILE_MIN_ITERS", 1)  # auto would now compile, were it a new run
+    summary = train(smoke_config(out, **{"optim.iters": 4, "run.ckpt_every": 2}))
+    assert summary is not None and summary["iters"] == 4
+    meta = yaml.safe_load((out / "config.yaml").read_text())["meta"]
+    assert (meta["precision"], meta["compile"]) == ("fp32", False)
+    # A new run on the same machine takes the new choice.
+    train(smoke_config(tmp_path / "new", **{"optim.iters": 4}))
+    assert yaml.safe_load((tmp_path / "new" / "config.yaml").read_text())["meta"]["precision"] == "bf16"
 
 
 def test_eval_batch_default_is_per_device():
@@ -326,8 +373,9 @@ def test_real_data_short_run(tmp_path, cifar10_jpeg_root, data_cache_dir):
 
 @pytest.mark.slow
 def test_ddp_two_processes_gloo_matches_single_process(tmp_path):
+    # fp32: the reference below computes in fp32, whatever auto picks on this CPU.
     common = ["--iters", "40", "--log-every", "5", "--eval-every", "20", "--ckpt-every", "20",
-              "--progress", "plain", "--set", "optim.lr=0.05"]
+              "--progress", "plain", "--set", "optim.lr=0.05", "--precision", "fp32"]
     single = tmp_path / "single"
     subprocess.run([sys.executable, "-m", "ressenet", "train", *SMOKE, *common, "--out", str(single)], env=_env(),
                    check=True, capture_output=True)

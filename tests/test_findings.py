@@ -94,3 +94,59 @@ def test_findings_cli_and_rates(tmp_path, capsys):
     assert cli_main(["report", str(tmp_path / "paper"), "--readme", "README.md"]) == 2
     assert "go with --findings" in capsys.readouterr().err
     assert fused_rate(20) == (119_000.0, True) and fused_rate(110)[1] is False
+
+
+COMPRESSED = {"optim.iters": 8000, "optim.milestones": [4000, 6000], "run.precision": "bf16"}
+
+
+def test_a_compressed_schedule_gets_its_own_labelled_section_and_readme_block(tmp_path):
+    paper, short = tmp_path / "paper", tmp_path / "compressed"
+    _runs(paper, {"res_se_net20": [91.0]})
+    # Res-SE-Net clearly above ResNet (same offset every seed), indistinguishable from SE-ResNet.
+    base = [84.0, 84.6, 83.8, 84.3, 84.1]
+    top1s = {"resnet20": base, "res_se_net20": [v + 0.9 + 0.05 * i for i, v in enumerate(base)],
+             "se_resnet20": [v + 0.9 + (0.4 if i % 2 else -0.4) for i, v in enumerate(base)],
+             "resnet20_nobridge": [base[0] - 0.1, base[1] - 0.3]}
+    for model, values in top1s.items():
+        for seed, v in enumerate(values):
+            make_run(short, f"{model}-imagefolder-s{seed}", model=model, dataset="imagefolder", seed=seed, top1=v,
+                     overrides=COMPRESSED, iters=8000)
+    make_run(short, "res_se_net20-imagefolder-s9", model="res_se_net20", dataset="imagefolder", seed=9,
+             overrides=COMPRESSED, iters=8000, finished=False, last_iter=3000)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- findings:start -->\nold\n<!-- findings:end -->\n")
+    page = write_findings(paper, tmp_path / "docs" / "findings.md", schedule_dirs=[short], readme=readme)
+    text = page.read_text()
+    label = "CIFAR-10 (JPEG copy), paper protocol compressed 8x (8,000 iterations, lr ÷10 at 4,000 and 6,000), bf16"
+    assert f"**{label}, n = 2–5**" in text and f"--schedule {short}" in text
+    section = text[text.index("## Paper protocol compressed 8x"):]
+    # The full-protocol table above is untouched by these runs.
+    assert "88." not in text.split("## Paper protocol compressed 8x")[0].split("## Comparisons")[0].replace("91.", "")
+    c = paired(dict(enumerate(top1s["res_se_net20"])), dict(enumerate(base)))
+    row = next(line for line in section.splitlines() if "| Res-SE-Net over ResNet |" in line)
+    assert f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]" in row and "| 5 |" in row and "yes" in row
+    row = next(line for line in section.splitlines() if "| Res-SE-Net over SE-ResNet |" in line)
+    assert "no (paired, Holm)" in row
+    assert "all 3 tested comparisons of this table" in section  # Holm within the section
+    sentence = next(line for line in section.splitlines() if line.startswith("**At this schedule"))
+    assert "1 of 3 comparisons show a difference" in sentence and "no difference shown" in sentence
+    assert "paper's full protocol" in sentence  # never extended to the 64,000-iteration protocol
+    assert "res_se_net20-imagefolder-s9 (iteration 3,000)" in section
+    assert (tmp_path / "docs" / "findings" / "test_top1_compressed.png").is_file()
+    assert (tmp_path / "docs" / "findings" / "train_loss_compressed.png").is_file()
+    block = readme.read_text()
+    assert f"**{label}, n = 2–5**" in block and "1 of 3 comparisons" in block and "old" not in block
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "compressed" not in p.parts}
+    write_findings(paper, tmp_path / "docs" / "findings.md", schedule_dirs=[short], readme=readme)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_schedule_text_names_a_proportional_compression_and_nothing_else():
+    from ressenet.experiments.findings import schedule_text
+
+    assert schedule_text((("optim.iters", 8000), ("optim.milestones", (4000, 6000)))) == \
+        "paper protocol compressed 8x (8,000 iterations, lr ÷10 at 4,000 and 6,000)"
+    assert schedule_text(()) == "paper protocol (64,000 iterations)"
+    assert schedule_text((("optim.iters", 8000), ("optim.milestones", (2000, 6000)))).startswith("differs from")
+    assert schedule_text((("optim.iters", 8000), ("optim.lr", 0.2), ("optim.milestones", (4000, 6000)))
+                         ).startswith("differs from")

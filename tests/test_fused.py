@@ -118,8 +118,11 @@ def test_grouped_members_equal_separate_runs(tmp_path):
 
 
 def test_grouped_float32_first_step_and_files(tmp_path):
-    seq = FusedGroup(_members(tmp_path / "seq", MEMBERS), mechanism="sequential")
-    grp = FusedGroup(_members(tmp_path / "grp", MEMBERS), mechanism="grouped")
+    seq_cfgs, grp_cfgs = _members(tmp_path / "seq", MEMBERS), _members(tmp_path / "grp", MEMBERS)
+    for c in seq_cfgs + grp_cfgs:
+        c.run.precision = "fp32"  # float32 whatever auto picks on this CPU
+    seq = FusedGroup(seq_cfgs, mechanism="sequential")
+    grp = FusedGroup(grp_cfgs, mechanism="grouped")
     seq.step()
     grp.step()
     grp.sync()

@@ -243,3 +243,46 @@ def test_cli_grid_runs_cells_and_exits_nonzero_on_failure(tmp_path, monkeypatch,
     monkeypatch.setattr(grid_mod, "_default_command", fake_trainer())
     assert main(argv) == 0
     assert "2 already done, 1 finished now" in capsys.readouterr().out
+
+
+def test_compressed_preset_is_the_shared_grid_cell_for_cell(tmp_path, shared_data_dir):
+    # The shipped preset and ../shared/experiments/compressed.yaml are one grid: runs made with either are the
+    # other's cells (same names, same configs), so imported runs count as done under the preset.
+    shared = shared_data_dir.parent / "experiments" / "compressed.yaml"
+    if not shared.is_file():
+        pytest.skip(f"{shared} not found")
+    preset, from_file = (expand_grid(load_grid(g), tmp_path) for g in ("compressed", str(shared)))
+    assert len(preset) == 20 and [c.name for c in preset] == [c.name for c in from_file]
+    assert [c.config for c in preset] == [c.config for c in from_file]
+    assert {c.model for c in preset} == {"resnet20", "res_se_net20", "se_resnet20", "resnet20_nobridge"}
+    assert all((c.config.optim.iters, c.config.optim.milestones, c.config.run.precision, c.config.run.compile)
+               == (8000, [4000, 6000], "bf16", False) for c in preset)
+
+
+def test_jobs_auto_is_one_single_threaded_process_per_core_on_the_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(grid_mod, "usable_cores", lambda: 4)
+    assert grid_mod.resolve_jobs("auto", gpus=[], cuda=False) == 4
+    assert grid_mod.resolve_jobs(None, gpus=[], cuda=False) == 4
+    assert grid_mod.resolve_jobs("auto", gpus=["0", "1"], cuda=True) == 2
+    assert grid_mod.resolve_jobs("auto", gpus=[], cuda=True) == 1
+    assert grid_mod.resolve_jobs("3", gpus=[], cuda=False) == 3
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(ConfigError, match="--jobs"):
+            grid_mod.resolve_jobs(bad, gpus=[], cuda=False)
+    # Each of the 4 processes gets one thread.
+    cells = expand_grid(load_grid("quick"), tmp_path, seeds=2, overrides={"optim.iters": 3, "optim.milestones": "2"})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    result = run_grid(cells, jobs=4, command=fake_trainer(), echo=lambda s: None)
+    assert result.ok and {json.loads((c.out / "summary.json").read_text())["omp_num_threads"] for c in cells} == {"1"}
+
+
+def test_cli_jobs_auto_says_what_it_chose(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(grid_mod, "_default_command", fake_trainer())
+    monkeypatch.setattr(grid_mod, "usable_cores", lambda: 2)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    argv = ["grid", "quick", "--runs-dir", str(tmp_path / "runs"), "--seeds", "1", "--iters", "4", "--milestones", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--jobs auto: 2 single-threaded process(es)" in out and "2 at a time" in out
+    assert main(argv + ["--jobs", "zero"]) == 2
+    assert "--jobs 'zero'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""What the SE blocks of a trained run learned, and how much the network relies on them (issue 17, items 1, 2, 4).
+"""What the SE blocks of a trained run learned, and how much the network relies on them.
 
 The paper (Varshaneya et al., arXiv:1902.06066) explains Res-SE-Net's gain by SE blocks on the bridge-connections
 that "enhance" the features the bridges carry. ``analyze(run_dirs, out_dir)`` examines that on any checkpoint the
@@ -817,7 +817,9 @@ def write_outputs(runs: Sequence[RunAnalysis], out: Path, *, constant_std: float
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "_", text).strip("_").lower()
+    from ressenet.experiments.runs import slug
+
+    return slug(text)
 
 
 def _gkey_slug(key: tuple) -> str:

@@ -1,7 +1,6 @@
 """Dataset constants: names, class lists, normalisation statistics, archive layouts and checksums.
 
-Kept beside the data code (STYLE.md: "keep dataset constants beside the dataset") so that no other module hard-codes a
-mean, a URL or an md5. Sources: the CIFAR page (https://www.cs.toronto.edu/~kriz/cifar.html), torchvision's per-file
+Kept beside the data code, in one table, so that no other module hard-codes a mean, a URL or an md5. Sources: the CIFAR page (https://www.cs.toronto.edu/~kriz/cifar.html), torchvision's per-file
 md5 table, and the Res-SE-Net released code for the paper's normalisation (docs/design.md, arXiv:1902.06066).
 """
 from __future__ import annotations

@@ -151,17 +151,17 @@ class RunConfig:
                          help="where to train: cpu, cuda (this process's GPU), cuda:N (GPU N); auto = the GPU when "
                               "PyTorch sees one, else the CPU")
     precision: str = option("auto", choices=PRECISIONS,
-                            help="autocast precision; auto = bf16 on a GPU that supports it, else fp32 (fp16 needs "
-                                 "a GPU)")
+                            help="autocast precision; auto = bf16 on a GPU that supports it and on a CPU with native "
+                                 "bf16 arithmetic (AVX-512 BF16 or AMX), else fp32 (fp16 needs a GPU); a resumed run "
+                                 "keeps what it started with")
     channels_last: bool | None = option(None, default_text="on where it is faster (CUDA, and CPU convolutions)",
                                         help="channels-last memory format")
     compile: bool | None = option(
         None, default_text="auto",
-        help="torch.compile. auto (engine.train.resolve_compile): on for a single CUDA device, where these "
-             "launch-bound small nets train about 3x faster compiled with CUDA graphs (BENCHMARKS.md, H200); on the "
-             "CPU for runs of engine.train.CPU_COMPILE_MIN_ITERS iterations or more when a C++ compiler is found "
-             "(about 80 s to compile, then 1.15-1.2x faster steps); off under DDP (BatchNorm + CUDA graphs + DDP is "
-             "a known slow path, pytorch#139207)")
+        help="torch.compile. auto (engine.setup.resolve_compile): on for a single CUDA device (CUDA graphs); on "
+             "the CPU in fp32 for runs of engine.setup.CPU_COMPILE_MIN_ITERS iterations or more when a C++ compiler "
+             "is found, eager in bf16, where compiling gained nothing; off under DDP (BatchNorm + CUDA graphs + DDP "
+             "is a known slow path, pytorch#139207). Measured in BENCHMARKS.md; a resumed run keeps its choice")
     compile_mode: str = option("auto", choices=COMPILE_MODES,
                                help="torch.compile mode; auto = reduce-overhead (CUDA graphs) on CUDA, default "
                                     "elsewhere")
@@ -171,8 +171,8 @@ class RunConfig:
     sync_bn: bool = option(False, help="synchronised BatchNorm across processes under DDP")
     eval_batch_size: int | None = option(
         None, default_text="1000 on CUDA, 100 on the CPU",
-        help="evaluation batch size (BatchNorm is in eval mode: it does not change the result); on the CPU batch "
-             "1000 evaluated 1.34x slower, its activations missing the cache (BENCHMARKS.md)")
+        help="evaluation batch size (BatchNorm is in eval mode: it does not change the result); on the CPU a "
+             "large batch evaluates slower, its activations missing the cache (BENCHMARKS.md)")
     progress: str = option("auto", choices=PROGRESS_MODES,
                            help="progress display: bar, plain log lines, or none; auto = a bar on a terminal, "
                                 "plain lines otherwise")

@@ -10,9 +10,9 @@ optimizer, and its own run directory with the usual files (``config.yaml`` with 
 Three mechanisms run a group (``--fused-mechanism``; auto picks by device, from benchmarks/fused_throughput.py):
 
 * ``sequential`` (the CPU's): the members step one after another with the single-run step
-  (:func:`ressenet.engine.train.train_step`), so every member is bit-identical to its separate run. On the 2-core
-  CPU of BENCHMARKS.md merging the members into one network (``grouped`` below) trained at 0.36x the aggregate
-  images/s of this at N = 8, depth 20, and held every member's activations at once.
+  (:func:`ressenet.engine.run.train_step`), so every member is bit-identical to its separate run. On the CPU,
+  merging the members into one network (``grouped`` below) trained slower than this and held every member's
+  activations at once (BENCHMARKS.md, "Fused training").
 * ``graphs`` (CUDA): each member's whole step (forward, loss, backward, SGD update, loss/accuracy accumulators) is
   captured once in a CUDA graph, and every iteration replays the members' graphs on their own CUDA streams. One
   member at batch 128 leaves an H200 mostly idle (kernels of a few microseconds, launch-bound); replayed graphs
@@ -46,8 +46,9 @@ from ressenet.engine.config import FUSED_MECHANISMS, Config
 from ressenet.engine.lock import LockHeld, RunLock, describe
 from ressenet.engine.run import NonFiniteLoss, Run, lr_at, make_optimizer, train_step
 from ressenet.engine.rundir import prepare_run_dir
-from ressenet.engine.setup import load_data, resolve_device, resolve_precision
-from ressenet.engine.train import cpu_compiler_found, resolve_compile, stop_signals
+from ressenet.engine.setup import (check_cpu_compiler, load_data, recorded_choices, resolve_compile, resolve_device,
+                                   resolve_precision)
+from ressenet.engine.train import stop_signals
 from ressenet.errors import RessenetError
 
 __all__ = ["FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
@@ -217,7 +218,10 @@ class FusedGroup:
         cfg0 = cfgs[0]
         self.device = resolve_device(cfg0.run.device)
         self.mechanism = resolve_mechanism(mechanism, self.device)
-        self.precision = resolve_precision(cfg0.run.precision, self.device)
+        # A group resumed from its members' checkpoints keeps what they chose when they started (one member's
+        # record stands for all: they started together, or alone with the same auto choices on the same machine).
+        self.recorded = next((r for r in (recorded_choices(Path(c.run.out)) for c in cfgs) if r), {})
+        self.precision = resolve_precision(cfg0.run.precision, self.device, self.recorded.get("precision"))
         if self.mechanism in ("graphs", "grouped") and cfg0.run.grad_stats_every:
             raise RessenetError(f"--log-grad-stats probes each member's own eager step, which --fused-mechanism "
                                 f"{self.mechanism} replaces; use --fused-mechanism sequential, or drop --log-grad-stats")
@@ -271,10 +275,9 @@ class FusedGroup:
                 if self.precision == "bf16" else None
         else:
             compile_on, compile_mode = resolve_compile(cfg0.run.compile, cfg0.run.compile_mode, self.device,
-                                                       iters=cfg0.optim.iters)
-            if compile_on and cfg0.run.compile and self.device.type == "cpu" and not cpu_compiler_found():
-                raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++); install one or "
-                                    "pass --no-compile")
+                                                       iters=cfg0.optim.iters, precision=self.precision,
+                                                       recorded=self.recorded.get("compile"))
+            check_cpu_compiler(cfg0.run.compile, compile_on, self.device)
             amp = None
         self.compile_mode = compile_mode if compile_on else None
         for c, out in pending:

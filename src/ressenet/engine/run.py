@@ -21,8 +21,8 @@ from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
 from ressenet.engine.evaluation import eval_split
 from ressenet.engine.records import MetricsLog
-from ressenet.engine.setup import (autocast_context, build_model, resolve_channels_last, resolve_precision,
-                                   versions)
+from ressenet.engine.setup import (autocast_context, build_model, recorded_choices, resolve_channels_last,
+                                   resolve_precision, versions)
 from ressenet.errors import RessenetError
 
 __all__ = ["CHECKPOINT_VERSION", "TrainState", "Run", "NonFiniteLoss", "lr_at", "train_step", "make_optimizer"]
@@ -119,8 +119,9 @@ class Run:
         from ressenet.models import count_params
 
         dist = dist or DistInfo()
-        precision = resolve_precision(cfg.run.precision, device)
-        channels_last = resolve_channels_last(cfg.run.channels_last, device)
+        kept = recorded_choices(out)  # a resumed run keeps what auto chose when it started
+        precision = resolve_precision(cfg.run.precision, device, kept.get("precision"))
+        channels_last = resolve_channels_last(cfg.run.channels_last, device, kept.get("channels_last"))
         torch.manual_seed(cfg.run.seed)  # model init identical on every rank (DDP also broadcasts rank 0's)
         model = build_model(cfg, len(data["train"].classes))
         n_params = count_params(model)
@@ -227,7 +228,8 @@ class Run:
     def boundary(self, seconds: float, elapsed: float, *, stopping: bool = False) -> dict[str, Any] | None:
         """Synchronise once (summed over ranks), check the loss, then log, evaluate and checkpoint as due.
 
-        Returns the metrics record written (None when only a checkpoint was due).
+        ``seconds``: since the last boundary; ``elapsed``: since this process started training. Returns the metrics
+        record written (None when only a checkpoint was due).
 
         Raises:
             NonFiniteLoss: the loss became NaN/inf since the last boundary (nothing of it is saved).
@@ -237,45 +239,65 @@ class Run:
         do_log = is_end or (cfg.run.log_every and it % cfg.run.log_every == 0)
         do_eval = is_end or (cfg.run.eval_every and it % cfg.run.eval_every == 0)
         do_ckpt = is_end or (cfg.run.ckpt_every and it % cfg.run.ckpt_every == 0) or stopping
-        totals = all_reduce_sum(torch.cat([self.acc, self.acc.new_tensor([self.images]),
-                                           (self.first_bad >= 0).double()[None]]), self.dist).tolist()
-        if totals[3] > 0:
-            bad = int(self.first_bad.item()) if self.first_bad.item() >= 0 else it - 1
-            raise NonFiniteLoss(f"the training loss became non-finite at iteration {bad + 1} (lr {lr_at(cfg, bad):g});"
-                                f" the last good checkpoint is kept in {self.out / 'last.pt'}; lower --lr or check "
-                                f"the data")
-        if self.it_interval > self.state.start_it:  # steady state: skip this process's first interval
-            self.state.steady["images"] += (it - self.it_interval) * cfg.optim.batch_size
-            self.state.steady["seconds"] += seconds
-        rec: dict[str, Any] | None = None
-        if do_log or do_eval:
-            rec = {"kind": "train", "iter": it, "epoch": self.loader.epoch, "lr": lr_at(cfg, it - 1),
-                   "train_loss": totals[0] / max(totals[2], 1), "train_top1": 100.0 * totals[1] / max(totals[2], 1),
-                   "images_per_second": (it - self.it_interval) * cfg.optim.batch_size / max(seconds, 1e-9),
-                   "time": self.state.wall_before + elapsed}
+        totals = self._synchronise()
+        self._count_steady(seconds)
+        rec = self._train_record(totals, seconds, elapsed) if do_log or do_eval else None
         self.acc.zero_()
         self.images = 0
         if do_eval:
             assert rec is not None
-            rec["kind"] = "eval"
-            test = self.evaluate("test")
-            rec.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
-            best = self.state.best
-            if test["top1"] > best["test_top1"]:
-                best.update(test_top1=test["top1"], test_top5=test["top5"], test_iter=it)
-            if self.data["val"] is not None:
-                val = self.evaluate("val")
-                rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
-                if val["top1"] > best["val_top1"]:
-                    best.update(val_top1=val["top1"], val_iter=it)
-                    self.save("best.pt", elapsed)
-            self.state.last_eval = rec
+            self._evaluate_into(rec, elapsed)
         if rec is not None:
             self.log.write(rec)
         if do_ckpt:
             self.save("last.pt", elapsed)
         self.it_interval = it
         return rec
+
+    def _synchronise(self) -> list[float]:
+        """The interval's loss sum, correct count and images, summed over ranks: the one host synchronisation of an
+        interval. Raises NonFiniteLoss when any rank saw a non-finite loss."""
+        totals = all_reduce_sum(torch.cat([self.acc, self.acc.new_tensor([self.images]),
+                                           (self.first_bad >= 0).double()[None]]), self.dist).tolist()
+        if totals[3] > 0:
+            it = self.state.it
+            bad = int(self.first_bad.item()) if self.first_bad.item() >= 0 else it - 1
+            raise NonFiniteLoss(f"the training loss became non-finite at iteration {bad + 1} (lr "
+                                f"{lr_at(self.cfg, bad):g}); the last good checkpoint is kept in "
+                                f"{self.out / 'last.pt'}; lower --lr or check the data")
+        return totals[:3]
+
+    def _count_steady(self, seconds: float) -> None:
+        """Adds the interval to the steady-state rate, except this process's first (warm-up, compilation)."""
+        if self.it_interval > self.state.start_it:
+            self.state.steady["images"] += (self.state.it - self.it_interval) * self.cfg.optim.batch_size
+            self.state.steady["seconds"] += seconds
+
+    def _train_record(self, totals: list[float], seconds: float, elapsed: float) -> dict[str, Any]:
+        """The "train" line of metrics.jsonl for the interval that just ended."""
+        cfg, it = self.cfg, self.state.it
+        loss_sum, correct, images = totals
+        return {"kind": "train", "iter": it, "epoch": self.loader.epoch, "lr": lr_at(cfg, it - 1),
+                "train_loss": loss_sum / max(images, 1), "train_top1": 100.0 * correct / max(images, 1),
+                "images_per_second": (it - self.it_interval) * cfg.optim.batch_size / max(seconds, 1e-9),
+                "time": self.state.wall_before + elapsed}
+
+    def _evaluate_into(self, rec: dict[str, Any], elapsed: float) -> None:
+        """Test (and validation) evaluation into ``rec``, now an "eval" line; tracks the best, writes best.pt when
+        the validation top-1 improves."""
+        it, best = self.state.it, self.state.best
+        rec["kind"] = "eval"
+        test = self.evaluate("test")
+        rec.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
+        if test["top1"] > best["test_top1"]:
+            best.update(test_top1=test["top1"], test_top5=test["top5"], test_iter=it)
+        if self.data["val"] is not None:
+            val = self.evaluate("val")
+            rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
+            if val["top1"] > best["val_top1"]:
+                best.update(val_top1=val["top1"], val_iter=it)
+                self.save("best.pt", elapsed)
+        self.state.last_eval = rec
 
     def evaluate(self, split: str) -> dict[str, float]:
         return eval_split(self.model, self.data[split], self.data, self.cfg, self.device, self.channels_last,

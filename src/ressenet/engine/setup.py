@@ -17,7 +17,8 @@ from torch import nn
 from ressenet.engine.config import Config
 from ressenet.errors import RessenetError
 
-__all__ = ["resolve_device", "resolve_precision", "resolve_channels_last", "resolve_eval_batch_size",
+__all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "resolve_compile", "cpu_compiler_found",
+           "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "recorded_choices", "resolve_channels_last", "resolve_eval_batch_size",
            "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
 
 
@@ -32,19 +33,123 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX-512 BF16 or AMX), where oneDNN's bf16 kernels beat
+    fp32; elsewhere they emulate bf16 and run several times slower (BENCHMARKS.md, "CPU precision")."""
+    import torch.cpu as tcpu
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:  # private helpers of torch.cpu (ATen's cpuinfo); if they moved, read the kernel's flags instead
+        return any(getattr(tcpu, name)() for name in probes if hasattr(tcpu, name)) or _cpuinfo_bf16()
+    except Exception:
+        return _cpuinfo_bf16()
+
+
+def _cpuinfo_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    flags = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device, recorded: str | None = None) -> str:
+    """The autocast precision of a run: as given, else (auto) bf16 on a GPU that supports it and on a CPU with
+    native bf16 arithmetic (:func:`cpu_has_native_bf16`), fp32 elsewhere. ``recorded``: what a resumed run chose
+    when it started, kept so that it does not switch arithmetic half way (another machine may resolve auto
+    otherwise)."""
     if precision != "auto":
-        if precision in ("bf16", "fp16") and device.type == "cpu" and precision == "fp16":
+        if precision == "fp16" and device.type == "cpu":
             raise RessenetError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
         return precision
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"  # CPU bf16 autocast is slower than fp32 on CPUs without AMX, and changes the numbers
+    if recorded in ("fp32", "bf16", "fp16"):
+        return recorded
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def resolve_channels_last(flag: bool | None, device: torch.device) -> bool:
+# A CPU run in fp32 compiles by default from this many iterations on: compiling costs a minute or two and then
+# each step is faster (BENCHMARKS.md, "CPU precision and compilation"), which pays for itself after about 1,200
+# iterations; 2,000 keeps short runs (tests, the `quick` preset's 1,000) eager. bf16 on the CPU stays eager:
+# compiling it gained nothing there.
+CPU_COMPILE_MIN_ITERS = 2_000
+
+
+def cpu_compiler_found() -> bool:
+    """Whether ``torch.compile`` can build CPU kernels here: Dynamo runs on this Python and Inductor finds a C++
+    compiler (``g++``/``clang++``, or ``$CXX``)."""
+    try:
+        import torch._dynamo
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        if not torch._dynamo.is_dynamo_supported():
+            return False
+        get_cpp_compiler()  # raises when no compiler is found
+        return True
+    except Exception:  # a private API: if it moved or failed, a compiler is not known to be there
+        return False
+
+
+def resolve_compile(flag: bool | None, mode: str, device: torch.device, world_size: int = 1, *,
+                    iters: int = 0, precision: str = "fp32", recorded: str | bool | None = None) -> tuple[bool, str]:
+    """(compile?, torch.compile mode) for a run of ``iters`` iterations in ``precision``.
+
+    ``iters`` is the run's whole length, not what is left when resuming, and ``recorded`` is what a resumed run's
+    ``config.yaml`` says it chose (a mode, or False): the choice must not change on resume, or a resumed run would
+    switch kernels (compiled and eager differ in the last bits) and stop matching an uninterrupted one.
+
+    Auto (``flag`` None): on a single CUDA device, compiled with CUDA graphs (these launch-bound nets train several
+    times faster so: BENCHMARKS.md). On the CPU, compiled (Inductor's C++ kernels) in fp32 when the run has at least
+    ``CPU_COMPILE_MIN_ITERS`` iterations and a C++ compiler is found; eager in bf16, where compiling gained nothing.
+    Eager under DDP.
+    """
+    if flag is None and recorded is not None:
+        flag = recorded is not False
+        if flag and mode == "auto" and isinstance(recorded, str):
+            mode = recorded
+    if flag is None:
+        if world_size != 1:
+            flag = False
+        elif device.type == "cuda":
+            flag = True
+        else:
+            flag = (device.type == "cpu" and precision == "fp32" and iters >= CPU_COMPILE_MIN_ITERS
+                    and cpu_compiler_found())
+    if mode == "auto":
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+    return flag, mode
+
+
+def check_cpu_compiler(asked: bool | None, compile_on: bool, device: torch.device) -> None:
+    """An explicit ``--compile`` on a CPU without a C++ compiler, refused in one line before a deep Inductor error
+    (auto already looked for one)."""
+    if compile_on and asked and device.type == "cpu" and not cpu_compiler_found():
+        raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and a Python "
+                            "that torch.compile supports, and none was found; install one or pass --no-compile")
+
+
+def recorded_choices(out: Path) -> dict[str, Any]:
+    """What a run that is being resumed chose when it started (``meta`` of its ``config.yaml``: precision,
+    compile, channels_last); empty for a new run or a config.yaml without them."""
+    import yaml
+
+    if not (out / "last.pt").is_file():
+        return {}
+    try:
+        meta = (yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}).get("meta") or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return {}
+    return {k: meta[k] for k in ("precision", "compile", "channels_last") if k in meta} if isinstance(meta, dict) \
+        else {}
+
+
+def resolve_channels_last(flag: bool | None, device: torch.device, recorded: bool | None = None) -> bool:
     # channels-last lets cuDNN use tensor-core kernels without transposes; on the CPU oneDNN's blocked
     # convolutions also prefer NHWC (measured in benchmarks/train_throughput.py).
+    if flag is None and isinstance(recorded, bool):
+        return recorded
     return device.type in ("cuda", "cpu") if flag is None else flag
 
 

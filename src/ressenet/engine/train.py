@@ -31,62 +31,16 @@ from ressenet.engine.lock import RunLock
 from ressenet.engine.records import Progress
 from ressenet.engine.run import CHECKPOINT_VERSION, NonFiniteLoss, Run, TrainState, lr_at, train_step
 from ressenet.engine.rundir import RUN_FILES, prepare_run_dir
-from ressenet.engine.setup import (autocast_context, build_model, load_data, resolve_channels_last, resolve_device,
-                                   resolve_eval_batch_size, resolve_precision, versions)
+from ressenet.engine.setup import (CPU_COMPILE_MIN_ITERS, autocast_context, build_model, check_cpu_compiler,
+                                   cpu_compiler_found, load_data, recorded_choices, resolve_channels_last,
+                                   resolve_compile, resolve_device, resolve_eval_batch_size, resolve_precision,
+                                   versions)
 from ressenet.errors import RessenetError
 
 __all__ = ["train", "evaluate", "evaluate_checkpoint", "lr_at", "resolve_device", "build_model", "load_data",
            "resolve_compile", "cpu_compiler_found", "CPU_COMPILE_MIN_ITERS", "Run", "TrainState", "train_step",
            "NonFiniteLoss", "CHECKPOINT_VERSION", "RUN_FILES", "autocast_context", "eval_split",
            "resolve_channels_last", "resolve_eval_batch_size", "resolve_precision", "versions", "stop_signals"]
-
-
-# A CPU run compiles by default from this many iterations on. Compiling costs about 80 s on the 2-core CPU of
-# BENCHMARKS.md (less with Inductor's disk cache warm) and then trains res_se_net20 1.15-1.2x faster, about 0.07 s
-# saved per step at batch 128, so it pays for itself after some 1,200 iterations; 2,000 keeps short runs (tests,
-# the `quick` preset's 1,000) eager.
-CPU_COMPILE_MIN_ITERS = 2_000
-
-
-def cpu_compiler_found() -> bool:
-    """Whether ``torch.compile`` can build CPU kernels here: Dynamo runs on this Python and Inductor finds a C++
-    compiler (``g++``/``clang++``, or ``$CXX``)."""
-    try:
-        import torch._dynamo
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        if not torch._dynamo.is_dynamo_supported():
-            return False
-        get_cpp_compiler()  # raises when no compiler is found
-        return True
-    except Exception:  # a private API: if it moved or failed, a compiler is not known to be there
-        return False
-
-
-def resolve_compile(flag: bool | None, mode: str, device: torch.device, world_size: int = 1, *,
-                    iters: int = 0) -> tuple[bool, str]:
-    """(compile?, torch.compile mode) for a run of ``iters`` iterations.
-
-    ``iters`` is the run's whole length, not what is left when resuming: the choice must not change on resume, or a
-    resumed run would switch kernels (compiled and eager differ in the last bits) and stop matching an
-    uninterrupted one.
-
-    Auto (``flag`` None): on a single CUDA device, compiled with CUDA graphs: at batch 128 these nets are
-    launch-bound, and res_se_net20 trained at 11k images/s eager and 40k compiled with CUDA graphs on an H200, the
-    whole 64,000-iteration protocol in 247 s (BENCHMARKS.md). On the CPU, compiled (Inductor's C++ kernels) when
-    the run has at least ``CPU_COMPILE_MIN_ITERS`` iterations and a C++ compiler is found: 1.15-1.2x faster.
-    Eager under DDP and everywhere else.
-    """
-    if flag is None:
-        if world_size != 1:
-            flag = False
-        elif device.type == "cuda":
-            flag = True
-        else:
-            flag = device.type == "cpu" and iters >= CPU_COMPILE_MIN_ITERS and cpu_compiler_found()
-    if mode == "auto":
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-    return flag, mode
 
 
 class _StopRequested(Exception):
@@ -194,11 +148,9 @@ def _step_model(run: Run, dist_info: DistInfo) -> tuple[nn.Module, list[str]]:
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     compile_on, compile_mode = resolve_compile(cfg.run.compile, cfg.run.compile_mode, device, dist_info.world_size,
-                                               iters=cfg.optim.iters)
-    # Auto already checked for a compiler; an explicit --compile is checked here, before a deep Inductor error.
-    if compile_on and cfg.run.compile and device.type == "cpu" and not cpu_compiler_found():
-        raise RessenetError("torch.compile on the CPU needs a C++ compiler (g++ or clang++, or $CXX) and a Python "
-                            "that torch.compile supports, and none was found; install one or pass --no-compile")
+                                               iters=cfg.optim.iters, precision=run.precision,
+                                               recorded=recorded_choices(run.out).get("compile"))
+    check_cpu_compiler(cfg.run.compile, compile_on, device)
     run.write_config(compile=compile_mode if compile_on else False)
     if not compile_on:
         return model, []

@@ -1,6 +1,6 @@
 """Parsers for ``ressenet grid``, ``ressenet report`` and ``ressenet reproduce``: they parse and call the library.
 
-    ressenet grid PRESET --runs-dir DIR [--seeds 3] [--dry-run] [--gpus 0,1] [--jobs N] [--emit-commands FILE]
+    ressenet grid PRESET --runs-dir DIR [--seeds 3] [--dry-run] [--gpus 0,1] [--jobs N|auto] [--emit-commands FILE]
     ressenet report RUNS_DIR --out REPORT_DIR
     ressenet reproduce PRESET [--runs-dir runs/PRESET] [--out reports/PRESET]
 
@@ -50,6 +50,9 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partial", metavar="DIR", action="append", default=[],
                    help="with --findings: a folder of GPU jobs whose runs stopped before the end, shown as such "
                         "(repeatable)")
+    p.add_argument("--schedule", metavar="DIR", action="append", default=[],
+                   help="with --findings: a runs folder of a shorter schedule (e.g. results/compressed), reported in "
+                        "its own section, labelled with its schedule (repeatable)")
     p.add_argument("--readme", metavar="README.md", default=None,
                    help="with --findings: refresh the summary between the README's findings markers")
     p.set_defaults(func=cmd_report)
@@ -74,8 +77,9 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
                    help="a count (3: seeds 0,1,2) or a list (0,4,7); default: the preset's (3 unless it says)")
     g.add_argument("--gpus", default=None, metavar="0,1,...",
                    help="GPU ids: one cell per GPU in parallel (CUDA_VISIBLE_DEVICES); default: one cell at a time")
-    g.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="cells at once (default: one per listed GPU, else 1); more than the GPUs share them")
+    g.add_argument("--jobs", default="auto", metavar="N|auto",
+                   help="processes at once; auto (default): one per listed GPU, one on an unlisted GPU, and on the "
+                        "CPU one single-threaded process per core; more than the GPUs share them")
     g.add_argument("--fuse", default="1", metavar="N|auto",
                    help="train compatible cells (same depth, dataset and protocol) together, at most N per process "
                         "(engine/fused.py); auto: 12 on a GPU, 1 on the CPU, where fusing gains nothing; default 1")
@@ -105,8 +109,6 @@ def _cells(args: argparse.Namespace):
 
     spec = load_grid(args.preset)
     runs_dir = Path(args.runs_dir or Path("runs") / spec.name)
-    if args.jobs is not None and args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs}: expected a positive number of cells at once")
     cells = expand_grid(spec, runs_dir.absolute(), seeds=args.seeds, overrides=grid_overrides(args))
     if args.filter:
         pattern = args.filter if any(c in args.filter for c in "*?[") else f"*{args.filter}*"
@@ -128,8 +130,25 @@ def _fuse(args: argparse.Namespace) -> int:
     cuda = bool(args.gpus) or torch.cuda.is_available()
     n = resolve_fuse("auto", cuda=cuda)
     print(f"--fuse auto: {n} member(s) per process " + (
-        "(on an H200 a depth-20 group's images/s rose to 2.0x a single run at 12 members and no further: "
-        "BENCHMARKS.md)" if cuda else "(no GPU: on the CPU members step one after another, so fusing gains nothing)"))
+        "(where an H200's aggregate images/s stopped rising: BENCHMARKS.md, \"Fused training\")" if cuda
+        else "(no GPU: on the CPU members step one after another, so fusing gains nothing)"))
+    return n
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """``--jobs N|auto`` as a process count; auto on the CPU says what it chose."""
+    from ressenet.experiments.grid import resolve_jobs
+
+    value = str(getattr(args, "jobs", "auto") or "auto")
+    gpus = _gpus(args.gpus) or []
+    if value != "auto":
+        return resolve_jobs(value, gpus=gpus, cuda=False)
+    import torch
+
+    cuda = bool(gpus) or torch.cuda.is_available()
+    n = resolve_jobs("auto", gpus=gpus, cuda=cuda)
+    if not cuda:
+        print(f"--jobs auto: {n} single-threaded process(es), one per usable core")
     return n
 
 
@@ -164,7 +183,7 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
             print(f"left out {c.name}: its directory holds another configuration", file=sys.stderr)
         return spec, runs_dir, 1 if conflicts else 0
     print(f"grid {spec.name!r}: {spec.description}" if spec.description else f"grid {spec.name!r}")
-    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=args.jobs, fuse=fuse, mechanism=args.fused_mechanism)
+    result = run_grid(cells, gpus=_gpus(args.gpus), jobs=_jobs(args), fuse=fuse, mechanism=args.fused_mechanism)
     print(f"grid {spec.name!r}: {len(result.skipped)} already done, {len(result.succeeded)} finished now, "
           f"{len(result.failed)} failed, {len(result.conflicts)} in conflict"
           + (f", {len(result.elsewhere)} taken by another runner" if result.elsewhere else ""))
@@ -185,14 +204,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.findings:
         from ressenet.experiments.findings import write_findings
 
-        page = write_findings(args.runs_dir, args.findings, partial_dirs=args.partial, readme=args.readme,
-                              figures=args.figures)
+        page = write_findings(args.runs_dir, args.findings, partial_dirs=args.partial, schedule_dirs=args.schedule,
+                              readme=args.readme, figures=args.figures)
         print(f"findings -> {page}" + (f" (and the summary in {args.readme})" if args.readme else ""))
         return 0
-    if args.partial or args.readme:
+    if args.partial or args.readme or args.schedule:
         from ressenet.engine.config import ConfigError
 
-        raise ConfigError("--partial and --readme go with --findings PAGE.md")
+        raise ConfigError("--partial, --schedule and --readme go with --findings PAGE.md")
     out = Path(args.out) if args.out else Path("reports") / Path(args.runs_dir).absolute().name
     res = write_report(args.runs_dir, out, figures=args.figures)
     print(f"report of {res.n_runs} finished run(s) ({res.n_unfinished} unfinished skipped) -> {res.report}")

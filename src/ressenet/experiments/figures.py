@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,19 +17,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ressenet.experiments.paper import paper_result
-from ressenet.experiments.runs import FAMILY_TITLES, label_order
+from ressenet.experiments.runs import FAMILY_TITLES, label_order, slug
 from ressenet.models import FAMILIES, family_order
 
 if TYPE_CHECKING:
     from ressenet.experiments.runs import Group, Run
 
-__all__ = ["plot_protocol", "train_loss_curve", "FAMILY_COLORS"]
+__all__ = ["plot_protocol", "plot_curves", "metric_curve", "train_loss_curve", "FAMILY_COLORS"]
 
 FAMILY_COLORS = {f.key: f.color for f in FAMILIES}  # from the families table (models/families.py)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:
@@ -44,8 +39,9 @@ def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple
     return fig, axes[:n_panels]
 
 
-def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
-    """(iterations, training loss) from a run's ``metrics.jsonl`` "train" lines (all lines when none say so)."""
+def metric_curve(run: Run, key: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, ``key``) from a run's ``metrics.jsonl`` lines of ``kind`` ("train" or "eval"); for "train",
+    every line that has ``key`` when none is of kind "train" (older runs)."""
     points: dict[int, float] = {}
     fallback: dict[int, float] = {}
     try:
@@ -55,15 +51,23 @@ def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
     for line in lines:
         try:
             rec = json.loads(line)
-            it, loss = int(rec["iter"]), float(rec["train_loss"])
+            it, value = int(rec["iter"]), float(rec[key])
         except (ValueError, KeyError, TypeError):
             continue
-        if not math.isfinite(loss):
+        if not math.isfinite(value):
             continue
-        (points if rec.get("kind") == "train" else fallback)[it] = loss
+        if rec.get("kind") == kind:
+            points[it] = value
+        elif kind == "train":
+            fallback[it] = value
     points = points or fallback
     its = np.array(sorted(points), dtype=float)
     return its, np.array([points[int(i)] for i in its], dtype=float)
+
+
+def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, training loss) from a run's ``metrics.jsonl`` "train" lines."""
+    return metric_curve(run, "train_loss", "train")
 
 
 def _label(g: Group) -> str:
@@ -76,12 +80,18 @@ def _family_key(g: Group) -> tuple:
 
 def plot_train_loss(groups: Sequence[Group], path: Path, title: str) -> bool:
     """Training loss against iteration, one panel per depth, one line per family (mean over seeds)."""
+    return plot_curves(groups, path, title, "train_loss", "train", "training loss")
+
+
+def plot_curves(groups: Sequence[Group], path: Path, title: str, key: str, kind: str, ylabel: str) -> bool:
+    """``key`` of the ``kind`` lines against iteration, one panel per depth, one line per family (mean over the
+    seeds, at the iterations all of them logged; faint lines: single seeds)."""
     depths = sorted({g.depth or 0 for g in groups})
     fig, axes = _new_figure(len(depths))
     drawn = False
     for ax, depth in zip(axes, depths):
         for g in sorted((g for g in groups if (g.depth or 0) == depth), key=_family_key):
-            curves = [c for c in (train_loss_curve(r) for r in g.runs) if c[0].size]
+            curves = [c for c in (metric_curve(r, key, kind) for r in g.runs) if c[0].size]
             if not curves:
                 continue
             common = sorted(set.intersection(*(set(c[0].tolist()) for c in curves)))
@@ -91,11 +101,12 @@ def plot_train_loss(groups: Sequence[Group], path: Path, title: str) -> bool:
             color = FAMILY_COLORS.get(g.family or "")
             for c in curves if len(curves) > 1 else []:
                 ax.plot(c[0], c[1], color=color, alpha=0.2, linewidth=0.6)
-            ax.plot(common, stacked.mean(axis=0), color=color, linewidth=1.3, label=f"{_label(g)} (n={len(curves)})")
+            ax.plot(common, stacked.mean(axis=0), color=color, linewidth=1.3,
+                    marker="o" if kind == "eval" else None, markersize=3, label=f"{_label(g)} (n={len(curves)})")
             drawn = True
         ax.set_title(f"depth {depth}" if depth else "other models")
         ax.set_xlabel("iteration")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -156,7 +167,7 @@ def plot_protocol(groups: Sequence[Group], fig_dir: Path, suffix: str = "") -> l
     sfx = f"_{suffix}" if suffix else ""
     out: list[tuple[Path, str]] = []
     for label in sorted({g.label for g in groups}, key=label_order):
-        path = fig_dir / f"train_loss_{_slug(label)}{sfx}.png"
+        path = fig_dir / f"train_loss_{slug(label)}{sfx}.png"
         caption = f"Training loss against iteration on {label} (mean over seeds; faint lines: single seeds)."
         if plot_train_loss([g for g in groups if g.label == label], path, f"Training loss — {label}"):
             out.append((path, caption))

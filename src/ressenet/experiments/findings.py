@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
+from ressenet.engine.config import Config
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
     COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, md_table,
-    protocol_text,
+    protocol_text, slug,
 )
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
 
@@ -84,8 +85,143 @@ def _paper_groups(runs: list[Run]) -> tuple[dict[tuple[str, str], Group], list[s
     return groups, labels, others
 
 
+Test = tuple[str, str, int, Comparison, Comparison]  # (data label, title, depth, paired, Welch)
+
+
+def _comparisons(groups: dict[tuple[str, str], Group], labels: Sequence[str]) -> list[Test]:
+    """The paper's comparisons (runs.COMPARISONS) at every depth and dataset where both sides have finished runs."""
+    tests: list[Test] = []
+    for label in labels:
+        gs = {(g.family, g.depth): g for (lab, _), g in groups.items() if lab == label}
+        for fa, fb, title, _ in COMPARISONS:
+            for d in sorted({dd for (_, dd) in gs if dd}):
+                a, b = gs.get((fa, d)), gs.get((fb, d))
+                if a is None or b is None:
+                    continue
+                tests.append((label, title, d, paired(_seed_values(a), _seed_values(b)),
+                              welch(a.values("test_top1"), b.values("test_top1"))))
+    return tests
+
+
+def _comparison_table(tests: list[Test]) -> list[str]:
+    """The comparisons as a table, Holm-adjusted over the tested ones of ``tests``."""
+    adj_p = holm([t[3].p for t in tests])
+    adj_w = holm([t[4].p for t in tests])
+    rows = []
+    for (label, title, d, cp, cw), pp, pw in zip(tests, adj_p, adj_w):
+        verdict = ("not testable" if not cp.tested else
+                   ("yes" if pp < 0.05 else "no") + " (paired, Holm)")
+        rows.append([label, title, d, cp.n_a, _cmp_text(cp, pp), _cmp_text(cw, pw), verdict])
+    head = [f"Differences in final test top-1 (percentage points), 95% intervals; Holm's adjustment runs over "
+            f"all {sum(t[3].tested for t in tests)} tested comparisons of this table.", ""]
+    return head + _table(["data", "comparison", "depth", "pairs", "paired by seed", "Welch", "significant?"], rows)
+
+
+def schedule_text(protocol: tuple[tuple[str, Any], ...]) -> str:
+    """A run protocol in words for a label: "paper protocol compressed 8x (8,000 iterations, lr ÷10 at 4,000 and
+    6,000), bf16" when it is the paper's schedule shortened in proportion; else ``protocol_text``."""
+    keys = dict(protocol)
+    iters, ms = keys.get("optim.iters"), keys.get("optim.milestones")
+    rest = {k: v for k, v in keys.items() if k not in ("optim.iters", "optim.milestones", "run.precision")}
+    paper = Config().optim
+    if isinstance(iters, int) and 0 < iters < paper.iters and not rest and paper.iters % iters == 0 and \
+            tuple(ms or ()) == tuple(m * iters // paper.iters for m in paper.milestones):
+        text = (f"paper protocol compressed {paper.iters // iters}x ({iters:,} iterations, lr ÷10 at "
+                f"{' and '.join(f'{m:,}' for m in ms)})")
+    elif not rest and iters is None and ms is None:
+        text = "paper protocol (64,000 iterations)"
+    else:
+        return protocol_text(protocol)
+    precision = keys.get("run.precision")
+    return text + (f", {precision}" if precision and precision != "auto" else "")
+
+
+def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool) -> tuple[list[str], list[str]]:
+    """A runs folder of a shorter schedule (the ``compressed`` preset's): its table, comparisons, curves and one
+    sentence, every number labelled with the data and the schedule. Returns (page lines, README lines)."""
+    runs, unfinished, problems = collect_runs(runs_dir)
+    paper = [r for r in runs if r.compare_to is not None]
+    by_protocol: dict[tuple, list[Run]] = {}
+    for r in paper:
+        by_protocol.setdefault(r.protocol, []).append(r)
+    lines: list[str] = []
+    readme: list[str] = []
+    for protocol, rs in sorted(by_protocol.items(), key=lambda kv: -len(kv[1])):
+        groups = {(g.label, g.model): g for g in group_runs(rs).values()}
+        labels = sorted({g.label for g in groups.values()})
+        sched = schedule_text(protocol)
+        name = slug(runs_dir.name) + ("" if len(by_protocol) == 1 else f"_{len(lines)}")
+        lines += [f"## {sched[0].upper() + sched[1:]}: `{runs_dir}`", ""]
+        lines += [f"Final-model test top-1 (%) of the runs in `{runs_dir}`, trained with the {sched}. n = number of "
+                  f"seeds; a shorter schedule than the paper's, so these numbers say nothing about the paper's "
+                  f"64,000-iteration protocol above.", ""]
+        lines += [f"Problems found while reading the runs: {'; '.join(problems)}.", ""] if problems else []
+        tests = _comparisons(groups, labels)
+        for label in labels:
+            gs = sorted((g for (lab, _), g in groups.items() if lab == label),
+                        key=lambda g: (g.depth or 0, family_order(g.family)))
+            n_all = sorted({g.n for g in gs})
+            tag = f"{label}, {sched}, n = {'–'.join(map(str, (n_all[0], n_all[-1])) if len(n_all) > 1 else str(n_all[0]))}"
+            rows = [[_title(g.family), g.depth, g.n, fmt_mean_std(g.stat("test_top1")),
+                     fmt_mean_std(g.stat("test_top5"))] for g in gs]
+            lines += [f"**{tag}**:", ""]
+            lines += _table(["family", "depth", "n", "final test top-1 (%)", "final test top-5 (%)"], rows) + [""]
+            mine = [t for t in tests if t[0] == label]
+            if mine:
+                lines += _comparison_table(mine) + [""]
+            sentence = _sentence(mine, tag)
+            lines += [sentence, ""]
+            readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):", ""]
+            readme += _table(["model", "n", "final test top-1 (%)"],
+                             [[g.model, g.n, fmt_mean_std(g.stat("test_top1"))] for g in gs]) + ["", sentence, ""]
+        if figures and groups:
+            from ressenet.experiments.figures import plot_curves, plot_train_loss
+
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            gl = list(groups.values())
+            shown = []
+            if plot_curves(gl, fig_dir / f"test_top1_{name}.png", f"Test top-1 — {sched}", "test_top1", "eval",
+                           "test top-1 (%)"):
+                shown.append((f"test_top1_{name}.png", f"Test top-1 against iteration, {sched} (mean over seeds; "
+                                                      f"faint: single seeds)"))
+            if plot_train_loss(gl, fig_dir / f"train_loss_{name}.png", f"Training loss — {sched}"):
+                shown.append((f"train_loss_{name}.png", f"Training loss against iteration, {sched} (mean over "
+                                                       f"seeds; faint: single seeds)"))
+            lines += [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
+    if not by_protocol:
+        lines += [f"## `{runs_dir}`", "", "No finished run there yet.", ""]
+    if unfinished:
+        lines += [f"Still training or stopped in `{runs_dir}` (they resume with the same `ressenet grid` command): "
+                  + ", ".join(f"{d} ({p})" for d, p in unfinished) + ".", ""]
+    return lines, readme
+
+
+def _sentence(tests: list[Test], tag: str) -> str:
+    """One sentence that claims no more than the paired intervals allow, and stays at this schedule."""
+    tested = [(t, a) for t, a in zip(tests, holm([t[3].p for t in tests])) if t[3].tested]
+    if not tested:
+        return (f"**No answer yet at this schedule** ({tag}): no comparison has two seeds of both sides; the grid "
+                f"is still training.")
+    parts, shown = [], []
+    for (label, title, d, c, _), a in tested:
+        span = f"{fmt_num(c.diff, 2, True)} points [{fmt_num(c.ci_low, 2, True)}, {fmt_num(c.ci_high, 2, True)}]"
+        if a < 0.05:
+            parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}, a difference at this "
+                         f"schedule")
+            shown.append(title)
+        else:
+            parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}, no difference shown")
+    head = ("**At this schedule no comparison shows a difference** (paired by seed, 95% intervals, Holm-adjusted)"
+            if not shown else f"**At this schedule, {len(shown)} of {len(tested)} comparisons show a difference** "
+                              f"(paired by seed, 95% intervals, Holm-adjusted)")
+    return (f"{head}: " + "; ".join(parts) + ". An interval that includes zero leaves either sign possible; none of "
+            "this carries over to the paper's full protocol.")
+
+
+
 def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Sequence[str | Path] = (),
-                   readme: str | Path | None = None, figures: bool = True) -> Path:
+                   schedule_dirs: Sequence[str | Path] = (), readme: str | Path | None = None,
+                   figures: bool = True) -> Path:
     """Writes the findings page (and its figures in ``<out_md stem>/``); refreshes README's block if asked."""
     runs_dir, out_md = Path(runs_dir), Path(out_md)
     runs, unfinished, problems = collect_runs(runs_dir)
@@ -94,7 +230,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
     rel_fig = fig_dir.name
     lines = ["# Findings: Res-SE-Net against ResNet and SE-ResNet", "",
              f"Generated from the run directories in `{runs_dir}` by "
-             f"`{_command(runs_dir, out_md, partial_dirs, readme)}`; do not edit by hand. Accuracy is the final "
+             f"`{_command(runs_dir, out_md, partial_dirs, schedule_dirs, readme)}`; do not edit by hand. Accuracy is the final "
              f"model's test top-1 (not the best-on-test number the paper's code reports). Protocol: "
              f"{protocol_text(())}; arithmetic as each run's device chose (bf16 autocast on GPUs, fp32 on CPUs). "
              f"n = number of seeds.", ""]
@@ -125,31 +261,12 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
 
     # -- comparisons -----------------------------------------------------------------------------------------
     lines += ["## Comparisons", ""]
-    tests: list[tuple[str, str, int, Comparison, Comparison]] = []
-    for label in labels:
-        gs = {(g.family, g.depth): g for (lab, _), g in groups.items() if lab == label}
-        for fa, fb, title, _ in COMPARISONS:
-            for d in sorted({dd for (_, dd) in gs if dd}):
-                a, b = gs.get((fa, d)), gs.get((fb, d))
-                if a is None or b is None:
-                    continue
-                tests.append((label, title, d, paired(_seed_values(a), _seed_values(b)),
-                              welch(a.values("test_top1"), b.values("test_top1"))))
+    tests = _comparisons(groups, labels)
     if not tests:
         lines += ["No comparison is possible yet: no depth has finished runs of both families of any comparison.",
                   ""]
     else:
-        adj_p = holm([t[3].p for t in tests])
-        adj_w = holm([t[4].p for t in tests])
-        rows = []
-        for (label, title, d, cp, cw), pp, pw in zip(tests, adj_p, adj_w):
-            verdict = ("not testable" if not cp.tested else
-                       ("yes" if pp < 0.05 else "no") + " (paired, Holm)")
-            rows.append([label, title, d, cp.n_a, _cmp_text(cp, pp), _cmp_text(cw, pw), verdict])
-        lines += [f"Differences in final test top-1 (percentage points), 95% intervals; Holm's adjustment runs over "
-                  f"all {sum(t[3].tested for t in tests)} tested comparisons of the page.", ""]
-        lines += _table(["data", "comparison", "depth", "pairs", "paired by seed", "Welch", "significant?"], rows)
-        lines += [""]
+        lines += _comparison_table(tests) + [""]
 
     # -- figures ---------------------------------------------------------------------------------------------
     if figures and groups:
@@ -164,6 +281,13 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
         if plot_train_loss(gl, fig_dir / "train_loss.png", "Training loss (the paper's figure)"):
             shown.append(("train_loss.png", "Training loss against iteration, mean over seeds"))
         lines += ["## Figures", ""] + [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
+
+    # -- shorter schedules ----------------------------------------------------------------------------------
+    readme_extra: list[str] = []
+    for sdir in schedule_dirs:
+        sec, rd = _schedule_section(Path(sdir), fig_dir, rel_fig, figures)
+        lines += sec
+        readme_extra += rd
 
     # -- partial runs ----------------------------------------------------------------------------------------
     partial_lines = _partial_section(partial_dirs, out_md, fig_dir, rel_fig, figures)
@@ -205,7 +329,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("\n".join(lines).rstrip() + "\n")
     if readme is not None:
-        _refresh_readme(Path(readme), groups, labels, tests, out_md, rel_fig)
+        _refresh_readme(Path(readme), groups, labels, tests, out_md, rel_fig, readme_extra)
     return out_md
 
 
@@ -247,7 +371,7 @@ def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: 
 
 
 def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: list[str],
-                    tests: list[tuple[str, str, int, Comparison, Comparison]], out_md: Path, rel_fig: str) -> None:
+                    tests: list[Test], out_md: Path, rel_fig: str, extra: Sequence[str] = ()) -> None:
     """Replaces the block between the README's findings markers with a short table and one sentence."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
@@ -273,6 +397,11 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
                  f"[{fmt_num(t[3].ci_low, 2, True)}, {fmt_num(t[3].ci_high, 2, True)}], Holm p={fmt_p(a)}"
                  for t, a in zip(tests, adj) if t[3].tested]
         block += ["Paired by seed, 95% intervals: " + "; ".join(parts) + f". Details: [findings page]({page})."]
+    if extra:
+        block += ["", "At a shorter schedule (details and curves on the [findings page]({page})):".format(page=page),
+                  ""] + list(extra)
+    while block[-1] == "":
+        block.pop()
     block += ["", README_END]
     start, end = text.index(README_START), text.index(README_END) + len(README_END)
     readme.write_text(text[:start] + "\n".join(block) + text[end:])
@@ -282,9 +411,11 @@ def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(base).resolve())
 
 
-def _command(runs_dir: Path, out_md: Path, partial: Sequence[str | Path], readme: str | Path | None) -> str:
+def _command(runs_dir: Path, out_md: Path, partial: Sequence[str | Path], schedules: Sequence[str | Path],
+             readme: str | Path | None) -> str:
     cmd = f"ressenet report {runs_dir} --findings {out_md}"
     cmd += "".join(f" --partial {p}" for p in partial)
+    cmd += "".join(f" --schedule {p}" for p in schedules)
     return cmd + (f" --readme {readme}" if readme else "")
 
 

@@ -47,7 +47,7 @@ from ressenet.experiments.runs import last_iteration
 __all__ = [
     "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
     "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan",
-    "Job", "plan_jobs", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA",
+    "Job", "plan_jobs", "resolve_jobs", "usable_cores", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -58,9 +58,8 @@ AXIS_KEYS = ("model.name", "run.seed", "run.out")
 FLAG_KEYS = {"model.name": "--model", "data.dataset": "--dataset", "run.seed": "--seed", "run.out": "--out",
              "data.data_root": "--data-root"}
 MAX_TAG_CHARS = 80
-# `--fuse auto` on a CUDA device: members per fused job. On an H200 the aggregate rate of a depth-20 group rose to
-# 2.0x a single graphed run at 12 members and stayed there at 16 and 32; at depth 56 it was 1.85x at 8 and 1.96x at
-# 16 (BENCHMARKS.md, "Fused training"). On the CPU fusing gains nothing (members step one after another): auto = 1.
+# `--fuse auto` on a CUDA device: members per fused job, where an H200's aggregate rate stopped rising
+# (BENCHMARKS.md, "Fused training"). On the CPU fusing gains nothing (members step one after another): auto = 1.
 FUSE_AUTO_CUDA = 12
 
 
@@ -483,6 +482,31 @@ def resolve_fuse(value: int | str, *, cuda: bool) -> int:
     return n
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a cluster's scheduler or ``taskset`` narrows)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(value: int | str | None, *, gpus: Sequence[str], cuda: bool) -> int:
+    """``--jobs``: a positive count, or ``auto`` (the default): one per listed GPU; one on an unlisted GPU; on the
+    CPU one single-threaded process per usable core, which trains more images/s in all than fewer processes with
+    several threads each (BENCHMARKS.md, "CPU grids")."""
+    if value is None or value == "auto":
+        if gpus:
+            return len(gpus)
+        return 1 if cuda else usable_cores()
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--jobs {value!r}: expected a positive number of cells at once, or auto")
+    return n
+
+
 def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
     """Packs cells into jobs of at most ``fuse`` members.
 
@@ -625,8 +649,9 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
     Args:
         cells: from ``expand_grid``.
         gpus: GPU ids; each process sees one through ``CUDA_VISIBLE_DEVICES``. None: no GPU pinning.
-        jobs: processes at once (default: one per listed GPU, else 1). With more jobs than GPUs they share
-            GPUs round-robin; on CPU each of several jobs gets an equal share of the cores (``OMP_NUM_THREADS``).
+        jobs: processes at once (default: one per listed GPU, else 1; the CLI's ``--jobs auto`` is
+            :func:`resolve_jobs`). With more jobs than GPUs they share GPUs round-robin; on CPU each of several jobs
+            gets an equal share of the usable cores (``OMP_NUM_THREADS``), one thread each at one job per core.
         command: builds the argv of a cell (default ``python -m ressenet train ...``); tests pass a fake trainer.
         echo: where progress lines go.
         env: extra environment variables for every process.
@@ -669,7 +694,7 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
 
     base_env = {**os.environ, **(env or {})}
     if not gpu_list and n_slots > 1 and "OMP_NUM_THREADS" not in base_env:
-        base_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
+        base_env["OMP_NUM_THREADS"] = str(max(1, usable_cores() // n_slots))
     lock = threading.Lock()
     queue = list(enumerate(job_list, 1))
     procs: dict[int, subprocess.Popen] = {}

@@ -21,7 +21,7 @@ from ressenet.models import FAMILIES, family_order, model_info
 
 __all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
            "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
-           "PAPER_DEPTHS", "GROUPING_IGNORED", "md_cell", "md_table"]
+           "PAPER_DEPTHS", "GROUPING_IGNORED", "md_cell", "md_table", "slug"]
 
 
 # metric kind -> (top-1 key, top-5 key) in summary.json
@@ -242,6 +242,13 @@ def md_cell(value: Any) -> str:
     import html
 
     return html.escape(" ".join(str(value).split()), quote=False).replace("|", "\\|")
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part: lower case, runs of other characters as one underscore."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:

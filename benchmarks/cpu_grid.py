@@ -1,0 +1,155 @@
+"""Aggregate training images/s of a CPU grid: the grid's CPU default against the earlier one, side by side.
+
+A grid on a CPU runs several cells; what counts is the images/s of all of its processes together. Two settings:
+
+* **new** (today's default): ``ressenet grid --jobs auto`` (one single-threaded process per usable core), each
+  training at ``--precision auto`` and compile auto, resolved as for a full-length run (``Switch.resolved``): bf16
+  autocast, eager, on a CPU with native bf16 arithmetic; fp32, compiled where a C++ compiler is found, elsewhere;
+* **old**: one process with one thread per core, fp32, compiled (``torch.compile``, Inductor's C++ kernels).
+
+Each process builds its run as ``ressenet train`` does (``Run.build``: the model, SGD, the engine's ``TrainLoader``
+on real data, channels-last) and steps it (``Run.step``: lr, augmentation, forward, backward, SGD). After warm-up
+steps (compilation included) all processes of a setting wait at one barrier, then count the steps they finish in
+the same window of wall time, so every figure is measured with all of the setting's processes training. Rounds
+alternate old and new, so the machine's drift hits both; the ratio is the median of the per-round ratios.
+
+    python benchmarks/cpu_grid.py --data-root ../shared/data/cifar10-jpeg.tar.gz   # ~6 min on 2 cores, quiet
+
+Stop a running grid first (SIGTERM to it and its trainers): a figure timed beside it is void.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+import torch  # noqa: E402
+
+
+def _worker(conn: Any, barrier: Any, model: str, switch: common.Switch, threads: int, overrides: dict[str, Any],
+            warmup: int, seconds: float, seed: int) -> None:
+    """One grid process: builds a run, warms up, waits for the others, counts steps in the window."""
+    torch.set_num_threads(threads)
+    from ressenet.engine.config import load_config
+    from ressenet.engine.run import Run
+    from ressenet.engine.setup import load_data
+
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="ressenet-cpu-grid-") as tmp:
+            cfg = load_config(None, overrides | {
+                "model.name": model, "run.out": tmp, "run.seed": seed, "run.device": "cpu",
+                "run.precision": switch.precision, "run.channels_last": switch.channels_last,
+                "run.compile": switch.compile, "run.progress": "none"})
+            run = Run.build(cfg, Path(tmp), load_data(cfg), torch.device("cpu"))
+            if switch.compile:
+                run.step_model = torch.compile(run.model, mode=switch.compile_mode)
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                run.step()
+            run.acc.sum().item()  # the host waits for the warm-up's work
+            warm = time.perf_counter() - t0
+            barrier.wait()
+            start = time.perf_counter()
+            steps = 0
+            while time.perf_counter() - start < seconds:
+                run.step()
+                steps += 1
+            run.acc.sum().item()
+            elapsed = time.perf_counter() - start
+            conn.send({"ok": True, "images_per_second": steps * cfg.optim.batch_size / elapsed, "steps": steps,
+                       "warmup_seconds": warm})
+    except BaseException as e:  # reported by the parent; a broken barrier releases the others
+        barrier.abort()
+        conn.send({"ok": False, "error": f"{type(e).__name__}: {e}"})
+
+
+def measure(name: str, switch: common.Switch, procs: int, threads: int, args: argparse.Namespace,
+            models: list[str], round_index: int) -> dict[str, Any]:
+    """One setting once: ``procs`` processes of ``threads`` threads each, started together."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    overrides = common.data_overrides(args) | {"optim.iters": 10 ** 6, "optim.batch_size": args.batch_size}
+    pipes, workers = [], []
+    for i in range(procs):
+        parent, child = ctx.Pipe(duplex=False)
+        w = ctx.Process(target=_worker, args=(child, barrier, models[i % len(models)], switch, threads, overrides,
+                                              args.warmup, args.seconds, i), daemon=True)
+        w.start()
+        pipes.append(parent)
+        workers.append(w)
+    results = [p.recv() for p in pipes]
+    for w in workers:
+        w.join()
+    bad = [r["error"] for r in results if not r["ok"]]
+    if bad:
+        raise SystemExit(f"{name}: a process failed: {bad[0]}")
+    rates = [r["images_per_second"] for r in results]
+    total = sum(rates)
+    print(f"  round {round_index + 1} {name:4s}: {total:7.1f} images/s in all ({procs} x {threads} thread(s); per "
+          f"process {', '.join(f'{r:.0f}' for r in rates)}; warm-up {max(r['warmup_seconds'] for r in results):.0f} s)",
+          flush=True)
+    return {"aggregate": total, "per_process": rates, "warmup_seconds": [r["warmup_seconds"] for r in results]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common.add_data_args(p)
+    p.add_argument("--models", default="res_se_net20",
+                   help="comma list; the processes of a setting cycle through it (default res_se_net20)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=8, help="steps before the window (compilation happens here)")
+    p.add_argument("--seconds", type=float, default=30.0, help="the timed window of each setting, each round")
+    p.add_argument("--rounds", type=int, default=3, help="old/new rounds, alternating")
+    p.add_argument("--cores", type=int, default=0, help="cores to use (default: the usable ones, as --jobs auto)")
+    args = p.parse_args()
+    from ressenet.experiments.grid import usable_cores
+
+    device = torch.device("cpu")
+    info = common.header("CPU grid: aggregate training images/s, grid default against fp32 compiled", device)
+    t_start = time.perf_counter()
+    cores = args.cores or usable_cores()
+    import torch.cpu as tcpu
+
+    from ressenet.engine.setup import cpu_has_native_bf16
+
+    flags = {n: bool(getattr(tcpu, n)()) for n in ("_is_avx2_supported", "_is_avx512_supported",
+                                                     "_is_avx512_bf16_supported", "_is_amx_tile_supported")
+             if hasattr(tcpu, n)}
+    shown = ", ".join(k.removeprefix("_is_").removesuffix("_supported") for k, v in flags.items() if v)
+    print(f"cpu flags: {shown}"
+          f"; native bf16: {cpu_has_native_bf16()}; {cores} usable cores")
+    new = common.Switch().resolved(device)
+    old = common.Switch("fp32", True, True, "default")
+    settings = {"old": (old, 1, cores), "new": (new, cores, 1)}
+    print(f"old: 1 process x {cores} threads, {old.name};  new: {cores} processes x 1 thread, {new.name} "
+          f"(the grid default resolved for a full-length run)")
+    models = common.parse_list(args.models)
+    rows: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    ratios = []
+    for r in range(args.rounds):
+        order = ("old", "new") if r % 2 == 0 else ("new", "old")
+        for name in order:
+            sw, procs, threads = settings[name]
+            rows[name].append(measure(name, sw, procs, threads, args, models, r))
+        ratios.append(rows["new"][-1]["aggregate"] / rows["old"][-1]["aggregate"])
+    agg = {k: [m["aggregate"] for m in v] for k, v in rows.items()}
+    print(f"old ({old.name}, 1 x {cores} threads): {common.fmt_rate(agg['old'])} images/s (median (min..max))")
+    print(f"new ({new.name}, {cores} x 1 thread):  {common.fmt_rate(agg['new'])} images/s")
+    print(f"new / old: {statistics.median(ratios):.2f}x (median of {len(ratios)} rounds; "
+          f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    return common.finish(info, args.json, {"info": info, "cpu_flags": flags, "cores": cores, "models": models,
+                                           "old": {"switch": old.name, "rounds": rows["old"]},
+                                           "new": {"switch": new.name, "rounds": rows["new"]},
+                                           "ratios": ratios, "ratio_median": statistics.median(ratios)}, t_start)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
