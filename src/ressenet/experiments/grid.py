@@ -20,17 +20,19 @@ A grid file (``presets/*.yaml`` are the shipped ones)::
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -636,7 +638,9 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
         fused_command: builds the argv of a fused job (default ``python -m ressenet train --model a,b ...``).
 
     A failing cell (non-zero exit, or exit 0 without ``summary.json``) is reported with its return code and log
-    (``DIR/train.log``, appended to on each attempt) and the others go on. Ctrl-C stops the running processes.
+    (``DIR/train.log``, appended to on each attempt) and the others go on. SIGINT (Ctrl-C) or SIGTERM is passed on
+    to the running trainers, which checkpoint and exit; then the grid exits with 128 + the signal's number, and
+    running the same command again resumes.
     """
     build = command or _default_command
     result = GridResult()
@@ -731,17 +735,23 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
             log.write(f"# ressenet grid {time.strftime('%Y-%m-%d %H:%M:%S')}"
                       f"{f' CUDA_VISIBLE_DEVICES={gpu}' if gpu is not None else ''}: {shlex.join(argv)}\n")
             log.flush()
-            try:
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=proc_env,
-                                        stdin=subprocess.DEVNULL)
-            except OSError as e:
-                log.write(f"# could not start: {e}\n")
+            with lock:  # a stop that came while this job was being prepared starts nothing
+                if stopping.is_set():
+                    return
+                try:
+                    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=proc_env,
+                                            stdin=subprocess.DEVNULL)
+                except OSError as e:
+                    proc = None
+                    error = e
+                else:
+                    procs[slot] = proc
+            if proc is None:
+                log.write(f"# could not start: {error}\n")
                 with lock:
                     result.failed.extend((c.name, -1, str(log_path)) for c in job.cells)
-                echo(f"[{index}/{len(job_list)}] FAILED {job.name}: could not start ({e}); log {log_path}")
+                echo(f"[{index}/{len(job_list)}] FAILED {job.name}: could not start ({error}); log {log_path}")
                 return
-            with lock:
-                procs[slot] = proc
             rc = proc.wait()
             with lock:
                 procs.pop(slot, None)
@@ -770,27 +780,54 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
                 result.failed.append((cell.name, rc if rc != 0 else 1, str(log_path)))
             echo(f"[{index}/{len(job_list)}] FAILED {cell.name} ({why}) after {seconds:.0f} s; log {log_path}")
 
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(job_list)))]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)
-    except KeyboardInterrupt:
-        stopping.set()
+    signals: list[int] = []
+
+    def stop(signum: int, _frame: Any = None) -> None:
+        # Pass the signal on and let the trainers end themselves: each finishes its step, saves last.pt and exits
+        # (engine/train.py), holding its directory's lock until then, so a re-run resumes and no other runner
+        # starts the cell meanwhile.
+        signals.append(signum)
         with lock:
+            stopping.set()
             running = list(procs.values())
-        for p in running:  # the trainer saves last.pt on SIGINT/SIGTERM where it can; re-running resumes
-            p.terminate()
         for p in running:
             try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise
+                p.send_signal(signum)
+            except OSError:  # ended meanwhile
+                pass
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(job_list)))]
+    with _signals_to(stop):
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:  # no handler could be installed (not the main thread): stop and wait the same way
+            stop(signal.SIGINT)
+            for t in threads:
+                t.join()
+    if signals:
+        name = signal.Signals(signals[0]).name
+        echo(f"stopped by {name}: the running cells saved their checkpoints; run the same command to resume")
+        raise SystemExit(128 + signals[0])
     result.failed.sort(key=lambda f: [c.name for c in cells].index(f[0]))
     return result
+
+
+@contextlib.contextmanager
+def _signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` for the block (main thread only: elsewhere Python cannot install one)."""
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 # --------------------------------------------------------------------------------------------------------------
