@@ -14,6 +14,8 @@ from ressenet.errors import RessenetError
 __all__ = ["RUN_FILES", "prepare_run_dir"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
+# What `ressenet train` prints of a finished run: a summary.json without them is not one.
+SUMMARY_NUMBERS = ("test_top1", "test_top5", "iters", "wall_seconds")
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, dict[str, Any] | None]:
@@ -31,11 +33,16 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
             for name in RUN_FILES + ("train.log",):
                 (out / name).unlink(missing_ok=True)
         elif (out / "summary.json").is_file() and not overwrite:
+            fix = "delete it to finish the run again from its last.pt, or pass --overwrite"
             try:
-                return out, json.loads((out / "summary.json").read_text(encoding="utf-8"))
+                summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
-                raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); delete it to "
-                                    f"finish the run again from its last.pt, or pass --overwrite") from None
+                raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); {fix}") from None
+            if not isinstance(summary, dict) or not all(isinstance(summary.get(k), (int, float)) and not
+                                                        isinstance(summary.get(k), bool) for k in SUMMARY_NUMBERS):
+                raise RessenetError(f"{out / 'summary.json'} holds no finished run's result (a "
+                                    f"{type(summary).__name__} without {', '.join(SUMMARY_NUMBERS)}); {fix}")
+            return out, summary
         elif overwrite and is_main:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
