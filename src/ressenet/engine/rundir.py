@@ -5,10 +5,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ressenet.engine.checkpoint import remove_orphans
-from ressenet.engine.config import Config, diff_configs
+from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.errors import RessenetError
 
 __all__ = ["RUN_FILES", "prepare_run_dir"]
@@ -60,9 +59,9 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
 def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
     """A run directory's config.yaml as a mapping; one line naming it when it is not one (None with --overwrite)."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        why = type(e).__name__
+        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        why = str(e).removeprefix(f"{path}").strip(" :") if isinstance(e, ConfigError) else type(e).__name__
     else:
         if isinstance(tree, dict):
             return tree

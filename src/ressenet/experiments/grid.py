@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs,
-                                    flatten_config)
+                                    flatten_config, load_yaml)
 from ressenet.errors import RessenetError
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock, lock_holder
 from ressenet.engine.lock import describe as describe_holder
@@ -125,12 +124,10 @@ def load_grid(preset: str | Path) -> GridSpec:
     if not path.is_file():
         raise ConfigError(f"grid file {path} not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = load_yaml(path.read_text(encoding="utf-8"), f"grid file {path}")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"grid file {path} cannot be read as UTF-8 text ({type(e).__name__}); save it as UTF-8")\
             from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"grid file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     where = str(path)
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: a grid file holds a mapping with models, datasets, seeds, config")
@@ -346,8 +343,8 @@ def _existing_config(out: Path, summary: dict[str, Any] | None) -> dict[str, Any
     path = out / "config.yaml"
     if path.is_file():
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError):  # unreadable: the cell is reported as a conflict
+            tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, ValueError):  # unreadable (ConfigError is a ValueError): the cell is reported as a conflict
             return None
         return tree if isinstance(tree, dict) else None
     return None

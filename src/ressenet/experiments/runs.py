@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config
+from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config,
+                                    load_yaml)
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
 
@@ -103,8 +103,8 @@ class Run:
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError
+        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError):  # ValueError: UnicodeDecodeError, ConfigError
         return {}
     return tree if isinstance(tree, dict) else {}
 
