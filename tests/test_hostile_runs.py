@@ -108,3 +108,35 @@ def test_lr_and_weight_decay_flags_beyond_float32_are_refused(tmp_path, capsys):
     for flag in ("--lr", "--weight-decay"):
         assert cli_main(["train", *TINY, flag, "1e300", "--out", str(tmp_path / "run")]) == 2
         assert "within float32's range" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds", ["100000000", ",".join(map(str, range(2000)))], ids=["count", "list"])
+def test_absurd_seed_counts_are_refused_before_anything_is_built(tmp_path, capsys, seeds):
+    import tracemalloc
+
+    tracemalloc.start()
+    assert cli_main(["grid", "quick", "--seeds", seeds, "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 2
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert "more than 1,000 seeds" in err and len(err.strip().splitlines()) == 1 and len(err) < 300
+    assert peak < 50e6 and not (tmp_path / "runs").exists()
+
+
+def test_a_grid_over_the_stated_size_is_refused(tmp_path, capsys):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: big\nseeds: 1000\ndepths: [20, 32, 44, 56, 110]\n"
+                    "models: ['resnet{depth}', 'res_se_net{depth}', 'se_resnet{depth}']\n")
+    assert cli_main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "would have 15,000 cells" in err and "more than the 10,000" in err
+
+
+@pytest.mark.parametrize("template", ["{model}{seed}{x}", "{model}-{seed.__class__}", "{model}-{seed!r}",
+                                      "{model}-{seed:>9}", "{model}-{seed}-{", "{model}-{0}{seed}"])
+def test_member_name_allows_only_model_and_seed(tmp_path, capsys, template):
+    assert cli_main(["train", *TINY, "--model", "resnet20,se_resnet20", "--out", str(tmp_path / "runs"),
+                     "--member-name", template]) == 2
+    err = capsys.readouterr().err
+    assert "no other {...} field" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 
 from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs,
                                     flatten_config, load_yaml)
-from ressenet.errors import RessenetError
+from ressenet.errors import RessenetError, quote
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock, lock_holder
 from ressenet.engine.lock import describe as describe_holder
 from ressenet.experiments.runs import last_iteration
@@ -48,7 +48,7 @@ from ressenet.experiments.runs import last_iteration
 __all__ = [
     "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
     "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan",
-    "Job", "plan_jobs", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA",
+    "Job", "plan_jobs", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA", "MAX_SEEDS", "MAX_CELLS",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -59,6 +59,10 @@ AXIS_KEYS = ("model.name", "run.seed", "run.out")
 FLAG_KEYS = {"model.name": "--model", "data.dataset": "--dataset", "run.seed": "--seed", "run.out": "--out",
              "data.data_root": "--data-root"}
 MAX_TAG_CHARS = 80
+# Sizes beyond any real study (the paper's grid is 40 cells a seed), refused before anything is built: a typo such as
+# --seeds 100000000 would otherwise fill the memory listing cells.
+MAX_SEEDS = 1_000
+MAX_CELLS = 10_000
 # `--fuse auto` on a CUDA device: members per fused job. On an H200 the aggregate rate of a depth-20 group rose to
 # 2.0x a single graphed run at 12 members and stayed there at 16 and 32; at depth 56 it was 1.85x at 8 and 1.96x at
 # 16 (BENCHMARKS.md, "Fused training"). On the CPU fusing gains nothing (members step one after another): auto = 1.
@@ -90,22 +94,33 @@ def list_presets() -> list[str]:
 def parse_seeds(value: int | str | Sequence[int]) -> tuple[int, ...]:
     """``3`` or ``"3"`` -> (0, 1, 2); ``"0,4,7"`` or ``[0, 4, 7]`` -> (0, 4, 7); ``"12,"`` -> (12,)."""
     if isinstance(value, bool):
-        raise ConfigError(f"seeds={value!r}: expected a count or a list of seeds")
+        raise ConfigError(f"seeds={quote(value)}: expected a count or a list of seeds")
+    too_many = ConfigError(f"seeds={quote(value)}: more than {MAX_SEEDS:,} seeds; a grid takes at most "
+                           f"{MAX_SEEDS:,} (run a few first: --seeds 3)")
     if isinstance(value, int):
+        if value > MAX_SEEDS:
+            raise too_many
         seeds: tuple[int, ...] = tuple(range(value))
     elif isinstance(value, str):
         text = value.strip()
         try:
-            seeds = tuple(int(s) for s in text.split(",") if s.strip()) if "," in text else tuple(range(int(text)))
+            listed = [int(s) for s in text.split(",")[:MAX_SEEDS + 1] if s.strip()] if "," in text else None
+            count = int(text) if listed is None else len(listed)
         except ValueError:
-            raise ConfigError(f"--seeds {value!r}: expected a count (3) or a comma-separated list (0,1,2)") from None
+            raise ConfigError(f"--seeds {quote(value)}: expected a count (3) or a comma-separated list (0,1,2)") \
+                from None
+        if count > MAX_SEEDS:
+            raise too_many
+        seeds = tuple(range(count)) if listed is None else tuple(listed)
     else:
+        if isinstance(value, Sized) and len(value) > MAX_SEEDS:
+            raise too_many
         try:
             seeds = tuple(int(s) for s in value)
         except (TypeError, ValueError):
-            raise ConfigError(f"seeds={value!r}: expected a count or a list of integers") from None
+            raise ConfigError(f"seeds={quote(value)}: expected a count or a list of integers") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"seeds={value!r}: expected at least one seed, no repeats, none negative")
+        raise ConfigError(f"seeds={quote(value)}: expected at least one seed, no repeats, none negative")
     return seeds
 
 
@@ -244,6 +259,11 @@ def expand_grid(spec: GridSpec, runs_dir: str | Path, *, seeds: int | str | Sequ
     if "data.dataset" in user:
         datasets = (str(user.pop("data.dataset")),)
     seed_list = spec.seeds if seeds is None else parse_seeds(seeds)
+    n_cells = len(seed_list) * len(datasets) * len(spec.models) * len(spec.variants)
+    if n_cells > MAX_CELLS:
+        raise ConfigError(f"grid {spec.name!r} would have {n_cells:,} cells ({len(spec.models)} models x "
+                          f"{len(datasets)} datasets x {len(spec.variants)} variants x {len(seed_list)} seeds), more "
+                          f"than the {MAX_CELLS:,} a grid may hold; use fewer seeds or split the grid file")
     runs = Path(runs_dir)
     cells: list[Cell] = []
     for seed in seed_list:
