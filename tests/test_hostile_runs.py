@@ -140,3 +140,35 @@ def test_member_name_allows_only_model_and_seed(tmp_path, capsys, template):
     err = capsys.readouterr().err
     assert "no other {...} field" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), "91.0"], ids=["null", "nan", "text"])
+def test_a_run_without_a_final_top1_is_named_and_not_counted(tmp_path, capsys, bad):
+    import csv
+
+    runs = tmp_path / "runs"
+    for seed, top1 in ((1, 90.0), (2, 92.0), (3, 99.0)):
+        make_run(runs, f"resnet20-cifar10-s{seed}", model="resnet20", seed=seed, top1=top1, best_top1=top1 + 1)
+    broken = runs / "resnet20-cifar10-s3" / "summary.json"
+    s = json.loads(broken.read_text())
+    s["test_top1"] = bad
+    broken.write_text(json.dumps(s))
+    assert cli_main(["report", str(runs), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
+    err = capsys.readouterr().err
+    assert "resnet20-cifar10-s3: summary.json's test_top1 is" in err and "skipped" in err
+    rows = [r for r in csv.DictReader((tmp_path / "rep" / "groups.csv").open()) if r["model"] == "resnet20"]
+    assert len(rows) == 1 and rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2"
+    assert float(rows[0]["final_top1_mean"]) == 91.0 and float(rows[0]["best_on_test_top1_mean"]) == 92.0
+
+
+def test_a_grid_cell_whose_summary_has_no_result_is_not_done(tmp_path):
+    cell = expand_grid(load_grid("quick"), tmp_path, seeds=1)[0]
+    out = make_run(tmp_path, cell.name, model=cell.model, config=cell.config)
+    s = json.loads((out / "summary.json").read_text())
+    del s["config"]
+    s["test_top1"] = "n/a"
+    (out / "summary.json").write_text(json.dumps(s))
+    from ressenet.experiments.grid import cell_state
+
+    st = cell_state(cell)
+    assert st.state == "conflict" and "no number for test_top1" in st.detail and "delete it" in st.detail

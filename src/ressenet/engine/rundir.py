@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,21 @@ from ressenet.engine.checkpoint import remove_orphans
 from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.errors import RessenetError
 
-__all__ = ["RUN_FILES", "prepare_run_dir"]
+__all__ = ["RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
-# What `ressenet train` prints of a finished run: a summary.json without them is not one.
-SUMMARY_NUMBERS = ("test_top1", "test_top5", "iters", "wall_seconds")
+# The numbers every finished run's summary.json has (train prints them, the report's tables and the grid's "done"
+# count on them): a summary lacking one is not a finished run.
+RESULT_KEYS = ("test_top1", "test_top5", "best_test_top1", "best_test_top5", "iters", "wall_seconds")
+
+
+def missing_results(summary: Any) -> list[str]:
+    """The RESULT_KEYS that ``summary`` lacks or holds as something other than a finite number (all, for a
+    summary that is not a mapping)."""
+    if not isinstance(summary, dict):
+        return list(RESULT_KEYS)
+    return [k for k in RESULT_KEYS if not (isinstance(summary.get(k), (int, float)) and
+                                          not isinstance(summary.get(k), bool) and math.isfinite(summary[k]))]
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, dict[str, Any] | None]:
@@ -37,10 +48,10 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
                 summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); {fix}") from None
-            if not isinstance(summary, dict) or not all(isinstance(summary.get(k), (int, float)) and not
-                                                        isinstance(summary.get(k), bool) for k in SUMMARY_NUMBERS):
+            missing = missing_results(summary)
+            if missing:
                 raise RessenetError(f"{out / 'summary.json'} holds no finished run's result (a "
-                                    f"{type(summary).__name__} without {', '.join(SUMMARY_NUMBERS)}); {fix}")
+                                    f"{type(summary).__name__} without a number for {', '.join(missing)}); {fix}")
             return out, summary
         elif overwrite and is_main:
             for name in RUN_FILES:

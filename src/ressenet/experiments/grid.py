@@ -43,6 +43,7 @@ from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, ap
 from ressenet.errors import RessenetError, quote
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock, lock_holder
 from ressenet.engine.lock import describe as describe_holder
+from ressenet.engine.rundir import missing_results
 from ressenet.experiments.runs import last_iteration
 
 __all__ = [
@@ -417,6 +418,9 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     summary = _read_json(summary_path) if summary_path.is_file() else None
     if summary_path.is_file() and summary is None:
         return CellState("conflict", "summary.json is unreadable")
+    if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is
+        return CellState("conflict", f"summary.json has no number for {', '.join(missing_results(summary))}; "
+                                     f"delete it to finish the run from its last.pt")
     started = summary is not None or (out / "last.pt").is_file() or (out / "metrics.jsonl").is_file()
     existing = _existing_config(out, summary) if started or (out / "config.yaml").is_file() else None
     if existing is not None:
