@@ -108,3 +108,86 @@ def test_data_identity_is_part_of_the_run(tmp_path):
     summary.write_text(json.dumps(s))
     st = cell_state(cell, {})
     assert st.state == "conflict" and "trained on other data" in st.detail
+
+
+def _folder_run(tmp_path):
+    """A finished run trained on the image folder ``a``, and ``b``: a copy of it with two class folders swapped."""
+    from cifar_fakes import write_image_folder
+
+    write_image_folder(tmp_path / "a", train_per_class=8, seed=0)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for split in ("train", "test"):
+        d = tmp_path / "b" / split
+        (d / "cat").rename(d / "tmp")
+        (d / "dog").rename(d / "cat")
+        (d / "tmp").rename(d / "dog")
+    folder = {"data.dataset": "imagefolder", "data.cache_dir": str(tmp_path / "cache"), "data.train_limit": 0,
+              "data.test_limit": 0, "optim.iters": 4, "optim.batch_size": 8}
+    out = tmp_path / "run"
+    train(_cfg(out, **folder, **{"data.data_root": str(tmp_path / "a")}))
+    return out, folder
+
+
+def test_a_finished_run_on_other_data_is_not_this_commands_result(tmp_path, capsys):
+    out, folder = _folder_run(tmp_path)
+    with pytest.raises(Exception, match=r"holds a run finished on other data .*point --data-root at the data") as e:
+        train(_cfg(out, **folder, **{"data.data_root": str(tmp_path / "b")}))
+    assert len(str(e.value).splitlines()) == 1
+    assert train(_cfg(out, **folder, **{"data.data_root": str(tmp_path / "a")}))["iters"] == 4  # its own data: done
+
+
+@pytest.mark.parametrize("content", [[], {}, {"test_top1": "x"}])
+def test_a_summary_without_a_result_is_one_line_on_resume(tmp_path, capsys, content):
+    import json
+
+    out = tmp_path / "run"
+    train(_cfg(out))
+    (out / "summary.json").write_text(json.dumps(content))
+    with pytest.raises(Exception, match=r"summary.json holds no finished run's result .*delete it to finish") as e:
+        train(_cfg(out))
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_eval_says_when_the_data_is_not_the_training_data(tmp_path, capsys):
+    out, _ = _folder_run(tmp_path)
+    ckpt = str(out / "last.pt")
+    common = ["eval", "--checkpoint", ckpt, "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    assert cli_main([*common, "--data-root", str(tmp_path / "a")]) == 0
+    assert "not the data" not in capsys.readouterr().err
+    with pytest.warns(UserWarning) as notes:  # the CLI prints a note as one line (ressenet.cli.main)
+        assert cli_main([*common, "--data-root", str(tmp_path / "b")]) == 0  # the same classes, other content
+    assert len(notes) == 1 and "is not the data" in str(notes[0].message) and "trained on" in str(notes[0].message)
+    for split in ("train", "test"):
+        (tmp_path / "b" / split / "dog").rename(tmp_path / "b" / split / "wolf")
+    assert cli_main([*common, "--data-root", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "other classes ('wolf'" in err and "--allow-other-classes" in err
+    with pytest.warns(UserWarning, match="is not the data"):
+        assert cli_main([*common, "--data-root", str(tmp_path / "b"), "--allow-other-classes", "--json"]) == 0
+    assert '"same_data": false' in capsys.readouterr().out
+
+
+def test_eval_advice_fits_eval(tmp_path, donor, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(donor.read_bytes()[:300])
+    for path, expect in ((bad, r"corrupt or truncated \(\w+Error: "), (tmp_path, "is a directory; pass a checkpoint "
+                                                                                   "file in it")):
+        assert cli_main(["eval", "--checkpoint", str(path), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--overwrite" not in err, err
+        assert __import__("re").search(expect, err), err
+    state = load_checkpoint(donor)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("fc")}
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, state)
+    assert cli_main(["eval", "--checkpoint", str(other), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "Missing key(s)" in err and "--overwrite" not in err, err
+    state = load_checkpoint(donor)
+    state["config"]["model"]["num_classes"] = 100
+    save_checkpoint(other, state)
+    assert cli_main(["eval", "--checkpoint", str(other), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "trained for 100 classes" in err and "--num-classes" not in err, err
+    assert cli_main(["eval", "--checkpoint", str(donor), "--device", "cpu", "--batch-size", "0"]) == 2
+    assert "--batch-size 0: expected a positive" in capsys.readouterr().err

@@ -150,3 +150,24 @@ def test_schedule_text_names_a_proportional_compression_and_nothing_else():
     assert schedule_text((("optim.iters", 8000), ("optim.milestones", (2000, 6000)))).startswith("differs from")
     assert schedule_text((("optim.iters", 8000), ("optim.lr", 0.2), ("optim.milestones", (4000, 6000)))
                          ).startswith("differs from")
+
+
+def test_readme_markers_count_only_as_a_pair_on_their_own_lines(tmp_path):
+    runs = tmp_path / "paper"
+    _runs(runs, {"resnet20": [91.0, 91.2], "res_se_net20": [91.6, 91.9]})
+    readme = tmp_path / "README.md"
+    prose = "Run it; the block ends at `<!-- findings:end -->`, as you see.\n\n"
+    readme.write_text(f"# x\n\n{prose}<!-- findings:start -->\nold\n<!-- findings:end -->\n\ntail\n")
+    write_findings(runs, tmp_path / "docs" / "findings.md", readme=readme)
+    once = readme.read_text()
+    assert once.startswith(f"# x\n\n{prose}<!-- findings:start -->\n") and once.endswith("<!-- findings:end -->\n\ntail\n")
+    assert "old" not in once and once.count(prose) == 1
+    write_findings(runs, tmp_path / "docs" / "findings.md", readme=readme)
+    assert readme.read_text() == once  # stable: nothing duplicated, nothing grows
+    for text in ("<!-- findings:start -->\na\n<!-- findings:end -->\n<!-- findings:start -->\nb\n<!-- findings:end -->\n",
+                 "<!-- findings:end -->\nx\n<!-- findings:start -->\n"):
+        readme.write_text(text)
+        with pytest.raises(ValueError, match="ambiguous; keep one start line followed by one end line"):
+            write_findings(runs, tmp_path / "docs" / "findings.md", readme=readme)
+        assert readme.read_text() == text
+    assert not list(tmp_path.glob(".README.md.*"))

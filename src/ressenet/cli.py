@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch (default: 1000 on CUDA, 100 on the CPU)")
+    p.add_argument("--allow-other-classes", action="store_true",
+                   help="evaluate on data whose classes (names or order) differ from the checkpoint's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -176,7 +178,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
                               cache_dir=args.cache_dir, split=args.split, device=args.device,
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, allow_other_classes=args.allow_other_classes)
     if args.json:
         print(json.dumps(res, indent=2))
     else:

@@ -1,7 +1,15 @@
 """The exceptions that mean "the user asked for something wrong": the CLI prints them as one line."""
 from __future__ import annotations
 
-__all__ = ["RessenetError", "USER_ERRORS"]
+import reprlib
+
+__all__ = ["RessenetError", "USER_ERRORS", "quote", "QUOTE_CHARS"]
+
+QUOTE_CHARS = 80  # the most of a user's value an error message repeats
+_REPR = reprlib.Repr()  # Python 3.11's takes no arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 4, 6, 6, 4
+_REPR.maxstring = _REPR.maxother = QUOTE_CHARS
+_REPR.maxlong = 40
 
 
 class RessenetError(RuntimeError):
@@ -10,3 +18,10 @@ class RessenetError(RuntimeError):
 
 # ValueError covers ConfigError, DataError and the model zoo's option errors; FileNotFoundError a bad path.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, RessenetError, FileNotFoundError, FileExistsError)
+
+
+def quote(value: object) -> str:
+    """``repr(value)`` cut to about ``QUOTE_CHARS``: bounded however large or deeply nested the value is (a YAML
+    alias bomb expands to gigabytes when printed in full)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."

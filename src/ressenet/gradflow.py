@@ -40,11 +40,11 @@ def _model_of(run: Path) -> str:
         return str(json.loads((run / "summary.json").read_text())["model"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    import yaml
+    from ressenet.engine.config import load_yaml
 
     try:
-        return str(yaml.safe_load((run / "config.yaml").read_text())["model"]["name"])
-    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return str(load_yaml((run / "config.yaml").read_text(), str(run / "config.yaml"))["model"]["name"])
+    except (OSError, ValueError, KeyError, TypeError):
         return run.name
 
 

@@ -73,17 +73,24 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     _atomic(Path(path), lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True`` (no code runs); a damaged file raises one clear RessenetError."""
+RESUME_FIX = "restore it from a backup, or delete it (or pass --overwrite) to start the run again"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    fix: str = RESUME_FIX) -> dict[str, Any]:
+    """Load with ``weights_only=True`` (no code runs); a damaged file raises one clear RessenetError ending in
+    ``fix`` (the default suits a run that resumes; ``ressenet eval`` passes its own)."""
     path = Path(path)
+    if path.is_dir():
+        raise RessenetError(f"checkpoint {path} is a directory; pass a checkpoint file in it, e.g. {path / 'last.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError/zipfile errors for damaged files
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise RessenetError(f"checkpoint {path} is corrupt or truncated ({reason}); restore it from a backup, "
-                            f"or delete it (or pass --overwrite) to start the run again") from None
+        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text}" if text else type(e).__name__
+        raise RessenetError(f"checkpoint {path} is corrupt or truncated ({reason}); {fix}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise RessenetError(f"{path} is not a ressenet checkpoint (no 'model' entry)")
     return state

@@ -21,9 +21,10 @@ from typing import Any
 
 import yaml
 
+from ressenet.errors import quote
 from ressenet.names import suggest
 
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config",
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config", "load_yaml",
            "apply_overrides", "config_from_dict", "flatten_config", "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS",
            "option", "check_choice", "field_choices"]
 
@@ -212,15 +213,15 @@ def check_choice(key: str, value: Any) -> None:
         index = re.findall(r"\d+", text)
         candidates = [c for c in DEVICES if c != "cuda:N"] + [f"cuda:{index[0] if index else 0}"]
         hint = suggest(re.sub(r"^gpu", "cuda", text.lower()), candidates)  # --device gpu[:N] means CUDA
-        raise ConfigError(f"{key}={value!r} is invalid: {hint}expected {'|'.join(DEVICES)}")
+        raise ConfigError(f"{key}={quote(value)} is invalid: {hint}expected {'|'.join(DEVICES)}")
     if key == "model.shortcut":
         text = text.upper()  # the model accepts either case
     if text in choices:
         return
     if key == "model.name":
-        raise ConfigError(f"unknown model {value!r} ({key}): {suggest(text, choices)}"
+        raise ConfigError(f"unknown model {quote(value)} ({key}): {suggest(text, choices)}"
                           f"`ressenet models` lists all {len(choices)} names")
-    raise ConfigError(f"{key}={value!r} is invalid: {suggest(text, choices)}expected {'|'.join(choices)}")
+    raise ConfigError(f"{key}={quote(value)} is invalid: {suggest(text, choices)}expected {'|'.join(choices)}")
 
 
 @dataclass
@@ -245,14 +246,16 @@ class Config:
                  "a positive reduction ratio, e.g. 16")
         _require(o.iters > 0, "optim.iters", o.iters, "a positive number of iterations")
         _require(o.batch_size > 0, "optim.batch_size", o.batch_size, "a positive batch size")
-        _require(math.isfinite(o.lr) and o.lr > 0, "optim.lr", o.lr, "a positive, finite learning rate")
+        _require(math.isfinite(o.lr) and 0 < o.lr <= FLOAT32_MAX, "optim.lr", o.lr,
+                 f"a positive learning rate within float32's range (at most {FLOAT32_MAX:.3g}), e.g. 0.1")
         _require(math.isfinite(o.momentum) and math.isfinite(o.weight_decay) and math.isfinite(o.gamma),
                  "optim", (o.momentum, o.weight_decay, o.gamma), "finite momentum, weight decay and gamma")
         _require(0 <= r.seed < 2 ** 63, "run.seed", r.seed, "an integer in [0, 2**63)")
         _require(r.grad_stats_every >= 0, "run.grad_stats_every", r.grad_stats_every,
                  "0 (off) or a positive number of iterations")
         _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a value in [0, 1)")
-        _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a non-negative value")
+        _require(0 <= o.weight_decay <= FLOAT32_MAX, "optim.weight_decay", o.weight_decay,
+                 f"a non-negative value within float32's range (at most {FLOAT32_MAX:.3g}), e.g. 1e-4")
         _require(0 < o.gamma <= 1, "optim.gamma", o.gamma, "a factor in (0, 1]")
         _require(list(o.milestones) == sorted(set(o.milestones)) and all(0 < m for m in o.milestones),
                  "optim.milestones", o.milestones, "increasing positive iterations, e.g. 32000,48000")
@@ -267,6 +270,10 @@ class Config:
         return self
 
 
+# The optimizer applies lr and weight decay to float32 weights: a larger factor cannot even be converted.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 # Keys that may differ when resuming a run directory: they change where or how a run executes or what it
 # prints, not what it computes.
 RESULT_NEUTRAL_KEYS = frozenset({
@@ -277,7 +284,7 @@ RESULT_NEUTRAL_KEYS = frozenset({
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+        raise ConfigError(f"{key}={quote(value)} is invalid: expected {expected}")
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -310,7 +317,7 @@ def parse_value(text: str, typ: Any, key: str) -> Any:
             return float(text)
         return str(text)
     except ValueError:
-        raise ConfigError(f"{key}={text!r} is not a valid {getattr(typ, '__name__', typ)}") from None
+        raise ConfigError(f"{key}={quote(text)} is not a valid {getattr(typ, '__name__', typ)}") from None
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -334,8 +341,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return float(value)
     if typ is int and isinstance(value, float) and value.is_integer():
         return int(value)
-    if typ in (int, bool, str) and not (isinstance(value, typ) and (typ is bool or not isinstance(value, bool))):
-        raise ConfigError(f"{key}={value!r} should be a {typ.__name__}")
+    # bool is an int to Python: `lr: true` must not train at lr 1.
+    if typ in (int, float, bool, str) and not (isinstance(value, typ) and (typ is bool or not isinstance(value, bool))):
+        raise ConfigError(f"{key}={quote(value)} should be a {typ.__name__}")
     return value
 
 
@@ -345,7 +353,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         section, _, key = dotted.partition(".")
         sub = getattr(cfg, section, None) if section in {f.name for f in fields(Config)} else None
         if sub is None or key not in {f.name for f in fields(sub)}:
-            raise ConfigError(f"unknown config key {dotted!r}; valid keys: {', '.join(all_keys())}")
+            raise ConfigError(f"unknown config key {quote(dotted)}; valid keys: {', '.join(all_keys())}")
         setattr(sub, key, _coerce(value, _field_type(type(sub), key), dotted))
     return cfg
 
@@ -377,7 +385,7 @@ def flatten_config(tree: dict[str, Any] | Config, where: str | None = None) -> d
             for sub, v in value.items():
                 flat[f"{key}.{sub}"] = v
         elif where is not None:
-            raise ConfigError(f"{where}: {key!r} must be a section (model, data, optim, run) or a dotted key")
+            raise ConfigError(f"{where}: {quote(key)} must be a section (model, data, optim, run) or a dotted key")
     return flat
 
 
@@ -387,20 +395,79 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> Config:
     return apply_overrides(Config(), flatten_config(tree, where)).validate()
 
 
+# A config or grid file has tens of entries; more nodes than this, counting each alias as what it expands to, is
+# an alias bomb (six levels of nine aliases in 1 KB expand to millions).
+MAX_YAML_NODES = 10_000
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"key {quote(key)} appears twice (line {line})")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says so
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_nodes(node: yaml.Node, limit: int) -> int:
+    """Nodes in the tree with aliases expanded, counted up to ``limit`` (so the count itself stays cheap)."""
+    n, stack = 0, [node]
+    while stack and n <= limit:
+        nd = stack.pop()
+        n += 1
+        if isinstance(nd, yaml.SequenceNode):
+            stack.extend(nd.value)
+        elif isinstance(nd, yaml.MappingNode):
+            stack.extend(x for pair in nd.value for x in pair)
+    return n
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The one YAML reader of config, grid and run-directory files: safe (no code runs), no duplicate keys, no
+    alias expansion beyond ``MAX_YAML_NODES``. Raises ConfigError naming ``where``."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_NODES:,} values through its aliases (&/*); "
+                              f"write the values out instead of nesting aliases")
+        return loader.construct_document(node)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{where}: {e}; keep one of them") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
+    finally:
+        loader.dispose()
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The nested mapping in a ``--config`` YAML file, with one-line errors for a missing or malformed file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
     try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        tree = load_yaml(p.read_text(encoding="utf-8"), f"config file {p}") or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                           f"save it as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {p} must hold a mapping with sections model/data/optim/run")
     return tree

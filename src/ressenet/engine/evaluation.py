@@ -69,14 +69,20 @@ def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None) 
 
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                         cache_dir: str | None = None, split: str = "test", device: str = "auto",
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, allow_other_classes: bool = False) -> dict[str, Any]:
     """Top-1/top-5/loss of any checkpoint the engine wrote, on a split of its dataset (or another).
 
     The checkpoint is data, not instructions: it never makes evaluation download, unpack into a cache it names, or
     read from a folder it names unless that folder exists (then the result says so in ``data_root``). Downloads
     and the cache come only from the caller (``cache_dir``) and the defaults.
+
+    Evaluating on other data is what eval is for, but it is said: classes other than the checkpoint's (names or
+    order, which would score every swapped class as wrong) are refused unless ``allow_other_classes``; data whose
+    content differs from the training data's gives a note, and ``same_data`` in the result is False.
     """
-    state = load_checkpoint(path)
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise RessenetError(f"--batch-size {batch_size}: expected a positive number of images per batch")
+    state = load_checkpoint(path, fix=EVAL_FIX)
     if not isinstance(state.get("config"), dict):
         raise RessenetError(f"{path} holds no config (found {type(state.get('config')).__name__}); it was not "
                             f"written by ressenet train")
@@ -93,16 +99,55 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     if split == "val" and data["val"] is None:
         raise RessenetError(f"{path} was trained without a validation split; use --split test")
     ds = data[split]
-    model = build_model(cfg, len(data["train"].classes))
+    same_data = _check_eval_data(path, state, cfg, data, allow_other_classes)
+    num_classes = len(data["train"].classes)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
+        raise RessenetError(f"{path} was trained for {cfg.model.num_classes} classes but the data at "
+                            f"{cfg.data.data_root or 'the default root'} has {num_classes}; pass the --dataset and "
+                            f"--data-root it was trained on")
+    model = build_model(cfg, num_classes)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise RessenetError(f"{path}: its weights do not fit {cfg.model.name} ({first})") from None
+        raise RessenetError(f"{path}: its weights do not fit {cfg.model.name} ({_mismatch(e)}); {EVAL_FIX}") from None
     channels_last = resolve_channels_last(cfg.run.channels_last, dev)
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     res = eval_split(model, ds, data, cfg, dev, channels_last, None, DistInfo())
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
             "data_root": cfg.data.data_root,
             "iter": state.get("iter"), "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
-            "images": res["images"]}
+            "images": res["images"], "same_data": same_data}
+
+
+EVAL_FIX = "pass a last.pt or best.pt that ressenet train wrote"
+
+
+def _mismatch(e: BaseException) -> str:
+    """The informative part of a load_state_dict error: its first line only says "Error(s) in loading"."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or lines or [type(e).__name__]
+    return useful[0][:200]
+
+
+def _check_eval_data(path: str | Path, state: dict[str, Any], cfg: Config, data: dict[str, Any],
+                     allow_other_classes: bool) -> bool:
+    """Whether the data loaded is the checkpoint's training data; refuses other classes unless allowed."""
+    import warnings
+
+    classes = list(data["train"].classes)
+    trained = state.get("classes")
+    if isinstance(trained, list) and trained != classes and not allow_other_classes:
+        if sorted(map(str, trained)) == sorted(map(str, classes)):
+            how = "the same class names in another order"
+        else:
+            odd = [c for c in classes if c not in trained][:3] or [c for c in trained if c not in classes][:3]
+            how = f"other classes ({', '.join(map(repr, odd))} ...)"
+        raise RessenetError(f"the data at {cfg.data.data_root or 'the default root'} has {how} than {path} was "
+                            f"trained on, so its labels mean other things; pass the data it was trained on, or "
+                            f"--allow-other-classes to evaluate anyway")
+    recorded = state.get("data_fingerprint")
+    same = recorded is None or recorded == data.get("fingerprint")
+    if not same:
+        warnings.warn(f"the data at {cfg.data.data_root or 'the default root'} is not the data {path} was trained on "
+                      f"(fingerprint {data.get('fingerprint')}, trained on {recorded})", stacklevel=2)
+    return same

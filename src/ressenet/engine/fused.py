@@ -66,9 +66,16 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
     ``name_template`` (e.g. a grid's ``"{model}-cifar10-s{seed}"``) replaces the member directories' names.
     """
     template = name_template or "{model}-s{seed}"
-    if "{model}" not in template or "{seed}" not in template or "/" in template or template.startswith("."):
-        raise RessenetError(f"--member-name {template!r} must contain {{model}} and {{seed}} and no '/', e.g. "
-                            f"'{{model}}-cifar10-s{{seed}}'")
+    import string
+
+    try:  # only the two plain fields: str.format would also run {seed.__class__} and fail on {x}
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        fields = [("", None, None)]
+    if "{model}" not in template or "{seed}" not in template or "/" in template or template.startswith(".") or \
+            any(f not in ("model", "seed") or spec or conv for f, spec, conv in fields):
+        raise RessenetError(f"--member-name {template!r} must contain {{model}} and {{seed}}, no other {{...}} field "
+                            f"and no '/', e.g. '{{model}}-cifar10-s{{seed}}'")
     from ressenet.engine.config import load_config
     from ressenet.models import create_model, is_model, list_models, model_info
     from ressenet.names import suggest

@@ -2,18 +2,30 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ressenet.engine.checkpoint import remove_orphans
-from ressenet.engine.config import Config, diff_configs
+from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.errors import RessenetError
 
-__all__ = ["RUN_FILES", "prepare_run_dir"]
+__all__ = ["RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
+# The numbers every finished run's summary.json has (train prints them, the report's tables and the grid's "done"
+# count on them): a summary lacking one is not a finished run.
+RESULT_KEYS = ("test_top1", "test_top5", "best_test_top1", "best_test_top5", "iters", "wall_seconds")
+
+
+def missing_results(summary: Any) -> list[str]:
+    """The RESULT_KEYS that ``summary`` lacks or holds as something other than a finite number (all, for a
+    summary that is not a mapping)."""
+    if not isinstance(summary, dict):
+        return list(RESULT_KEYS)
+    return [k for k in RESULT_KEYS if not (isinstance(summary.get(k), (int, float)) and
+                                          not isinstance(summary.get(k), bool) and math.isfinite(summary[k]))]
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, dict[str, Any] | None]:
@@ -31,11 +43,16 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
             for name in RUN_FILES + ("train.log",):
                 (out / name).unlink(missing_ok=True)
         elif (out / "summary.json").is_file() and not overwrite:
+            fix = "delete it to finish the run again from its last.pt, or pass --overwrite"
             try:
-                return out, json.loads((out / "summary.json").read_text(encoding="utf-8"))
+                summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
-                raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); delete it to "
-                                    f"finish the run again from its last.pt, or pass --overwrite") from None
+                raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); {fix}") from None
+            missing = missing_results(summary)
+            if missing:
+                raise RessenetError(f"{out / 'summary.json'} holds no finished run's result (a "
+                                    f"{type(summary).__name__} without a number for {', '.join(missing)}); {fix}")
+            return out, summary
         elif overwrite and is_main:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -53,9 +70,9 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
 def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
     """A run directory's config.yaml as a mapping; one line naming it when it is not one (None with --overwrite)."""
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        why = type(e).__name__
+        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError) as e:
+        why = str(e).removeprefix(f"{path}").strip(" :") if isinstance(e, ConfigError) else type(e).__name__
     else:
         if isinstance(tree, dict):
             return tree

@@ -86,6 +86,7 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         barrier(dist_info)
         if finished is not None:
             if dist_info.is_main:
+                _check_finished_data(cfg, out, finished)
                 print(f"{out} already finished; delete summary.json or pass --overwrite to train again")
             return finished if dist_info.is_main else None
         if dist_info.enabled and cfg.run.grad_stats_every:
@@ -98,6 +99,20 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
     finally:
         lock.release()
         shutdown(dist_info)
+
+
+def _check_finished_data(cfg: Config, out: Path, summary: dict[str, Any]) -> None:
+    """A finished run is this command's result only if it was trained on the data this command names (as resume
+    checks its checkpoint): the data root is result-neutral, so its content decides."""
+    data = summary.get("data")
+    recorded = data.get("fingerprint") if isinstance(data, dict) else None
+    if recorded is None:
+        return
+    here = load_data(cfg)["fingerprint"]
+    if here != recorded:
+        raise RessenetError(f"{out} holds a run finished on other data (fingerprint {recorded}; the data at "
+                            f"{cfg.data.data_root or 'the default root'} is {here}); point --data-root at the data "
+                            f"it was trained on, choose another --out, or pass --overwrite to train again")
 
 
 def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) -> dict[str, Any] | None:

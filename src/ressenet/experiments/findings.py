@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
+from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.engine.config import Config
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
@@ -327,7 +328,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                   + ", ".join(sorted(r.rel for r in others)) + ".", ""]
 
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    out_md.write_text("\n".join(lines).rstrip() + "\n")
+    atomic_write_text(out_md, "\n".join(lines).rstrip() + "\n")
     if readme is not None:
         _refresh_readme(Path(readme), groups, labels, tests, out_md, rel_fig, readme_extra)
     return out_md
@@ -374,9 +375,18 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
                     tests: list[Test], out_md: Path, rel_fig: str, extra: Sequence[str] = ()) -> None:
     """Replaces the block between the README's findings markers with a short table and one sentence."""
     text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block; add the two markers where the "
-                         f"findings summary goes")
+    # The markers count only on lines of their own: prose may quote them. Exactly one pair, start first.
+    lines = text.splitlines(keepends=True)
+    empty = README_START + README_END  # an empty block on one line
+    starts = [i for i, ln in enumerate(lines) if ln.strip() in (README_START, empty)]
+    ends = [i for i, ln in enumerate(lines) if ln.strip() in (README_END, empty)]
+    if not starts or not ends:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block; add the two markers, each on a "
+                         f"line of its own, where the findings summary goes")
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise ValueError(f"{readme} has {len(starts)} {README_START} and {len(ends)} {README_END} line(s)"
+                         f"{', the end first' if len(starts) == len(ends) == 1 else ''}: which block to replace is "
+                         f"ambiguous; keep one start line followed by one end line")
     page = _rel(out_md, readme.parent)
     block = [README_START, ""]
     rows = []
@@ -403,8 +413,8 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
     while block[-1] == "":
         block.pop()
     block += ["", README_END]
-    start, end = text.index(README_START), text.index(README_END) + len(README_END)
-    readme.write_text(text[:start] + "\n".join(block) + text[end:])
+    newline = "\n" if lines[ends[0]].endswith("\n") else ""
+    atomic_write_text(readme, "".join(lines[:starts[0]]) + "\n".join(block) + newline + "".join(lines[ends[0] + 1:]))
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -20,34 +20,37 @@ A grid file (``presets/*.yaml`` are the shipped ones)::
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, diff_configs,
-                                    flatten_config)
-from ressenet.errors import RessenetError
+                                    flatten_config, load_yaml)
+from ressenet.errors import RessenetError, quote
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock, lock_holder
 from ressenet.engine.lock import describe as describe_holder
+from ressenet.engine.rundir import missing_results
 from ressenet.experiments.runs import last_iteration
 
 __all__ = [
     "GridSpec", "Cell", "CellState", "GridResult", "PRESET_DIR", "list_presets", "load_grid", "parse_seeds",
     "expand_grid", "cell_state", "train_command", "run_grid", "emit_commands", "format_plan",
     "Job", "plan_jobs", "resolve_jobs", "usable_cores", "job_command", "resolve_fuse", "FUSE_AUTO_CUDA",
+    "MAX_SEEDS", "MAX_CELLS",
 ]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -58,6 +61,10 @@ AXIS_KEYS = ("model.name", "run.seed", "run.out")
 FLAG_KEYS = {"model.name": "--model", "data.dataset": "--dataset", "run.seed": "--seed", "run.out": "--out",
              "data.data_root": "--data-root"}
 MAX_TAG_CHARS = 80
+# Sizes beyond any real study (the paper's grid is 40 cells a seed), refused before anything is built: a typo such as
+# --seeds 100000000 would otherwise fill the memory listing cells.
+MAX_SEEDS = 1_000
+MAX_CELLS = 10_000
 # `--fuse auto` on a CUDA device: members per fused job, where an H200's aggregate rate stopped rising
 # (BENCHMARKS.md, "Fused training"). On the CPU fusing gains nothing (members step one after another): auto = 1.
 FUSE_AUTO_CUDA = 12
@@ -88,22 +95,33 @@ def list_presets() -> list[str]:
 def parse_seeds(value: int | str | Sequence[int]) -> tuple[int, ...]:
     """``3`` or ``"3"`` -> (0, 1, 2); ``"0,4,7"`` or ``[0, 4, 7]`` -> (0, 4, 7); ``"12,"`` -> (12,)."""
     if isinstance(value, bool):
-        raise ConfigError(f"seeds={value!r}: expected a count or a list of seeds")
+        raise ConfigError(f"seeds={quote(value)}: expected a count or a list of seeds")
+    too_many = ConfigError(f"seeds={quote(value)}: more than {MAX_SEEDS:,} seeds; a grid takes at most "
+                           f"{MAX_SEEDS:,} (run a few first: --seeds 3)")
     if isinstance(value, int):
+        if value > MAX_SEEDS:
+            raise too_many
         seeds: tuple[int, ...] = tuple(range(value))
     elif isinstance(value, str):
         text = value.strip()
         try:
-            seeds = tuple(int(s) for s in text.split(",") if s.strip()) if "," in text else tuple(range(int(text)))
+            listed = [int(s) for s in text.split(",")[:MAX_SEEDS + 1] if s.strip()] if "," in text else None
+            count = int(text) if listed is None else len(listed)
         except ValueError:
-            raise ConfigError(f"--seeds {value!r}: expected a count (3) or a comma-separated list (0,1,2)") from None
+            raise ConfigError(f"--seeds {quote(value)}: expected a count (3) or a comma-separated list (0,1,2)") \
+                from None
+        if count > MAX_SEEDS:
+            raise too_many
+        seeds = tuple(range(count)) if listed is None else tuple(listed)
     else:
+        if isinstance(value, Sized) and len(value) > MAX_SEEDS:
+            raise too_many
         try:
             seeds = tuple(int(s) for s in value)
         except (TypeError, ValueError):
-            raise ConfigError(f"seeds={value!r}: expected a count or a list of integers") from None
+            raise ConfigError(f"seeds={quote(value)}: expected a count or a list of integers") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"seeds={value!r}: expected at least one seed, no repeats, none negative")
+        raise ConfigError(f"seeds={quote(value)}: expected at least one seed, no repeats, none negative")
     return seeds
 
 
@@ -122,12 +140,10 @@ def load_grid(preset: str | Path) -> GridSpec:
     if not path.is_file():
         raise ConfigError(f"grid file {path} not found")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        tree = load_yaml(path.read_text(encoding="utf-8"), f"grid file {path}")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"grid file {path} cannot be read as UTF-8 text ({type(e).__name__}); save it as UTF-8")\
             from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"grid file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     where = str(path)
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: a grid file holds a mapping with models, datasets, seeds, config")
@@ -244,6 +260,11 @@ def expand_grid(spec: GridSpec, runs_dir: str | Path, *, seeds: int | str | Sequ
     if "data.dataset" in user:
         datasets = (str(user.pop("data.dataset")),)
     seed_list = spec.seeds if seeds is None else parse_seeds(seeds)
+    n_cells = len(seed_list) * len(datasets) * len(spec.models) * len(spec.variants)
+    if n_cells > MAX_CELLS:
+        raise ConfigError(f"grid {spec.name!r} would have {n_cells:,} cells ({len(spec.models)} models x "
+                          f"{len(datasets)} datasets x {len(spec.variants)} variants x {len(seed_list)} seeds), more "
+                          f"than the {MAX_CELLS:,} a grid may hold; use fewer seeds or split the grid file")
     runs = Path(runs_dir)
     cells: list[Cell] = []
     for seed in seed_list:
@@ -343,8 +364,8 @@ def _existing_config(out: Path, summary: dict[str, Any] | None) -> dict[str, Any
     path = out / "config.yaml"
     if path.is_file():
         try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError):  # unreadable: the cell is reported as a conflict
+            tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, ValueError):  # unreadable (ConfigError is a ValueError): the cell is reported as a conflict
             return None
         return tree if isinstance(tree, dict) else None
     return None
@@ -397,6 +418,9 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     summary = _read_json(summary_path) if summary_path.is_file() else None
     if summary_path.is_file() and summary is None:
         return CellState("conflict", "summary.json is unreadable")
+    if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is
+        return CellState("conflict", f"summary.json has no number for {', '.join(missing_results(summary))}; "
+                                     f"delete it to finish the run from its last.pt")
     started = summary is not None or (out / "last.pt").is_file() or (out / "metrics.jsonl").is_file()
     existing = _existing_config(out, summary) if started or (out / "config.yaml").is_file() else None
     if existing is not None:
@@ -661,7 +685,9 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
         fused_command: builds the argv of a fused job (default ``python -m ressenet train --model a,b ...``).
 
     A failing cell (non-zero exit, or exit 0 without ``summary.json``) is reported with its return code and log
-    (``DIR/train.log``, appended to on each attempt) and the others go on. Ctrl-C stops the running processes.
+    (``DIR/train.log``, appended to on each attempt) and the others go on. SIGINT (Ctrl-C) or SIGTERM is passed on
+    to the running trainers, which checkpoint and exit; then the grid exits with 128 + the signal's number, and
+    running the same command again resumes.
     """
     build = command or _default_command
     result = GridResult()
@@ -756,17 +782,23 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
             log.write(f"# ressenet grid {time.strftime('%Y-%m-%d %H:%M:%S')}"
                       f"{f' CUDA_VISIBLE_DEVICES={gpu}' if gpu is not None else ''}: {shlex.join(argv)}\n")
             log.flush()
-            try:
-                proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=proc_env,
-                                        stdin=subprocess.DEVNULL)
-            except OSError as e:
-                log.write(f"# could not start: {e}\n")
+            with lock:  # a stop that came while this job was being prepared starts nothing
+                if stopping.is_set():
+                    return
+                try:
+                    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=proc_env,
+                                            stdin=subprocess.DEVNULL)
+                except OSError as e:
+                    proc = None
+                    error = e
+                else:
+                    procs[slot] = proc
+            if proc is None:
+                log.write(f"# could not start: {error}\n")
                 with lock:
                     result.failed.extend((c.name, -1, str(log_path)) for c in job.cells)
-                echo(f"[{index}/{len(job_list)}] FAILED {job.name}: could not start ({e}); log {log_path}")
+                echo(f"[{index}/{len(job_list)}] FAILED {job.name}: could not start ({error}); log {log_path}")
                 return
-            with lock:
-                procs[slot] = proc
             rc = proc.wait()
             with lock:
                 procs.pop(slot, None)
@@ -795,27 +827,54 @@ def run_grid(cells: Sequence[Cell], *, gpus: Sequence[str] | None = None, jobs: 
                 result.failed.append((cell.name, rc if rc != 0 else 1, str(log_path)))
             echo(f"[{index}/{len(job_list)}] FAILED {cell.name} ({why}) after {seconds:.0f} s; log {log_path}")
 
-    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(job_list)))]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(timeout=0.2)
-    except KeyboardInterrupt:
-        stopping.set()
+    signals: list[int] = []
+
+    def stop(signum: int, _frame: Any = None) -> None:
+        # Pass the signal on and let the trainers end themselves: each finishes its step, saves last.pt and exits
+        # (engine/train.py), holding its directory's lock until then, so a re-run resumes and no other runner
+        # starts the cell meanwhile.
+        signals.append(signum)
         with lock:
+            stopping.set()
             running = list(procs.values())
-        for p in running:  # the trainer saves last.pt on SIGINT/SIGTERM where it can; re-running resumes
-            p.terminate()
         for p in running:
             try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise
+                p.send_signal(signum)
+            except OSError:  # ended meanwhile
+                pass
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(min(n_slots, len(job_list)))]
+    with _signals_to(stop):
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:  # no handler could be installed (not the main thread): stop and wait the same way
+            stop(signal.SIGINT)
+            for t in threads:
+                t.join()
+    if signals:
+        name = signal.Signals(signals[0]).name
+        echo(f"stopped by {name}: the running cells saved their checkpoints; run the same command to resume")
+        raise SystemExit(128 + signals[0])
     result.failed.sort(key=lambda f: [c.name for c in cells].index(f[0]))
     return result
+
+
+@contextlib.contextmanager
+def _signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` for the block (main thread only: elsewhere Python cannot install one)."""
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 # --------------------------------------------------------------------------------------------------------------

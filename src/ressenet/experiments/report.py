@@ -19,6 +19,7 @@ CIFAR-10 numbers with that label, synthetic data is never compared.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
+from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.experiments.paper import (
     HE_PARAMS_M, PARAM_CLAIMS, PAPER_TABLES, paper_improvements, paper_result, percent_fewer,
 )
@@ -82,11 +84,12 @@ class ReportResult:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: Sequence[str]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _csv_value(r.get(k)) for k in columns})
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _csv_value(r.get(k)) for k in columns})
+    atomic_write_text(path, f.getvalue())
     return path
 
 
@@ -173,7 +176,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
     md += _provenance(runs, unfinished)
 
     report = out / "report.md"
-    report.write_text("\n".join(md).rstrip() + "\n")
+    atomic_write_text(report, "\n".join(md).rstrip() + "\n")
     csvs = [
         _write_csv(out / "runs.csv", runs_rows, _RUNS_COLUMNS),
         _write_csv(out / "groups.csv", group_rows, _GROUP_COLUMNS),

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config
+from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config,
+                                    load_yaml)
+from ressenet.engine.rundir import missing_results
+from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
 
@@ -97,14 +99,17 @@ class Run:
     protocol: tuple[tuple[str, Any], ...]
 
     def value(self, key: str) -> float | None:
-        v = self.summary.get(key)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+        return _finite(self.summary.get(key))
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: UnicodeDecodeError
+        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ValueError):  # ValueError: UnicodeDecodeError, ConfigError
         return {}
     return tree if isinstance(tree, dict) else {}
 
@@ -167,6 +172,11 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
         if not isinstance(summary.get("model"), str):
             problems.append(f"{rel}: summary.json's model is a {type(summary.get('model')).__name__}, not a model "
                             f"name; skipped")
+            continue
+        missing = missing_results(summary)
+        if missing:  # left out of every table, so that each group's n counts exactly the runs behind its numbers
+            problems.append(f"{rel}: summary.json's {missing[0]} is {quote(summary.get(missing[0]))}, not a number; "
+                            f"skipped (delete its summary.json and run it again to finish it)")
             continue
         try:
             (d / "metrics.jsonl").read_bytes().decode("utf-8") if (d / "metrics.jsonl").is_file() else ""
