@@ -830,8 +830,8 @@ def _markdown(runs: Sequence[RunAnalysis], groups: dict[tuple, list[RunAnalysis]
               constant_std: float, confidence: float) -> str:
     pct = int(round(confidence * 100))
     lines = ["# SE-block analysis", "",
-             "What the SE blocks of each run learned on its test split, and how much the network relies on them "
-             "(issue 17). Definitions and methods are at the end.", "",
+             "What the SE blocks of each run learned on its test split, and how much the network relies on them. "
+             "Definitions and methods are at the end.", "",
              "## Runs", "",
              "| run | model | family | seed | trained | data | test images | intact top-1 (%) | SE blocks |",
              "| --- | --- | --- | ---: | --- | --- | ---: | ---: | --- |"]

@@ -13,7 +13,8 @@ from torch import nn
 from ressenet.engine.checkpoint import load_checkpoint
 from ressenet.engine.config import Config, config_from_dict
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
-from ressenet.engine.setup import build_model, load_data, resolve_channels_last, resolve_device, resolve_eval_batch_size
+from ressenet.engine.setup import (autocast_context, build_model, load_data, resolve_channels_last, resolve_device,
+                                   resolve_eval_batch_size, resolve_precision)
 from ressenet.errors import RessenetError
 
 __all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "data_as_given"]
@@ -112,11 +113,29 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
         raise RessenetError(f"{path}: its weights do not fit {cfg.model.name} ({_mismatch(e)}); {EVAL_FIX}") from None
     channels_last = resolve_channels_last(cfg.run.channels_last, dev)
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    res = eval_split(model, ds, data, cfg, dev, channels_last, None, DistInfo())
+    precision = run_precision(state.get("precision"), Path(path).parent, cfg, dev)
+    res = eval_split(model, ds, data, cfg, dev, channels_last, autocast_context(precision, dev), DistInfo())
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
             "data_root": cfg.data.data_root,
             "iter": state.get("iter"), "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
-            "images": res["images"], "same_data": same_data}
+            "images": res["images"], "same_data": same_data, "precision": precision}
+
+
+def run_precision(recorded: Any, run_dir: Path | None, cfg: Config, device: torch.device) -> str:
+    """The arithmetic a run evaluated in while training, so that evaluating its weights again reproduces its
+    numbers: as recorded (the checkpoint's, else its run directory's ``config.yaml``), else what the run's
+    ``--precision`` resolves to here. fp16 has no CPU kernels: fp32 there."""
+    from ressenet.engine.setup import recorded_choices
+
+    if recorded not in PRECISION_NAMES and run_dir is not None:
+        recorded = recorded_choices(run_dir).get("precision")
+    precision = cfg.run.precision
+    if precision == "auto":
+        precision = recorded if recorded in PRECISION_NAMES else resolve_precision("auto", device)
+    return "fp32" if precision == "fp16" and device.type != "cuda" else precision
+
+
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 
 EVAL_FIX = "pass a last.pt or best.pt that ressenet train wrote"

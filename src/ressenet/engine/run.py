@@ -312,6 +312,7 @@ class Run:
                 "scheduler": {"milestones": list(cfg.optim.milestones), "gamma": cfg.optim.gamma,
                               "lr": lr_at(cfg, self.state.it)},
                 "data": self.loader.state_dict(), "data_fingerprint": self.data.get("fingerprint"),
+                "precision": self.precision,  # what evaluating these weights again must compute in
                 "classes": list(self.data["train"].classes),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},

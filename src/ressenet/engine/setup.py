@@ -133,14 +133,15 @@ def check_cpu_compiler(asked: bool | None, compile_on: bool, device: torch.devic
 def recorded_choices(out: Path) -> dict[str, Any]:
     """What a run that is being resumed chose when it started (``meta`` of its ``config.yaml``: precision,
     compile, channels_last); empty for a new run or a config.yaml without them."""
-    import yaml
+    from ressenet.engine.config import ConfigError, load_yaml
 
     if not (out / "last.pt").is_file():
         return {}
+    path = out / "config.yaml"
     try:
-        meta = (yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8")) or {}).get("meta") or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
-        return {}
+        meta = (load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}).get("meta") or {}
+    except (OSError, UnicodeDecodeError, ConfigError, AttributeError):
+        return {}  # prepare_run_dir has already refused an unreadable config.yaml in one line
     return {k: meta[k] for k in ("precision", "compile", "channels_last") if k in meta} if isinstance(meta, dict) \
         else {}
 

@@ -189,6 +189,13 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
                 shown.append((f"train_loss_{name}.png", f"Training loss against iteration, {sched} (mean over "
                                                        f"seeds; faint: single seeds)"))
             lines += [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
+    analysis = fig_dir.parent / f"analysis-{runs_dir.name}" / "analysis.md"
+    if by_protocol and analysis.is_file():
+        # Written by `ressenet analyze` (it trains nothing, and takes minutes per run), kept beside this page.
+        lines += [f"What the SE blocks of these runs learned (gate statistics, class selectivity, reliance): "
+                  f"[{analysis.parent.name}/analysis.md]({analysis.parent.name}/analysis.md), written by "
+                  f"`ressenet analyze RUN_DIR ... --out {_rel(analysis.parent, Path.cwd())}` from the Res-SE-Net "
+                  f"and SE-ResNet runs that kept a `last.pt` (listed there).", ""]
     if not by_protocol:
         lines += [f"## `{runs_dir}`", "", "No finished run there yet.", ""]
     if unfinished:
