@@ -160,7 +160,10 @@ class Run:
             tree["meta"] = versions(self.device) | {"precision": self.precision, "channels_last": self.channels_last,
                                                     "world_size": self.dist.world_size,
                                                     "data": self.data["train"].description,
-                                                    "data_fingerprint": self.data.get("fingerprint")} | meta
+                                                    "data_fingerprint": self.data.get("fingerprint"),
+                                                    # the input normalisation, which `ressenet export` records
+                                                    "mean": [float(v) for v in self.data["mean"]],
+                                                    "std": [float(v) for v in self.data["std"]]} | meta
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
 
     # -- the step -------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -47,16 +48,28 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, pretrained: str | os.PathLike[str] | bool | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model. ``None`` values are dropped so the model's own defaults apply (as timm does).
+
+    ``pretrained``: a weights file ``ressenet export`` wrote, by path or URL (``sha256=`` or a ``#sha256=HEX``
+    URL suffix checks a download; ``cache_dir=`` says where it is kept). Its header must be for this model, and for
+    ``kwargs`` when given; see :func:`ressenet.weights.load_pretrained`.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or a bad option value.
+        RessenetError: a weights file for another model, options or class count, or an unreadable one.
     """
     if name not in _MODELS:
         close = [n for n in list_models() if n.split("_")[0] == name.split("_")[0]][:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; `ressenet models` lists all {len(_MODELS)} names")
+    if pretrained is True:
+        raise ValueError("ressenet publishes no weights to download by name: pass pretrained=PATH_OR_URL of a file "
+                         "`ressenet export RUN_DIR` wrote")
+    if pretrained is not None and pretrained is not False:
+        from ressenet.weights import load_pretrained
+
+        return load_pretrained(pretrained, name=name, **kwargs)
     return _MODELS[name](**{k: v for k, v in kwargs.items() if v is not None})
 
 
