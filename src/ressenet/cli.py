@@ -5,6 +5,7 @@
     ressenet train --model res_se_net20 --dataset cifar10 --out runs/x
     ressenet eval --checkpoint runs/x/last.pt   (or --weights runs/x/x.safetensors)
     ressenet export runs/x [--out FILE.safetensors]
+    ressenet tensorboard RUNS_DIR [--out DIR]
     ressenet grid PRESET --runs-dir runs
     ressenet report RUNS_DIR --out report
     ressenet reproduce PRESET
@@ -97,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export the weights of a run that has not finished (the card and header say so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE and its card")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("tensorboard", help="TensorBoard event files for runs trained without --tensorboard")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder of run directories (any depth), e.g. results")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="write the event files under DIR, mirroring RUNS_DIR (default: into each run directory)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite the event files of runs that have them")
+    p.set_defaults(func=_cmd_tensorboard)
 
     # --- experiments (grid / report / reproduce) -------------------------------------------------------
     from ressenet.analysis import add_parser as add_analyze_command
@@ -219,6 +227,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
            if h["test_top1"] is not None else "not evaluated at this iteration")
     state = "" if h["finished"] else f" (UNFINISHED: iteration {h['iters']} of {h['planned_iters']})"
     print(f"{h['model']}{state}: {acc}\n  weights {res['weights']}\n  card    {res['card']}\n  sha256  {res['sha256']}")
+    return 0
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    from ressenet.engine.tensorboard import convert_runs
+
+    for rel, what in convert_runs(args.runs_dir, out=args.out, overwrite=args.overwrite):
+        print(f"{rel}: {what}")
+    print(f"view them with: tensorboard --logdir {args.out or args.runs_dir}")
     return 0
 
 

@@ -142,7 +142,8 @@ class Run:
         run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
                   channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
                   model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
-                  log=MetricsLog(out / "metrics.jsonl", dist.is_main, state.it if resumed else None),
+                  log=MetricsLog(out / "metrics.jsonl", dist.is_main, state.it if resumed else None,
+                                 tensorboard=cfg.run.tensorboard),
                   resumed=resumed, step_model=model, it_interval=state.it)
         run.acc = torch.zeros(2, device=device, dtype=torch.float64)
         run.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
