@@ -4,8 +4,7 @@
     model = ressenet.create_model("res_se_net56", num_classes=100)
     trained = ressenet.load_pretrained("res_se_net56.safetensors")  # a file `ressenet export` wrote
 """
-from ressenet.models import create_model, list_models
-from ressenet.weights import load_pretrained
+from ressenet.models import create_model, list_models, load_pretrained
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "load_pretrained", "__version__"]

@@ -1,7 +1,7 @@
 """Trained weights as a portable file: a ``.safetensors`` file whose header says what the weights are.
 
-``ressenet export`` (ressenet/export.py) writes the file; :func:`load_pretrained` and ``create_model(name,
-pretrained=...)`` read it back. Safetensors holds raw tensors and a JSON header, so nothing executes on load (no
+``ressenet export`` (ressenet/export.py) writes the file; ``ressenet.load_pretrained`` and ``create_model(name,
+pretrained=...)`` (models/registry.py) read it back. Safetensors holds raw tensors and a JSON header, so nothing executes on load (no
 pickle, unlike ``last.pt``). The header's ``ressenet`` entry (JSON) names the model, its options, the class count,
 the input normalisation, the data and the accuracy; a file is checked against what the caller asked for before any
 weight is copied. A URL is downloaded once into the cache (``$RESSENET_CACHE``/weights) and only kept when its
@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ressenet.errors import RessenetError
 
 __all__ = ["HEADER_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "sha256_file", "write_weights", "read_header",
-           "fetch_weights", "load_pretrained", "check_expected"]
+           "fetch_weights", "check_expected", "read_tensors"]
 
 HEADER_KEY = "ressenet"  # the safetensors metadata entry holding this package's JSON header
 FORMAT_VERSION = 1
@@ -215,47 +214,18 @@ def check_expected(header: dict[str, Any], where: str | Path, name: str | None, 
                             f"ressenet.load_pretrained({str(where)!r}) builds the model it is for{fix}")
 
 
-def load_pretrained(source: str | os.PathLike[str], *, sha256: str | None = None,
-                    cache_dir: str | Path | None = None, map_location: str | torch.device = "cpu",
-                    name: str | None = None, **options: Any) -> nn.Module:
-    """The model a weights file is for, with its weights: ``ressenet.load_pretrained("res_se_net56.safetensors")``.
-
-    The name, options and class count come from the file's header (``name`` and ``options``, when given, must
-    match it); ``model.pretrained_cfg`` gets the file's normalisation, dataset, classes and sha256. The model is
-    returned in training mode, as ``create_model`` returns it: call ``.eval()`` to evaluate.
-
-    Args:
-        source: A path, or an http(s)/file URL (downloaded once into the cache; needs ``sha256``).
-        sha256: The file's expected sha256 (a URL's may also be given as ``#sha256=HEX``).
-        cache_dir: Where downloads are kept (default ``$RESSENET_CACHE``, else ``~/.cache/ressenet``).
-        map_location: Device the tensors are read onto.
-        name, options: What the caller expects (``create_model(name, pretrained=...)`` passes its arguments).
-    """
-    from ressenet.models import create_model
-
-    path, digest = fetch_weights(source, sha256=sha256, cache_dir=cache_dir)
-    header = read_header(path)
-    check_expected(header, path, name, **options)
-    try:
-        model = create_model(header["model"], num_classes=header["num_classes"],
-                             **{k: header["options"].get(k) for k in MODEL_OPTIONS})
-    except ValueError as e:
-        raise RessenetError(f"{path}: its header names a model this ressenet cannot build ({e})") from None
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def read_tensors(path: str | Path, header: dict[str, Any], expected: dict[str, tuple[int, ...]],
+                 model_name: str) -> dict[str, torch.Tensor]:
+    """The file's tensors (on the CPU), once their names and shapes (``read_header``'s ``tensors``) are checked
+    against ``expected``, a model's state-dict shapes: a mismatch is one line and nothing is read."""
     if expected != header["tensors"]:
         missing = sorted(set(expected) - set(header["tensors"]))
         extra = sorted(set(header["tensors"]) - set(expected))
         shape = sorted(k for k in set(expected) & set(header["tensors"]) if expected[k] != header["tensors"][k])
         what = "; ".join(f"{label} {', '.join(keys[:3])}" for label, keys in
                          (("missing", missing), ("unexpected", extra), ("other shapes of", shape)) if keys)
-        raise RessenetError(f"{path}: its tensors do not fit {header['model']} ({what}); the file is damaged or "
-                            f"was edited; {_EXPORT_FIX} again")
+        raise RessenetError(f"{path}: its tensors do not fit {model_name} ({what}); the file is damaged or was "
+                            f"edited; {_EXPORT_FIX} again")
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path)))
-    model.to(map_location)
-    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(header["mean"]), "std": tuple(header["std"]),
-                            "normalization": header.get("normalization"), "dataset": header.get("dataset"),
-                            "classes": (header.get("data") or {}).get("classes"), "file": str(path),
-                            "sha256": digest}
-    return model
+    return load_file(str(path))

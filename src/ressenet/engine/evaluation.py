@@ -120,7 +120,8 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
     ``dataset``. The inputs are normalised as the weights were trained (the header's mean and std), whatever the
     data. As with checkpoints, the header's data settings are data: no download, no cache or folder it names.
     """
-    from ressenet.weights import fetch_weights, load_pretrained, read_header
+    from ressenet.models import load_pretrained
+    from ressenet.weights import fetch_weights, read_header
 
     local, digest = fetch_weights(path, sha256=sha256, cache_dir=cache_dir)
     header = read_header(local)
