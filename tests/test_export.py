@@ -261,3 +261,27 @@ def test_export_refuses_a_directory_without_a_checkpoint(tmp_path, capsys):
     assert "holds no last.pt" in err and err.count("\n") == 1
     assert main(["export", str(tmp_path / "nowhere")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_eval_weights_on_another_dataset_normalises_as_trained(exported, tmp_path, capsys):
+    from cifar_fakes import write_image_folder
+
+    from ressenet.data import load_datasets
+
+    classes = tuple(f"c{i}" for i in range(10))
+    write_image_folder(tmp_path / "folder", classes=classes, train_per_class=4, test_per_class=3)
+    args = ["eval", "--weights", exported["weights"], "--device", "cpu", "--dataset", "imagefolder",
+            "--data-root", str(tmp_path / "folder"), "--cache-dir", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["dataset"] == "imagefolder" and res["images"] == 30  # all test images: the run's limits not applied
+    model = ressenet.load_pretrained(exported["weights"]).eval()
+    test = load_datasets("imagefolder", tmp_path / "folder", cache_dir=tmp_path / "cache")["test"]
+    cfg = model.pretrained_cfg
+    assert res["top1"] == evaluate(model, eval_batches(test, 100, mean=cfg["mean"], std=cfg["std"],
+                                                       device="cpu"))["top1"]
+    write_image_folder(tmp_path / "three", train_per_class=12, test_per_class=2)
+    args[args.index(str(tmp_path / "folder"))] = str(tmp_path / "three")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "predicts 10 classes" in err and "has 3" in err and err.count("\n") == 1

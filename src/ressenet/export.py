@@ -63,9 +63,9 @@ def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[fl
         mean, std = normalization(cfg.data.dataset, cfg.data.normalization)
     except DataError:
         raise RessenetError(f"{where}: the run normalised its inputs with statistics of its own training set "
-                            f"(data.normalization=dataset on {cfg.data.dataset}), which its config.yaml does not "
-                            f"record (runs trained by ressenet before 0.1.0's export); it cannot be exported "
-                            f"faithfully") from None
+                            f"(data.normalization=dataset on {cfg.data.dataset}), and its config.yaml does not "
+                            f"record them (it was trained before runs recorded meta.mean and meta.std); train it "
+                            f"again to export it") from None
     return [float(v) for v in mean], [float(v) for v in std]
 
 
