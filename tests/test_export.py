@@ -285,3 +285,24 @@ def test_eval_weights_on_another_dataset_normalises_as_trained(exported, tmp_pat
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "predicts 10 classes" in err and "has 3" in err and err.count("\n") == 1
+
+
+def test_a_run_normalised_with_its_own_statistics_exports_them(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "ds"
+    summary = train(_config(out, **{"data.normalization": "dataset", "optim.iters": 4, "optim.milestones": [2]}))
+    meta = yaml.safe_load((out / "config.yaml").read_text())["meta"]
+    res = export_run(out, tmp_path / "ds.safetensors")
+    h = res["header"]
+    assert h["normalization"] == "dataset" and h["mean"] == meta["mean"] and h["std"] == meta["std"]
+    assert h["mean"] != [0.4914, 0.4822, 0.4465]  # the synthetic training set's own statistics
+    assert main(["eval", "--weights", res["weights"], "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == summary["test_top1"]
+    # A run that did not record them (trained before runs did) cannot be exported faithfully: refused.
+    tree = yaml.safe_load((out / "config.yaml").read_text())
+    del tree["meta"]["mean"], tree["meta"]["std"]
+    (out / "config.yaml").write_text(yaml.safe_dump(tree))
+    assert main(["export", str(out), "--out", str(tmp_path / "old.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "does not record them" in err and err.count("\n") == 1 and not (tmp_path / "old.safetensors").exists()
