@@ -306,3 +306,20 @@ def test_a_run_normalised_with_its_own_statistics_exports_them(tmp_path, capsys)
     assert main(["export", str(out), "--out", str(tmp_path / "old.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "does not record them" in err and err.count("\n") == 1 and not (tmp_path / "old.safetensors").exists()
+
+
+@pytest.mark.parametrize("field,value", [("model", 7), ("options", ["B"]), ("num_classes", "10"), ("mean", [0.5]),
+                                         ("std", [0.2, 0.2, 0.0]), ("config", "x")])
+def test_a_malformed_header_is_refused_in_one_line(exported, tmp_path, field, value):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(exported["weights"], framework="pt") as f:
+        meta = f.metadata()
+    header = json.loads(meta["ressenet"])
+    header[field] = value
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(exported["weights"]), str(edited), metadata={**meta, "ressenet": json.dumps(header)})
+    with pytest.raises(RessenetError, match=f"malformed {field}") as e:
+        ressenet.load_pretrained(edited)
+    assert "\n" not in str(e.value)

@@ -100,7 +100,26 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if header["format_version"] != FORMAT_VERSION:
         raise RessenetError(f"{path} is in weights format {header['format_version']!r}, this ressenet reads format "
                             f"{FORMAT_VERSION}; upgrade ressenet or export the run again")
+    bad = _bad_fields(header)
+    if bad:
+        raise RessenetError(f"{path}: its ressenet header has a malformed {', '.join(bad)}; the file was edited or "
+                            f"damaged; {_EXPORT_FIX} again")
     return {**header, "tensors": shapes}
+
+
+def _bad_fields(h: dict[str, Any]) -> list[str]:
+    """The header fields whose type is wrong (a hand-edited or hostile header is refused, not half-used)."""
+    def numbers(v: Any) -> bool:
+        return (isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
+
+    checks = {"model": isinstance(h["model"], str),
+              "options": isinstance(h["options"], dict) and set(h["options"]) <= set(MODEL_OPTIONS),
+              "num_classes": isinstance(h["num_classes"], int) and not isinstance(h["num_classes"], bool)
+              and h["num_classes"] > 0,
+              "mean": numbers(h["mean"]), "std": numbers(h["std"]) and all(x > 0 for x in h["std"]),
+              "config": isinstance(h.get("config", {}), dict), "data": isinstance(h.get("data", {}), dict)}
+    return [k for k, ok in checks.items() if not ok]
 
 
 def _is_url(source: str) -> bool:
