@@ -20,7 +20,8 @@ def _entry(name: str):
         return _create_model(name, **kwargs)
 
     factory.__name__ = name
-    factory.__doc__ = f"{name} (ressenet); options: num_classes, shortcut, se_reduction, layout."
+    factory.__doc__ = (f"{name} (ressenet); options: num_classes, shortcut, se_reduction, layout; pretrained=PATH_OR_URL "
+                       f"of a file `ressenet export` wrote.")
     return factory
 
 

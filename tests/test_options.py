@@ -72,7 +72,7 @@ def test_fixed_choices_are_data():
 def test_generated_flags_keep_the_old_names_and_keys():
     # The old flags unchanged, plus the ones added since (each with its config key).
     assert TRAIN_FLAGS == {**OLD_FLAGS, "--log-grad-stats": "run.grad_stats_every"}
-    assert TRAIN_SWITCHES == OLD_SWITCHES
+    assert TRAIN_SWITCHES == {**OLD_SWITCHES, "tensorboard": "run.tensorboard"}
 
 
 def test_train_help_shows_what_default_and_choices(capsys, monkeypatch):

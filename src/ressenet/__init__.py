@@ -2,8 +2,9 @@
 
     import ressenet
     model = ressenet.create_model("res_se_net56", num_classes=100)
+    trained = ressenet.load_pretrained("res_se_net56.safetensors")  # a file `ressenet export` wrote
 """
-from ressenet.models import create_model, list_models
+from ressenet.models import create_model, list_models, load_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "__version__"]
+__all__ = ["create_model", "list_models", "load_pretrained", "__version__"]

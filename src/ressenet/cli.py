@@ -3,7 +3,9 @@
     ressenet models [FILTER] [--json]
     ressenet data info|download ...
     ressenet train --model res_se_net20 --dataset cifar10 --out runs/x
-    ressenet eval --checkpoint runs/x/last.pt
+    ressenet eval --checkpoint runs/x/last.pt   (or --weights runs/x/x.safetensors)
+    ressenet export runs/x [--out FILE.safetensors]
+    ressenet tensorboard RUNS_DIR [--out DIR]
     ressenet grid PRESET --runs-dir runs
     ressenet report RUNS_DIR --out report
     ressenet reproduce PRESET
@@ -69,8 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "default '{model}-s{seed}' (the grid passes its cell names, e.g. '{model}-cifar10-s{seed}')")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on the test split")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint or an exported weights file on the test split")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a last.pt or best.pt that `ressenet train` wrote")
+    which.add_argument("--weights", metavar="FILE_OR_URL",
+                       help="a .safetensors file that `ressenet export` wrote (path or URL); evaluated on the data "
+                            "its header names (or --dataset), normalised as it was trained")
+    p.add_argument("--sha256", default=None, help="with --weights: the file's expected sha256 (needed for a URL "
+                                                  "without #sha256=HEX; the model card lists it)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's")
     p.add_argument("--cache-dir", default=None)
@@ -82,6 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on data whose classes (names or order) differ from the checkpoint's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="a finished run's weights as a .safetensors file with a model card")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory `ressenet train --out` wrote")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="the weights file, ending in .safetensors (its card goes beside it as FILE with .md); "
+                        "default RUN_DIR/<run name>.safetensors")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="export the weights of a run that has not finished (the card and header say so)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE and its card")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("tensorboard", help="TensorBoard event files for runs trained without --tensorboard")
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="folder of run directories (any depth), e.g. results")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="write the event files under DIR, mirroring RUNS_DIR (default: into each run directory)")
+    p.add_argument("--overwrite", action="store_true", help="rewrite the event files of runs that have them")
+    p.set_defaults(func=_cmd_tensorboard)
 
     # --- experiments (grid / report / reproduce) -------------------------------------------------------
     from ressenet.analysis import add_parser as add_analyze_command
@@ -176,14 +201,43 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_choice("data.dataset", args.dataset)  # None: the checkpoint's
     check_choice("run.device", args.device)
 
-    res = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
-                              cache_dir=args.cache_dir, split=args.split, device=args.device,
-                              batch_size=args.batch_size, allow_other_classes=args.allow_other_classes)
+    if args.weights is not None:
+        from ressenet.engine.evaluation import evaluate_weights
+
+        res = evaluate_weights(args.weights, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
+                               split=args.split, device=args.device, batch_size=args.batch_size, sha256=args.sha256)
+    else:
+        if args.sha256 is not None:
+            raise ValueError("--sha256 checks a --weights file; a --checkpoint is checked by its own config")
+        res = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_root=args.data_root,
+                                  cache_dir=args.cache_dir, split=args.split, device=args.device,
+                                  batch_size=args.batch_size, allow_other_classes=args.allow_other_classes)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(f"{res['model']} on {res['dataset']} {res['split']} ({res['images']} images): top-1 {res['top1']:.2f}%  "
               f"top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ressenet.export import export_run
+
+    res = export_run(args.run_dir, args.out, allow_unfinished=args.allow_unfinished, overwrite=args.overwrite)
+    h = res["header"]
+    acc = (f"test top-1 {h['test_top1']:.2f}% top-5 {h['test_top5']:.2f}% on {h['data_label']}"
+           if h["test_top1"] is not None else "not evaluated at this iteration")
+    state = "" if h["finished"] else f" (UNFINISHED: iteration {h['iters']} of {h['planned_iters']})"
+    print(f"{h['model']}{state}: {acc}\n  weights {res['weights']}\n  card    {res['card']}\n  sha256  {res['sha256']}")
+    return 0
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    from ressenet.engine.tensorboard import convert_runs
+
+    for rel, what in convert_runs(args.runs_dir, out=args.out, overwrite=args.overwrite):
+        print(f"{rel}: {what}")
+    print(f"view them with: tensorboard --logdir {args.out or args.runs_dir}")
     return 0
 
 

@@ -164,6 +164,8 @@ ARCHIVES: dict[tuple[str, str], ArchiveSpec] = {
     ),
 }
 
+# Every dataset the data layer reads is 3 x 32 x 32 (image folders are checked for it): the models' input size.
+INPUT_SIZE: tuple[int, int, int] = (3, 32, 32)
 # Official binary record sizes: label byte(s) then 3 x 32 x 32 pixel bytes (red plane, green plane, blue plane).
 PIXELS_PER_IMAGE = 3 * 32 * 32
 CIFAR10_RECORD_BYTES = 1 + PIXELS_PER_IMAGE

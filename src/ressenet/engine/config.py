@@ -177,6 +177,10 @@ class RunConfig:
     progress: str = option("auto", choices=PROGRESS_MODES,
                            help="progress display: bar, plain log lines, or none; auto = a bar on a terminal, "
                                 "plain lines otherwise")
+    tensorboard: bool = option(False, help="also write metrics.jsonl's scalars (training loss, top-1, lr, images/s, "
+                                           "test and validation top-1/top-5/loss) as TensorBoard event files in the "
+                                           "run directory (rank 0): tensorboard --logdir RUNS_DIR; needs the "
+                                           "optional extra: pip install 'ressenet[tensorboard]'")
     grad_stats_every: int = option(0, flag="--log-grad-stats", metavar="N",
                                    help="every N iterations, record the gradient norm reaching each bridge block's "
                                         "input through the bridge and through the residual path, and every layer's "
@@ -279,6 +283,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 RESULT_NEUTRAL_KEYS = frozenset({
     "run.out", "run.device", "run.progress", "run.log_every", "run.ckpt_every", "run.eval_batch_size",
     "run.compile", "run.compile_mode", "data.data_root", "data.download", "data.cache_dir", "run.grad_stats_every",
+    "run.tensorboard",
 })
 
 

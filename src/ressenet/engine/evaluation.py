@@ -17,7 +17,7 @@ from ressenet.engine.setup import (autocast_context, build_model, load_data, res
                                    resolve_eval_batch_size, resolve_precision)
 from ressenet.errors import RessenetError
 
-__all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "data_as_given"]
+__all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "evaluate_weights", "data_as_given"]
 
 
 @torch.no_grad()
@@ -97,9 +97,6 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     cfg.run.eval_batch_size = batch_size
     dev = resolve_device(device)
     data = load_data(cfg)
-    if split == "val" and data["val"] is None:
-        raise RessenetError(f"{path} was trained without a validation split; use --split test")
-    ds = data[split]
     same_data = _check_eval_data(path, state, cfg, data, allow_other_classes)
     num_classes = len(data["train"].classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
@@ -111,14 +108,10 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as e:
         raise RessenetError(f"{path}: its weights do not fit {cfg.model.name} ({_mismatch(e)}); {EVAL_FIX}") from None
-    channels_last = resolve_channels_last(cfg.run.channels_last, dev)
-    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     precision = run_precision(state.get("precision"), Path(path).parent, cfg, dev)
-    res = eval_split(model, ds, data, cfg, dev, channels_last, autocast_context(precision, dev), DistInfo())
+    res = _evaluate_on(model, cfg, data, split, dev, path, "trained without a validation split", precision)
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
-            "data_root": cfg.data.data_root,
-            "iter": state.get("iter"), "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
-            "images": res["images"], "same_data": same_data, "precision": precision}
+            "data_root": cfg.data.data_root, "iter": state.get("iter"), **res, "same_data": same_data}
 
 
 def run_precision(recorded: Any, run_dir: Path | None, cfg: Config, device: torch.device) -> str:
@@ -170,3 +163,53 @@ def _check_eval_data(path: str | Path, state: dict[str, Any], cfg: Config, data:
         warnings.warn(f"the data at {cfg.data.data_root or 'the default root'} is not the data {path} was trained on "
                       f"(fingerprint {data.get('fingerprint')}, trained on {recorded})", stacklevel=2)
     return same
+
+
+def _evaluate_on(model: nn.Module, cfg: Config, data: dict[str, Any], split: str, dev: torch.device,
+                 path: str | Path, no_val: str, precision: str) -> dict[str, Any]:
+    """top-1/top-5/loss/images of ``model`` on ``data[split]``, as training evaluates (same memory format, same
+    precision)."""
+    if split == "val" and data["val"] is None:
+        raise RessenetError(f"{path} was {no_val}; use --split test")
+    channels_last = resolve_channels_last(cfg.run.channels_last, dev)
+    model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    res = eval_split(model, data[split], data, cfg, dev, channels_last, autocast_context(precision, dev), DistInfo())
+    return {"top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "images": res["images"],
+            "precision": precision}
+
+
+def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
+                     cache_dir: str | None = None, split: str = "test", device: str = "auto",
+                     batch_size: int | None = None, sha256: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5/loss of a weights file ``ressenet export`` wrote (a path or URL), on a split of the data it was
+    trained on (the header's config: the same test images, so the run's final test top-1 is reproduced) or of
+    ``dataset``. The inputs are normalised as the weights were trained (the header's mean and std), whatever the
+    data. As with checkpoints, the header's data settings are data: no download, no cache or folder it names.
+    """
+    from ressenet.models import load_pretrained
+    from ressenet.weights import fetch_weights, read_header
+
+    local, digest = fetch_weights(path, sha256=sha256, cache_dir=cache_dir)
+    header = read_header(local)
+    try:
+        cfg = config_from_dict(header.get("config") or {}, where=f"{local} (its header's config)")
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RessenetError(f"{local}: unreadable config in its header ({e})") from None
+    if dataset is not None and dataset != cfg.data.dataset:
+        # The run's subset sizes belong to its own data (a smoke test's synthetic images), not to another dataset.
+        cfg.data.dataset, cfg.data.train_limit, cfg.data.test_limit = dataset, 0, 0
+    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
+    cfg.run.eval_batch_size = batch_size
+    dev = resolve_device(device)
+    data = load_data(cfg)
+    n = len(data["train"].classes)
+    if n != header["num_classes"]:
+        raise RessenetError(f"{local} predicts {header['num_classes']} classes and {cfg.data.dataset} at "
+                            f"{cfg.data.data_root or 'the default root'} has {n}; evaluate it on data with its classes")
+    data["mean"], data["std"] = tuple(header["mean"]), tuple(header["std"])
+    model = load_pretrained(local)
+    precision = run_precision((header.get("trained_with") or {}).get("precision"), None, cfg, dev)
+    res = _evaluate_on(model, cfg, data, split, dev, local, "evaluated on data without a validation split "
+                                                            "(data.val_split=0)", precision)
+    return {"weights": str(local), "sha256": digest, "model": header["model"], "dataset": cfg.data.dataset,
+            "split": split, "data_root": cfg.data.data_root, "iter": header.get("iters"), **res}

@@ -14,8 +14,9 @@ __all__ = ["MetricsLog", "Progress"]
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (rank 0 only); on resume drops lines past the checkpoint."""
 
-    def __init__(self, path: Path, enabled: bool, resume_iter: int | None) -> None:
+    def __init__(self, path: Path, enabled: bool, resume_iter: int | None, *, tensorboard: bool = False) -> None:
         self.path, self.enabled = path, enabled
+        self.events = None  # TensorBoard event files beside metrics.jsonl (run.tensorboard; engine/tensorboard.py)
         if enabled and resume_iter is not None and path.exists():
             # Undecodable bytes (a torn or damaged line) become U+FFFD and that line is dropped as unreadable.
             text = path.read_bytes().decode("utf-8", errors="replace")
@@ -23,12 +24,19 @@ class MetricsLog:
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
         elif enabled and resume_iter is None:
             path.unlink(missing_ok=True)
+        if enabled and tensorboard:
+            from ressenet.engine.tensorboard import EventLog, read_metrics
+
+            # On resume, the events are rewritten from the lines kept above, then appended to: the same steps.
+            self.events = EventLog(path.parent, read_metrics(path) if path.exists() else [])
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
+            if self.events is not None:
+                self.events.write(record)
 
 
 def _line_iter(line: str) -> int:

@@ -143,7 +143,8 @@ class Run:
         run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
                   channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
                   model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
-                  log=MetricsLog(out / "metrics.jsonl", dist.is_main, state.it if resumed else None),
+                  log=MetricsLog(out / "metrics.jsonl", dist.is_main, state.it if resumed else None,
+                                 tensorboard=cfg.run.tensorboard),
                   resumed=resumed, step_model=model, it_interval=state.it)
         run.acc = torch.zeros(2, device=device, dtype=torch.float64)
         run.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
@@ -161,7 +162,10 @@ class Run:
             tree["meta"] = versions(self.device) | {"precision": self.precision, "channels_last": self.channels_last,
                                                     "world_size": self.dist.world_size,
                                                     "data": self.data["train"].description,
-                                                    "data_fingerprint": self.data.get("fingerprint")} | meta
+                                                    "data_fingerprint": self.data.get("fingerprint"),
+                                                    # the input normalisation, which `ressenet export` records
+                                                    "mean": [float(v) for v in self.data["mean"]],
+                                                    "std": [float(v) for v in self.data["std"]]} | meta
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
 
     # -- the step -------------------------------------------------------------------------------------------

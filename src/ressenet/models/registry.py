@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ressenet.names import natural_key
 
-__all__ = ["register_model", "create_model", "list_models", "is_model", "model_info", "natural_key"]
+__all__ = ["register_model", "create_model", "load_pretrained", "list_models", "is_model", "model_info",
+           "natural_key"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, Any] = {}
@@ -47,17 +50,65 @@ def is_model(name: str) -> bool:
     return name in _MODELS
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
+def create_model(name: str, pretrained: str | os.PathLike[str] | bool | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model. ``None`` values are dropped so the model's own defaults apply (as timm does).
+
+    ``pretrained``: a weights file ``ressenet export`` wrote, by path or URL (``sha256=`` or a ``#sha256=HEX``
+    URL suffix checks a download; ``cache_dir=`` says where it is kept). Its header must be for this model, and for
+    ``kwargs`` when given; see :func:`load_pretrained`.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or a bad option value.
+        RessenetError: a weights file for another model, options or class count, or an unreadable one.
     """
     if name not in _MODELS:
         close = [n for n in list_models() if n.split("_")[0] == name.split("_")[0]][:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; `ressenet models` lists all {len(_MODELS)} names")
+    if pretrained is True:
+        raise ValueError("ressenet publishes no weights to download by name: pass pretrained=PATH_OR_URL of a file "
+                         "`ressenet export RUN_DIR` wrote")
+    if pretrained is not None and pretrained is not False:
+        return load_pretrained(pretrained, name=name, **kwargs)
     return _MODELS[name](**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def load_pretrained(source: str | os.PathLike[str], *, sha256: str | None = None,
+                    cache_dir: str | os.PathLike[str] | None = None, map_location: str | torch.device = "cpu",
+                    name: str | None = None, **options: Any) -> nn.Module:
+    """The model a weights file is for, with its weights: ``ressenet.load_pretrained("res_se_net56.safetensors")``.
+
+    The name, options and class count come from the file's header (``name`` and ``options``, when given, must
+    match it, else one line refuses the file before any weight is read); ``model.pretrained_cfg`` gets the file's
+    normalisation, dataset, classes and sha256. Returned in training mode, as ``create_model`` returns models:
+    call ``.eval()`` to evaluate.
+
+    Args:
+        source: A path, or an http(s)/file URL (downloaded once into the cache; needs ``sha256``).
+        sha256: The file's expected sha256 (a URL's may also be given as ``#sha256=HEX``).
+        cache_dir: Where downloads are kept (default ``$RESSENET_CACHE``, else ``~/.cache/ressenet``).
+        map_location: Device the model is moved to.
+        name, options: What the caller expects (``create_model(name, pretrained=...)`` passes its arguments).
+    """
+    from ressenet.errors import RessenetError
+    from ressenet.weights import MODEL_OPTIONS, check_expected, fetch_weights, read_header, read_tensors
+
+    path, digest = fetch_weights(source, sha256=sha256, cache_dir=cache_dir)
+    header = read_header(path)
+    check_expected(header, path, name, **options)
+    try:
+        model = create_model(header["model"], num_classes=header["num_classes"],
+                             **{k: header["options"].get(k) for k in MODEL_OPTIONS})
+    except ValueError as e:
+        raise RessenetError(f"{path}: its header names a model this ressenet cannot build ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(read_tensors(path, header, expected, header["model"]))
+    model.to(map_location)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": tuple(header["mean"]), "std": tuple(header["std"]),
+                            "normalization": header.get("normalization"), "dataset": header.get("dataset"),
+                            "classes": (header.get("data") or {}).get("classes"), "file": str(path),
+                            "sha256": digest}
+    return model
 
 
 def _has_glob(pattern: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ressenet.models.families import FAMILIES, Family, ModelInfo, SEPlacement, se_sites
+from ressenet.models.families import FAMILIES, Family, ModelInfo, SEPlacement, default_pretrained_cfg, se_sites
 from ressenet.models.layers import SEBlock, Shortcut, conv1x1, conv3x3
 from ressenet.models.registry import register_model
 
@@ -136,6 +136,7 @@ class ResNet(nn.Module):
         block: type[BasicBlock] | type[Bottleneck] = Bottleneck if bottleneck else BasicBlock
         self.depth, self.layout, self.block_name = depth, layout, block.__name__
         self.placement, self.bridge = placement, bridge
+        self.shortcut_kind, self.se_reduction = shortcut, se_reduction
         block_kwargs = dict(shortcut=shortcut, placement=placement, bridge=bridge, se_reduction=se_reduction)
 
         self.conv1 = conv3x3(3, 16)
@@ -144,7 +145,12 @@ class ResNet(nn.Module):
         self.layer1 = self._make_layer(block, 16, n, 1, block_kwargs)
         self.layer2 = self._make_layer(block, 32, n, 2, block_kwargs)
         self.layer3 = self._make_layer(block, 64, n, 2, block_kwargs)
-        self.fc = nn.Linear(64 * block.expansion, num_classes)
+        self.num_features = 64 * block.expansion  # width of the pooled features the head reads
+        self.num_classes = num_classes
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes)
+        # What the model expects and predicts (timm's ``pretrained_cfg``); create_model names the architecture,
+        # load_pretrained fills in the file's data and normalisation.
+        self.pretrained_cfg: dict[str, Any] = default_pretrained_cfg(None, num_classes)
         self.init_weights()
 
     def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int,
@@ -165,13 +171,38 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The constructor options beyond depth and family (resolved: what a weights file must match)."""
+        return {"shortcut": self.shortcut_kind, "se_reduction": self.se_reduction, "layout": self.layout}
+
     def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map, before pooling (as timm's): (B, num_features, 8, 8) for a 32x32 input."""
         x = F.relu(self.bn1(self.conv1(x)))  # (B, 16, 32, 32)
-        x = self.layer3(self.layer2(self.layer1(x)))  # (B, 64 * expansion, 8, 8)
-        return x.mean(dim=(2, 3))  # global average pool: (B, 64 * expansion)
+        return self.layer3(self.layer2(self.layer1(x)))  # (B, 64 * expansion, 8, 8)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Global average pool, then the classifier; ``pre_logits=True`` stops at the pooled features."""
+        x = x.mean(dim=(2, 3))  # (B, num_features)
+        return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised head for ``num_classes`` classes (0: none, ``forward`` returns the pooled
+        features, as timm's)."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer (0: no head), got {num_classes!r}")
+        old = self.fc.weight if isinstance(self.fc, nn.Linear) else next(self.parameters())
+        self.fc = (nn.Linear(self.num_features, num_classes, device=old.device, dtype=old.dtype) if num_classes
+                   else nn.Identity())
+        self.num_classes = num_classes
+        # The new head predicts other classes: the data the weights came from no longer describes the output.
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes, "classes": None}
 
     def blocks(self) -> list[BasicBlock | Bottleneck]:
         return [b for layer in (self.layer1, self.layer2, self.layer3) for b in layer]
@@ -206,7 +237,9 @@ def _check_options(depth: int, num_classes: int, shortcut: str, se_reduction: in
 
 def _factory(family: Family, depth: int):
     def factory(**kw: Any) -> ResNet:
-        return ResNet(depth, placement=family.placement, bridge=family.bridge, **kw)
+        model = ResNet(depth, placement=family.placement, bridge=family.bridge, **kw)
+        model.pretrained_cfg = default_pretrained_cfg(family.model_name(depth), model.num_classes)
+        return model
 
     factory.__name__ = factory.__qualname__ = family.model_name(depth)
     factory.__doc__ = f"{family.title}-{depth} (placement {family.placement.value}, bridges {family.bridge})."

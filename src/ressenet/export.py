@@ -1,0 +1,227 @@
+"""``ressenet export RUN_DIR``: a run's final weights as a ``.safetensors`` file and a model card beside it.
+
+The file holds the weights alone (no optimizer, no RNG state, no pickle) and a header (ressenet/weights.py) that says
+what they are: model and options, class count, input normalisation, data name, label and fingerprint, iterations,
+final test accuracy, the ressenet version and commit that trained them, and the whole training config. The card
+(``FILE.md`` with the suffix replaced) says the same for people. ``last.pt`` stays what it is, for resuming.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ressenet.engine.config import load_yaml
+from ressenet.errors import RessenetError
+
+__all__ = ["export_run", "card_path"]
+
+
+def card_path(weights: str | Path) -> Path:
+    """The model card of a weights file: ``x.safetensors`` -> ``x.md``."""
+    return Path(weights).with_suffix(".md")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        tree = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RessenetError(f"{path} is unreadable ({type(e).__name__}); the run's summary is damaged: finish "
+                            f"the run again (delete it and run the same train command)") from None
+    if not isinstance(tree, dict):
+        raise RessenetError(f"{path} holds a {type(tree).__name__}, not a run summary")
+    return tree
+
+
+def _eval_at(run_dir: Path, it: int) -> dict[str, Any] | None:
+    """The eval record of metrics.jsonl at iteration ``it`` (None when the run was not evaluated there)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    found = None
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn line
+        if isinstance(rec, dict) and rec.get("kind") == "eval" and rec.get("iter") == it:
+            found = rec
+    return found
+
+
+def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[float], list[float]]:
+    """The run's input mean and std: recorded in config.yaml's meta, else the data layer's constants for the run's
+    dataset and mode (what it trained with)."""
+    if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
+        return [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
+    from ressenet.data import DataError, normalization
+
+    try:
+        mean, std = normalization(cfg.data.dataset, cfg.data.normalization)
+    except DataError:
+        raise RessenetError(f"{where}: the run normalised its inputs with statistics of its own training set "
+                            f"(data.normalization=dataset on {cfg.data.dataset}), and its config.yaml does not "
+                            f"record them (it was trained before runs recorded meta.mean and meta.std); train it "
+                            f"again to export it") from None
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinished: bool = False,
+               overwrite: bool = False) -> dict[str, Any]:
+    """Writes ``out`` (default ``RUN_DIR/<run name>.safetensors``) and its card; returns the header, the paths and
+    the sha256.
+
+    Raises:
+        RessenetError: no run there, an unfinished run (unless ``allow_unfinished``), weights that do not fit the
+            run's model, or an existing ``out`` or card (unless ``overwrite``).
+    """
+    from ressenet.engine.checkpoint import load_checkpoint
+    from ressenet.engine.config import config_from_dict
+    from ressenet.experiments.runs import dataset_label, protocol_text, _protocol
+    from ressenet.models import count_params, create_model, model_info
+    from ressenet.weights import write_weights
+
+    run = Path(run_dir)
+    ckpt_path = run / "last.pt"
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {run} not found; pass a directory `ressenet train --out` wrote")
+    if not ckpt_path.is_file():
+        raise RessenetError(f"{run} holds no last.pt: not a run directory of ressenet train, or its checkpoint was "
+                            f"not kept (results/ archives keep no weights); export the run where it was trained")
+    weights = Path(out) if out is not None else run / f"{run.resolve().name}.safetensors"
+    if weights.suffix != ".safetensors":
+        raise RessenetError(f"--out {weights} must end in .safetensors (its model card goes beside it, as "
+                            f"{card_path(weights).name})")
+    card = card_path(weights)
+    for path in (weights, card):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; choose another --out, or pass --overwrite to replace it")
+
+    state = load_checkpoint(ckpt_path)
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
+        raise RessenetError(f"{ckpt_path} holds no config or weights; it was not written by ressenet train")
+    try:
+        cfg = config_from_dict(state["config"], where=str(ckpt_path))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RessenetError(f"{ckpt_path}: unreadable config ({e})") from None
+    it, planned = state.get("iter"), cfg.optim.iters
+    summary = _read_json(run / "summary.json")
+    finished = summary is not None and it == planned
+    if not finished and not allow_unfinished:
+        raise RessenetError(f"{run} did not finish (its last.pt is at iteration {it} of {planned}); run the same "
+                            f"`ressenet train` command to finish it, or pass --allow-unfinished to export these "
+                            f"weights as they are (the card says so)")
+    tree = {}
+    if (run / "config.yaml").is_file():
+        tree = load_yaml((run / "config.yaml").read_text(encoding="utf-8"), str(run / "config.yaml")) or {}
+    meta = tree.get("meta") if isinstance(tree, dict) and isinstance(tree.get("meta"), dict) else {}
+
+    fc = state["model"].get("fc.weight")
+    if fc is None or fc.dim() != 2:
+        raise RessenetError(f"{ckpt_path}: its weights have no fc.weight head; not weights of a ressenet model")
+    try:
+        model = create_model(cfg.model.name, num_classes=int(fc.shape[0]), shortcut=cfg.model.shortcut,
+                             se_reduction=cfg.model.se_reduction, layout=cfg.model.layout)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise RessenetError(f"{ckpt_path}: its weights do not fit {cfg.model.name} ({first})") from None
+
+    if finished:
+        acc = {"test_top1": summary["test_top1"], "test_top5": summary["test_top5"], "test_iter": it}
+        data = dict(summary.get("data") or {})
+    else:
+        rec = _eval_at(run, it)
+        acc = ({"test_top1": rec["test_top1"], "test_top5": rec["test_top5"], "test_iter": it} if rec else
+               {"test_top1": None, "test_top5": None, "test_iter": None})
+        data = {"description": meta.get("data"), "fingerprint": state.get("data_fingerprint")}
+    from ressenet.data.constants import DATASET_INFO
+
+    info = DATASET_INFO.get(cfg.data.dataset)
+    if data.get("classes") is None and info is not None and info.classes is not None:
+        data["classes"] = list(info.classes)
+    label, _ = dataset_label(summary or {"dataset": cfg.data.dataset, "data": data}, cfg.to_dict())
+    mean, std = _normalization(cfg, meta, run)
+    fam = model_info(cfg.model.name)
+    header = {
+        "model": cfg.model.name, "family": fam.family.key if fam else None, "depth": fam.depth if fam else None,
+        "options": model.options, "num_classes": model.num_classes, "params": count_params(model),
+        "input_size": list(model.pretrained_cfg["input_size"]), "mean": mean, "std": std,
+        "normalization": cfg.data.normalization, "dataset": cfg.data.dataset, "data_label": label,
+        "data": {k: data.get(k) for k in ("description", "fingerprint", "lossless", "classes", "train_size",
+                                          "test_size", "val_size")},
+        "finished": finished, "iters": it, "planned_iters": planned, "seed": cfg.run.seed, **acc,
+        "protocol": protocol_text(_protocol(cfg.to_dict())),
+        "trained_with": {"ressenet": meta.get("ressenet"), "git_commit": meta.get("git_commit"),
+                         "torch": meta.get("torch"), "device": meta.get("device"),
+                         # the arithmetic its accuracy was measured in, which `eval --weights` repeats
+                         "precision": state.get("precision") or meta.get("precision")},
+        "run": run.resolve().name, "config": cfg.to_dict(),
+    }
+    digest = write_weights(weights, model.state_dict(), header)
+    from ressenet.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(card, model_card(header, weights.name, digest))
+    return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.2f}%" if isinstance(v, (int, float)) else "not measured"
+
+
+def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
+    """The Markdown card of a weights file, from its header."""
+    from ressenet.models import FAMILY
+
+    title = FAMILY[h["family"]].title if h.get("family") in FAMILY else h["model"]
+    o, tw, d = h["options"], h["trained_with"], h["data"]
+    lines = [f"# {h['model']} trained on {h['data_label']}", ""]
+    if not h["finished"]:
+        lines += [f"**Unfinished run**: these are the weights at iteration {h['iters']:,} of the {h['planned_iters']:,} "
+                  f"it was to train (exported with `--allow-unfinished`). They are not the run's result.", ""]
+    lines += [
+        f"`{filename}` holds the weights of {title}-{h['depth']} (`{h['model']}`: {h['params']:,} parameters, "
+        f"{h['num_classes']} classes; shortcut {o['shortcut']}, SE reduction {o['se_reduction']}, layout "
+        f"{o['layout']}). It is a [safetensors](https://github.com/huggingface/safetensors) file: loading it runs "
+        f"no code. Its header holds everything below.",
+        "",
+        f"sha256: `{digest}`",
+        "",
+        "## Accuracy",
+        "",
+        "| data | test top-1 | test top-5 | iteration |",
+        "|---|---:|---:|---:|",
+        f"| {h['data_label']} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
+        f"{h['test_iter'] if h['test_iter'] is not None else '-'} |",
+        "",
+        "Final weights, final test accuracy (not the best over training). `ressenet eval --weights` reproduces it "
+        "on the same data." if h["test_top1"] is not None else
+        "These weights were not evaluated at their iteration; `ressenet eval --weights` measures them.",
+        "",
+        "## Training",
+        "",
+        f"- run `{h['run']}`, seed {h['seed']}, {h['iters']:,} iterations; {h['protocol']}",
+        f"- data: {h['dataset']} ({d.get('description') or 'description not recorded'}); fingerprint "
+        f"`{d.get('fingerprint')}`; lossless: {({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
+        f"- input: 3x32x32 RGB in [0, 1], normalised with mean {tuple(h['mean'])} and std {tuple(h['std'])} "
+        f"({h['normalization']} normalisation)",
+        f"- trained with ressenet {tw.get('ressenet')} (commit {tw.get('git_commit') or 'not recorded'}), torch "
+        f"{tw.get('torch')}, on {tw.get('device')}",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import ressenet",
+        f"model = ressenet.load_pretrained({filename!r}).eval()  # or create_model({h['model']!r}, pretrained=...)",
+        "cfg = model.pretrained_cfg  # input_size, mean, std, num_classes, classes",
+        "```",
+        "",
+        "```",
+        f"ressenet eval --weights {filename}" + (" --data-root DIR" if h["dataset"] in ("cifar10", "cifar100",
+                                                                                          "imagefolder") else ""),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
