@@ -13,7 +13,8 @@ steps (compilation included) all processes of a setting wait at one barrier, the
 the same window of wall time, so every figure is measured with all of the setting's processes training. Rounds
 alternate old and new, so the machine's drift hits both; the ratio is the median of the per-round ratios.
 
-    python benchmarks/cpu_grid.py --data-root ../shared/data/cifar10-jpeg.tar.gz   # ~6 min on 2 cores, quiet
+    python benchmarks/cpu_grid.py --data-root ../shared/data/cifar10-jpeg.tar.gz   # ~5 min on 2 cores, quiet
+    python benchmarks/cpu_grid.py --new-switch fp32+cl+compile   # the default of a CPU without native bf16
 
 Stop a running grid first (SIGTERM to it and its trainers): a figure timed beside it is void.
 """
@@ -109,6 +110,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=30.0, help="the timed window of each setting, each round")
     p.add_argument("--rounds", type=int, default=3, help="old/new rounds, alternating")
     p.add_argument("--cores", type=int, default=0, help="cores to use (default: the usable ones, as --jobs auto)")
+    p.add_argument("--new-switch", default=None, metavar="SWITCH",
+                   help="the one-process-per-core setting's switch instead of the grid default's, e.g. "
+                        "fp32+cl+compile: what the default resolves to on a CPU without native bf16")
     args = p.parse_args()
     from ressenet.experiments.grid import usable_cores
 
@@ -126,11 +130,11 @@ def main() -> int:
     shown = ", ".join(k.removeprefix("_is_").removesuffix("_supported") for k, v in flags.items() if v)
     print(f"cpu flags: {shown}"
           f"; native bf16: {cpu_has_native_bf16()}; {cores} usable cores")
-    new = common.Switch().resolved(device)
+    new = common.parse_switch(args.new_switch) if args.new_switch else common.Switch().resolved(device)
     old = common.Switch("fp32", True, True, "default")
     settings = {"old": (old, 1, cores), "new": (new, cores, 1)}
     print(f"old: 1 process x {cores} threads, {old.name};  new: {cores} processes x 1 thread, {new.name} "
-          f"(the grid default resolved for a full-length run)")
+          + ("(as given)" if args.new_switch else "(the grid default resolved for a full-length run)"))
     models = common.parse_list(args.models)
     rows: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
     ratios = []
