@@ -217,13 +217,17 @@ def _sentence(tests: list[Test], tag: str) -> str:
             parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}, a difference at this "
                          f"schedule")
             shown.append(title)
+        elif c.ci_low > 0 or c.ci_high < 0:
+            parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}: the unadjusted "
+                         f"interval excludes zero, but the difference does not survive the adjustment for "
+                         f"{len(tested)} comparisons, so no difference is shown")
         else:
             parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}, no difference shown")
     head = ("**At this schedule no comparison shows a difference** (paired by seed, 95% intervals, Holm-adjusted)"
             if not shown else f"**At this schedule, {len(shown)} of {len(tested)} comparisons show a difference** "
                               f"(paired by seed, 95% intervals, Holm-adjusted)")
-    return (f"{head}: " + "; ".join(parts) + ". An interval that includes zero leaves either sign possible; none of "
-            "this carries over to the paper's full protocol.")
+    return (f"{head}: " + "; ".join(parts) + ". Where no difference is shown, either sign remains possible at "
+            "this number of seeds; none of this carries over to the paper's full protocol.")
 
 
 
