@@ -77,7 +77,7 @@ def git_commit() -> str:
 
 
 def resolve_device(name: str) -> torch.device:
-    from ressenet.engine.train import resolve_device as engine_resolve
+    from ressenet.engine.setup import resolve_device as engine_resolve
 
     return engine_resolve(name)
 
@@ -189,7 +189,7 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def load_engine_data(args: argparse.Namespace) -> dict[str, Any]:
     """The engine's own data (``load_data``): train/test ImageDatasets and the normalisation it uses."""
     from ressenet.engine.config import load_config
-    from ressenet.engine.train import load_data
+    from ressenet.engine.setup import load_data
 
     return load_data(load_config(None, data_overrides(args)))
 
@@ -329,7 +329,7 @@ def train_model(model_name: str, switch: Switch, device: torch.device, *,
     ``init``: a state dict whose matching entries replace the initial weights (extra keys are ignored, so a ResNet
     can take a Res-SE-Net's weights).
     """
-    from ressenet.engine.train import autocast_context
+    from ressenet.engine.setup import autocast_context
     from ressenet.models import create_model
 
     r = switch.resolved(device)

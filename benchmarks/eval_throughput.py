@@ -43,7 +43,7 @@ def build(name: str, checkpoint: Path | None, num_classes: int) -> tuple[str, nn
         return name, create_model(name, num_classes=num_classes)
     from ressenet.engine.checkpoint import load_checkpoint
     from ressenet.engine.config import config_from_dict
-    from ressenet.engine.train import build_model
+    from ressenet.engine.setup import build_model
 
     state = load_checkpoint(checkpoint)
     cfg = config_from_dict(state["config"], where=str(checkpoint))
@@ -56,7 +56,8 @@ def engine_eval(model: nn.Module, data: dict[str, Any], switch: common.Switch, d
                 limit: int | None = None) -> tuple[float, dict[str, float]]:
     """(images/s, metrics) of one engine evaluation of the test split (``limit`` images: a warm-up)."""
     from ressenet.data import eval_batches
-    from ressenet.engine.train import autocast_context, evaluate
+    from ressenet.engine.setup import autocast_context
+    from ressenet.engine.evaluation import evaluate
 
     r = switch.resolved(device)
     model.to(device, memory_format=torch.channels_last if r.channels_last else torch.contiguous_format)
@@ -134,7 +135,7 @@ def main() -> int:
     info = common.header("evaluation throughput: engine vs the released-code test loop", device,
                          with_torchvision=use_ref)
     t_start = time.perf_counter()
-    from ressenet.engine.train import resolve_eval_batch_size
+    from ressenet.engine.setup import resolve_eval_batch_size
 
     args.eval_batch_size = resolve_eval_batch_size(args.eval_batch_size, device)
     data = common.load_engine_data(args)

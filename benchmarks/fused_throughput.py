@@ -35,7 +35,7 @@ import torch
 
 from ressenet.engine.config import load_config
 from ressenet.engine.fused import WARMUP_STEPS, FusedGroup, fused_configs
-from ressenet.engine.train import load_data
+from ressenet.engine.setup import load_data
 
 FAMILIES = ("resnet", "se_resnet", "res_se_net")
 

@@ -19,19 +19,16 @@ from ressenet.analysis import (CONSTANT_STD, GateAccumulator, add_parser, analyz
 from ressenet.engine.checkpoint import load_checkpoint, save_checkpoint
 from ressenet.errors import RessenetError
 from ressenet.models import create_model
+from tiny import tiny_config
 
 BRIDGES = ["layer2.0.shortcut.se_after", "layer3.0.shortcut.se_after"]
 
 
 def _train(root: Path, model: str, seed: int = 1) -> Path:
-    from ressenet.engine.config import load_config
     from ressenet.engine.train import train
 
     out = root / f"{model}-s{seed}"
-    cfg = load_config(None, {"model.name": model, "data.dataset": "synthetic", "data.train_limit": 256,
-                             "data.test_limit": 128, "optim.batch_size": 32, "optim.iters": 4, "run.compile": False,
-                             "run.device": "cpu", "run.seed": seed, "run.out": str(out), "run.progress": "none"})
-    train(cfg)
+    train(tiny_config(out, **{"model.name": model, "optim.iters": 4, "run.seed": seed}))
     return out
 
 
@@ -203,7 +200,7 @@ def test_run_without_se_blocks_is_reported_as_such(runs: dict[str, Path], tmp_pa
 
 
 def test_outputs_and_aggregation_over_seeds(runs: dict[str, Path], tmp_path: Path) -> None:
-    from ressenet.engine.train import evaluate_checkpoint
+    from ressenet.engine.evaluation import evaluate_checkpoint
 
     out = tmp_path / "out"
     md = analyze([runs["rsn1"], runs["rsn2"], runs["se_resnet"], runs["resnet"]], out, device="cpu")

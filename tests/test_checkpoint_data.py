@@ -10,16 +10,16 @@ import yaml
 
 from ressenet.cli import main as cli_main
 from ressenet.engine.checkpoint import load_checkpoint, save_checkpoint
-from ressenet.engine.config import load_config
-from ressenet.engine.train import evaluate_checkpoint, train
+from ressenet.engine.evaluation import evaluate_checkpoint
+from ressenet.engine.train import train
+from tiny import tiny_config
 
-BASE = {"model.name": "resnet20", "data.dataset": "synthetic", "data.train_limit": 128, "data.test_limit": 64,
-        "optim.batch_size": 16, "optim.iters": 8, "optim.milestones": [4], "run.eval_every": 8, "run.log_every": 4,
-        "run.ckpt_every": 4, "run.progress": "none", "run.device": "cpu", "run.compile": False}
+BASE = {"data.train_limit": 128, "data.test_limit": 64, "optim.batch_size": 16, "optim.milestones": [4],
+        "run.eval_every": 8, "run.log_every": 4}
 
 
 def _cfg(out, **over):
-    return load_config(None, {**BASE, "run.out": str(out), **over})
+    return tiny_config(out, **{**BASE, **over})
 
 
 @pytest.fixture(scope="module")

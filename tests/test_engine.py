@@ -17,10 +17,13 @@ from ressenet.cli import main as cli_main
 from ressenet.engine.checkpoint import load_checkpoint
 from ressenet.engine.config import Config, ConfigError, load_config
 from ressenet.engine import setup as engine_setup
-from ressenet.engine import train as engine_train
 from ressenet.engine.setup import CPU_COMPILE_MIN_ITERS, resolve_compile, resolve_precision
-from ressenet.engine.train import lr_at, resolve_eval_batch_size, train
+from ressenet.engine.run import lr_at
+from ressenet.engine.setup import resolve_eval_batch_size
+from ressenet.engine.evaluation import evaluate_checkpoint
+from ressenet.engine.train import train
 from ressenet.errors import RessenetError
+from tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,12 +34,9 @@ SMOKE = ["--model", "resnet20", "--dataset", "synthetic", "--set", "data.train_l
 
 
 def smoke_config(out: Path, **over) -> Config:
-    base = {"model.name": "resnet20", "data.dataset": "synthetic", "data.train_limit": 512, "data.test_limit": 256,
-            "optim.batch_size": 32, "optim.iters": 20, "optim.milestones": [10, 15], "run.out": str(out),
-            "run.eval_every": 10, "run.log_every": 5, "run.ckpt_every": 10, "run.progress": "none",
-            "run.device": "cpu"}
-    base.update(over)
-    return load_config(None, base)
+    return tiny_config(out, **{"data.train_limit": 512, "data.test_limit": 256, "optim.iters": 20,
+                               "optim.milestones": [10, 15], "run.eval_every": 10, "run.log_every": 5,
+                               "run.ckpt_every": 10, "run.compile": None, **over})
 
 
 def _env() -> dict[str, str]:
@@ -365,7 +365,7 @@ def test_real_data_short_run(tmp_path, cifar10_jpeg_root, data_cache_dir):
     assert (summary["test_top1"], summary["test_top5"]) == (evals[-1]["test_top1"], evals[-1]["test_top5"])
     assert summary["best_test_top1"] == summary["test_top1"] and summary["best_test_iter"] == 10
     # ... and that of the weights saved in last.pt, re-evaluated from the checkpoint alone on the same images.
-    res = engine_train.evaluate_checkpoint(out / "last.pt", cache_dir=str(data_cache_dir), device="cpu")
+    res = evaluate_checkpoint(out / "last.pt", cache_dir=str(data_cache_dir), device="cpu")
     assert res["iter"] == 10 and res["images"] == 500 and res["dataset"] == "imagefolder"
     assert res["top1"] == pytest.approx(summary["test_top1"]) and res["top5"] == pytest.approx(summary["test_top5"])
     assert (summary["test_top1"] * 5) == pytest.approx(round(summary["test_top1"] * 5))  # a count of 500 images
@@ -409,7 +409,7 @@ def _ghost_batch_run(iters: int, lr: float, halves: int) -> list[float]:
     import torch.nn.functional as F
 
     from ressenet.data import TrainLoader
-    from ressenet.engine.train import build_model, load_data
+    from ressenet.engine.setup import build_model, load_data
 
     cfg = smoke_config(Path("unused"), **{"optim.iters": iters, "optim.milestones": [30, 45], "optim.lr": lr})
     data = load_data(cfg)

@@ -15,7 +15,6 @@ import ressenet
 from ressenet.cli import main
 from ressenet.data import eval_batches
 from ressenet.engine.checkpoint import load_checkpoint
-from ressenet.engine.config import load_config
 from ressenet.engine.evaluation import evaluate
 from ressenet.engine.run import Run
 from ressenet.engine.setup import load_data
@@ -23,14 +22,11 @@ from ressenet.engine.train import train
 from ressenet.errors import RessenetError
 from ressenet.export import export_run
 from ressenet.weights import read_header, sha256_file
+from tiny import tiny_config
 
 
 def _config(out: Path, **over):
-    base = {"model.name": "resnet20", "data.dataset": "synthetic", "data.train_limit": 256, "data.test_limit": 128,
-            "optim.batch_size": 32, "optim.iters": 8, "optim.milestones": [4, 6], "run.out": str(out),
-            "run.eval_every": 4, "run.log_every": 2, "run.ckpt_every": 4, "run.progress": "none",
-            "run.device": "cpu"}
-    return load_config(None, {**base, **over})
+    return tiny_config(out, **{"run.compile": None, **over})
 
 
 @pytest.fixture(scope="module")

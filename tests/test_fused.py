@@ -15,7 +15,8 @@ import torch
 from ressenet.cli import main as cli_main
 from ressenet.engine.checkpoint import load_checkpoint
 from ressenet.engine.fused import FusedGroup, fused_configs, train_fused
-from ressenet.engine.train import evaluate_checkpoint, train
+from ressenet.engine.evaluation import evaluate_checkpoint
+from ressenet.engine.train import train
 from ressenet.errors import RessenetError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ressenet.engine.config import load_config
 from ressenet.engine.train import train
 from ressenet.models import create_model
+from tiny import tiny_config
 
 
 def _path_grads(model, x, y, block):
@@ -70,11 +70,10 @@ def test_probe_matches_autograd(name):
 
 
 def test_two_step_run_logs_grads_lines_without_changing_the_weights(tmp_path):
-    base = {"model.name": "res_se_net20", "data.dataset": "synthetic", "data.train_limit": 64, "data.test_limit": 32,
-            "optim.batch_size": 16, "optim.iters": 2, "run.eval_every": 2, "run.log_every": 1, "run.ckpt_every": 2,
-            "run.progress": "none", "run.device": "cpu", "run.compile": False}
-    train(load_config(None, {**base, "run.out": str(tmp_path / "a"), "run.grad_stats_every": 1}))
-    train(load_config(None, {**base, "run.out": str(tmp_path / "b")}))
+    base = {"model.name": "res_se_net20", "data.train_limit": 64, "data.test_limit": 32, "optim.batch_size": 16,
+            "optim.iters": 2, "run.eval_every": 2, "run.log_every": 1, "run.ckpt_every": 2}
+    train(tiny_config(tmp_path / "a", **base, **{"run.grad_stats_every": 1}))
+    train(tiny_config(tmp_path / "b", **base))
     recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     grads = [r for r in recs if r["kind"] == "grads"]
     assert [r["iter"] for r in grads] == [1, 2]
@@ -88,13 +87,12 @@ def test_two_step_run_logs_grads_lines_without_changing_the_weights(tmp_path):
 def test_grad_flow_section_summarises_runs(tmp_path):
     from ressenet.gradflow import grad_flow_section
 
-    base = {"data.dataset": "synthetic", "data.train_limit": 64, "data.test_limit": 32, "optim.batch_size": 16,
-            "optim.iters": 4, "run.eval_every": 4, "run.log_every": 2, "run.ckpt_every": 4, "run.progress": "none",
-            "run.device": "cpu", "run.compile": False, "run.grad_stats_every": 2}
+    base = {"data.train_limit": 64, "data.test_limit": 32, "optim.batch_size": 16, "optim.iters": 4,
+            "run.grad_stats_every": 2}
     dirs = []
     for model in ("resnet20", "resnet20_nobridge"):
         out = tmp_path / model
-        train(load_config(None, {**base, "model.name": model, "run.out": str(out)}))
+        train(tiny_config(out, **base, **{"model.name": model}))
         dirs.append(out)
     lines = grad_flow_section(dirs, tmp_path / "an")
     table = [ln for ln in lines if ln.startswith("| resnet20")]

@@ -57,3 +57,26 @@ def test_no_import_cycles():
         if m not in state:
             visit(m, [m])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+RUN_DIR_FILES = {"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log"}
+OWNER = SRC / "ressenet" / "engine" / "rundir.py"  # RunDir: the one place a run directory's file names are spelled
+
+
+def _spelled(path: Path) -> list[tuple[int, str]]:
+    """(line, name) for each string literal of ``path`` that is exactly a run-directory file name (prose in
+    messages and docstrings, such as "delete summary.json", does not count: it names the file, it does not open it)."""
+    return [(node.lineno, node.value) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in RUN_DIR_FILES]
+
+
+def test_run_directory_file_names_are_spelled_only_by_their_owner():
+    found = {str(p.relative_to(SRC)): hits for p in sorted(SRC.rglob("*.py")) if p != OWNER and (hits := _spelled(p))}
+    assert not found, f"use engine/rundir.RunDir instead of spelling its file names: {found}"
+    assert {name for _, name in _spelled(OWNER)} == RUN_DIR_FILES  # the check looks for the names the owner uses
+
+
+def test_the_owner_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('from pathlib import Path\nsummary = Path("run") / "summary.json"\nnote = "see last.pt"\n')
+    assert _spelled(bad) == [(2, "summary.json")]

@@ -14,21 +14,17 @@ import pytest
 from fixtures_runs import make_run
 from ressenet.cli import main
 from ressenet.engine.checkpoint import load_checkpoint
-from ressenet.engine.config import load_config
 from ressenet.engine.run import Run
 from ressenet.engine.tensorboard import EVENTS_GLOB, TAGS, EventLog
 from ressenet.engine.train import train
+from tiny import tiny_config
 
 pytest.importorskip("tensorboard", reason="the optional extra `tensorboard` (part of the test extra)")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 
 def _config(out: Path, **over):
-    base = {"model.name": "resnet20", "data.dataset": "synthetic", "data.train_limit": 256, "data.test_limit": 128,
-            "data.val_split": 64, "optim.batch_size": 32, "optim.iters": 8, "optim.milestones": [4, 6],
-            "run.out": str(out), "run.eval_every": 4, "run.log_every": 2, "run.ckpt_every": 4,
-            "run.progress": "none", "run.device": "cpu", "run.tensorboard": True}
-    return load_config(None, {**base, **over})
+    return tiny_config(out, **{"data.val_split": 64, "run.tensorboard": True, "run.compile": None, **over})
 
 
 def read_events(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -475,7 +475,7 @@ def _resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Pat
 def _open(run: Path, ckpt: Path) -> _Opened:
     from ressenet.engine.checkpoint import load_checkpoint
     from ressenet.engine.config import config_from_dict
-    from ressenet.engine.train import build_model
+    from ressenet.engine.setup import build_model
 
     state = load_checkpoint(ckpt)
     if not isinstance(state.get("config"), dict):
@@ -520,7 +520,7 @@ def analyze_run(opened: _Opened, data: dict[str, Any], device: torch.device, *, 
                 confidence: float = 0.95) -> RunAnalysis:
     """Excitation statistics and reliance of one opened checkpoint on its test split (``data`` from load_data)."""
     from ressenet.data import eval_batches
-    from ressenet.engine.train import resolve_channels_last, resolve_eval_batch_size
+    from ressenet.engine.setup import resolve_channels_last, resolve_eval_batch_size
     from ressenet.models import model_info
 
     cfg, model = opened.cfg, opened.model
@@ -612,7 +612,7 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
         RessenetError: no checkpoint, a damaged one, or a ``blocks`` name that a checkpoint's model has no SE block of.
     """
     from ressenet.engine.evaluation import data_as_given
-    from ressenet.engine.train import load_data, resolve_device
+    from ressenet.engine.setup import load_data, resolve_device
 
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")

@@ -196,7 +196,7 @@ def _train_fused(args: argparse.Namespace, overrides: dict[str, Any], models: li
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from ressenet.engine.config import check_choice
-    from ressenet.engine.train import evaluate_checkpoint
+    from ressenet.engine.evaluation import evaluate_checkpoint
 
     check_choice("data.dataset", args.dataset)  # None: the checkpoint's
     check_choice("run.device", args.device)

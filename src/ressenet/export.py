@@ -7,11 +7,10 @@ final test accuracy, the ressenet version and commit that trained them, and the 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.config import load_yaml
+from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 
 __all__ = ["export_run", "card_path"]
@@ -22,33 +21,22 @@ def card_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".md")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _read_summary(run: RunDir) -> dict[str, Any] | None:
+    path = run.summary_file
     try:
-        tree = json.loads(path.read_text(encoding="utf-8"))
+        tree = run.read_summary()
     except (OSError, ValueError) as e:
         raise RessenetError(f"{path} is unreadable ({type(e).__name__}); the run's summary is damaged: finish "
                             f"the run again (delete it and run the same train command)") from None
-    if not isinstance(tree, dict):
+    if tree is not None and not isinstance(tree, dict):
         raise RessenetError(f"{path} holds a {type(tree).__name__}, not a run summary")
     return tree
 
 
-def _eval_at(run_dir: Path, it: int) -> dict[str, Any] | None:
+def _eval_at(run: RunDir, it: int) -> dict[str, Any] | None:
     """The eval record of metrics.jsonl at iteration ``it`` (None when the run was not evaluated there)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    found = None
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn line
-        if isinstance(rec, dict) and rec.get("kind") == "eval" and rec.get("iter") == it:
-            found = rec
-    return found
+    found = [rec for rec in run.metrics("eval") if rec.get("iter") == it]
+    return found[-1] if found else None
 
 
 def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[float], list[float]]:
@@ -77,14 +65,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         RessenetError: no run there, an unfinished run (unless ``allow_unfinished``), weights that do not fit the
             run's model, or an existing ``out`` or card (unless ``overwrite``).
     """
-    from ressenet.engine.checkpoint import load_checkpoint
-    from ressenet.engine.config import config_from_dict
+    from ressenet.engine.checkpoint import open_checkpoint
     from ressenet.experiments.runs import dataset_label, protocol_text, _protocol
-    from ressenet.models import count_params, create_model, model_info
+    from ressenet.models import count_params, model_info
     from ressenet.weights import write_weights
 
-    run = Path(run_dir)
-    ckpt_path = run / "last.pt"
+    files = RunDir(run_dir)
+    run, ckpt_path = files.path, files.last
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} not found; pass a directory `ressenet train --out` wrote")
     if not ckpt_path.is_file():
@@ -99,41 +86,30 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; choose another --out, or pass --overwrite to replace it")
 
-    state = load_checkpoint(ckpt_path)
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
-        raise RessenetError(f"{ckpt_path} holds no config or weights; it was not written by ressenet train")
-    try:
-        cfg = config_from_dict(state["config"], where=str(ckpt_path))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise RessenetError(f"{ckpt_path}: unreadable config ({e})") from None
+    ckpt = open_checkpoint(ckpt_path, fix="export a last.pt that ressenet train wrote")
+    state, cfg = ckpt.state, ckpt.config
+    if not isinstance(state.get("model"), dict):
+        raise RessenetError(f"{ckpt_path} holds no weights; it was not written by ressenet train")
     it, planned = state.get("iter"), cfg.optim.iters
-    summary = _read_json(run / "summary.json")
+    summary = _read_summary(files)
     finished = summary is not None and it == planned
     if not finished and not allow_unfinished:
         raise RessenetError(f"{run} did not finish (its last.pt is at iteration {it} of {planned}); run the same "
                             f"`ressenet train` command to finish it, or pass --allow-unfinished to export these "
                             f"weights as they are (the card says so)")
-    tree = {}
-    if (run / "config.yaml").is_file():
-        tree = load_yaml((run / "config.yaml").read_text(encoding="utf-8"), str(run / "config.yaml")) or {}
+    tree = files.read_config() or {}
     meta = tree.get("meta") if isinstance(tree, dict) and isinstance(tree.get("meta"), dict) else {}
 
     fc = state["model"].get("fc.weight")
     if fc is None or fc.dim() != 2:
         raise RessenetError(f"{ckpt_path}: its weights have no fc.weight head; not weights of a ressenet model")
-    try:
-        model = create_model(cfg.model.name, num_classes=int(fc.shape[0]), shortcut=cfg.model.shortcut,
-                             se_reduction=cfg.model.se_reduction, layout=cfg.model.layout)
-        model.load_state_dict(state["model"])
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise RessenetError(f"{ckpt_path}: its weights do not fit {cfg.model.name} ({first})") from None
+    model = ckpt.model(int(fc.shape[0]))
 
     if finished:
         acc = {"test_top1": summary["test_top1"], "test_top5": summary["test_top5"], "test_iter": it}
         data = dict(summary.get("data") or {})
     else:
-        rec = _eval_at(run, it)
+        rec = _eval_at(files, it)
         acc = ({"test_top1": rec["test_top1"], "test_top5": rec["test_top5"], "test_iter": it} if rec else
                {"test_top1": None, "test_top5": None, "test_iter": None})
         data = {"description": meta.get("data"), "fingerprint": state.get("data_fingerprint")}

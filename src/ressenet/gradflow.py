@@ -6,7 +6,6 @@ bridges do not hurt gradient flow, and this is how to look. ``ressenet analyze``
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,35 +14,27 @@ from typing import Any
 
 import numpy as np
 
+from ressenet.engine.rundir import RunDir
+
 __all__ = ["read_grads", "grad_flow_section"]
 
 
 def read_grads(run: Path) -> list[dict[str, Any]]:
     """The "grads" records of a run directory (empty when the run was trained without --log-grad-stats)."""
-    out = []
     try:
-        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return out
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("kind") == "grads":
-            out.append(rec)
-    return out
+        return RunDir(run).metrics("grads")
+    except OSError:
+        return []
 
 
 def _model_of(run: Path) -> str:
+    files = RunDir(run)
     try:
-        return str(json.loads((run / "summary.json").read_text())["model"])
+        return str(files.read_summary()["model"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    from ressenet.engine.config import load_yaml
-
     try:
-        return str(load_yaml((run / "config.yaml").read_text(), str(run / "config.yaml"))["model"]["name"])
+        return str(files.read_config()["model"]["name"])
     except (OSError, ValueError, KeyError, TypeError):
         return run.name
 

@@ -7,11 +7,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+from dataclasses import dataclass
 
+import torch
+from torch import nn
+
+from ressenet.engine.config import Config, config_from_dict
 from ressenet.errors import RessenetError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_checkpoint", "load_checkpoint", "remove_orphans"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
+           "open_checkpoint", "Checkpoint", "remove_orphans"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -82,7 +87,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     ``fix`` (the default suits a run that resumes; ``ressenet eval`` passes its own)."""
     path = Path(path)
     if path.is_dir():
-        raise RessenetError(f"checkpoint {path} is a directory; pass a checkpoint file in it, e.g. {path / 'last.pt'}")
+        raise RessenetError(f"checkpoint {path} is a directory; pass a checkpoint file in it, e.g. {path}/last.pt")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
@@ -94,3 +99,52 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not isinstance(state, dict) or "model" not in state:
         raise RessenetError(f"{path} is not a ressenet checkpoint (no 'model' entry)")
     return state
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint ``ressenet train`` wrote, opened: its raw ``state``, and its ``config`` validated."""
+
+    path: Path
+    state: dict[str, Any]
+    config: Config
+    fix: str
+
+    def model(self, num_classes: int | None = None) -> nn.Module:
+        """The checkpoint's model with its weights (eval mode off: as built). ``num_classes`` defaults to the
+        checkpoint's own classifier's."""
+        from ressenet.engine.setup import build_model
+
+        cfg = self.config
+        if num_classes is None:
+            fc = self.state["model"].get("fc.weight") if isinstance(self.state["model"], dict) else None
+            num_classes = int(fc.shape[0]) if fc is not None else (cfg.model.num_classes or 10)
+        model = build_model(cfg, num_classes)
+        try:
+            model.load_state_dict(self.state["model"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise RessenetError(f"{self.path}: its weights do not fit {cfg.model.name} ({mismatch(e)}); "
+                                f"{self.fix}") from None
+        return model
+
+
+def open_checkpoint(path: str | Path, *, fix: str = RESUME_FIX) -> Checkpoint:
+    """The one way to open a training checkpoint (resume, eval, analyze, export): :func:`load_checkpoint`, then its
+    config read and validated as data. Every refusal is one line naming the file and ending in ``fix``."""
+    path = Path(path)
+    state = load_checkpoint(path, fix=fix)
+    if not isinstance(state.get("config"), dict):
+        raise RessenetError(f"{path} holds a {type(state.get('config')).__name__} where its config belongs: it was "
+                            f"not written by ressenet train; {fix}")
+    try:
+        cfg = config_from_dict(state["config"], where=str(path))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RessenetError(f"{path} holds an unreadable config ({e}); {fix}") from None
+    return Checkpoint(path, state, cfg, fix)
+
+
+def mismatch(e: BaseException) -> str:
+    """The informative part of a load_state_dict error: its first line only says "Error(s) in loading"."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or lines or [type(e).__name__]
+    return useful[0][:200]

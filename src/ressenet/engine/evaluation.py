@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ressenet.engine.checkpoint import load_checkpoint
+from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.config import Config, config_from_dict
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
-from ressenet.engine.setup import (autocast_context, build_model, load_data, resolve_channels_last, resolve_device,
+from ressenet.engine.setup import (autocast_context, load_data, resolve_channels_last, resolve_device,
                                    resolve_eval_batch_size, resolve_precision)
 from ressenet.errors import RessenetError
 
@@ -83,14 +83,8 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     """
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
         raise RessenetError(f"--batch-size {batch_size}: expected a positive number of images per batch")
-    state = load_checkpoint(path, fix=EVAL_FIX)
-    if not isinstance(state.get("config"), dict):
-        raise RessenetError(f"{path} holds no config (found {type(state.get('config')).__name__}); it was not "
-                            f"written by ressenet train")
-    try:
-        cfg = config_from_dict(state["config"], where=str(path))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise RessenetError(f"{path}: unreadable config ({e})") from None
+    ckpt = open_checkpoint(path, fix=EVAL_FIX)
+    state, cfg = ckpt.state, ckpt.config
     if dataset is not None:
         cfg.data.dataset = dataset
     data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
@@ -103,11 +97,7 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
         raise RessenetError(f"{path} was trained for {cfg.model.num_classes} classes but the data at "
                             f"{cfg.data.data_root or 'the default root'} has {num_classes}; pass the --dataset and "
                             f"--data-root it was trained on")
-    model = build_model(cfg, num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError) as e:
-        raise RessenetError(f"{path}: its weights do not fit {cfg.model.name} ({_mismatch(e)}); {EVAL_FIX}") from None
+    model = ckpt.model(num_classes)
     precision = run_precision(state.get("precision"), Path(path).parent, cfg, dev)
     res = _evaluate_on(model, cfg, data, split, dev, path, "trained without a validation split", precision)
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
@@ -118,10 +108,10 @@ def run_precision(recorded: Any, run_dir: Path | None, cfg: Config, device: torc
     """The arithmetic a run evaluated in while training, so that evaluating its weights again reproduces its
     numbers: as recorded (the checkpoint's, else its run directory's ``config.yaml``), else what the run's
     ``--precision`` resolves to here. fp16 has no CPU kernels: fp32 there."""
-    from ressenet.engine.setup import recorded_choices
+    from ressenet.engine.rundir import RunDir
 
     if recorded not in PRECISION_NAMES and run_dir is not None:
-        recorded = recorded_choices(run_dir).get("precision")
+        recorded = RunDir(run_dir).recorded_choices().get("precision")
     precision = cfg.run.precision
     if precision == "auto":
         precision = recorded if recorded in PRECISION_NAMES else resolve_precision("auto", device)
@@ -132,13 +122,6 @@ PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 
 EVAL_FIX = "pass a last.pt or best.pt that ressenet train wrote"
-
-
-def _mismatch(e: BaseException) -> str:
-    """The informative part of a load_state_dict error: its first line only says "Error(s) in loading"."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or lines or [type(e).__name__]
-    return useful[0][:200]
 
 
 def _check_eval_data(path: str | Path, state: dict[str, Any], cfg: Config, data: dict[str, Any],

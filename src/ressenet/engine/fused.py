@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,17 +40,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import FUSED_MECHANISMS, Config
 from ressenet.engine.lock import LockHeld, RunLock, describe
-from ressenet.engine.run import NonFiniteLoss, Run, lr_at, make_optimizer, train_step
-from ressenet.engine.rundir import prepare_run_dir
-from ressenet.engine.setup import (check_cpu_compiler, load_data, recorded_choices, resolve_compile, resolve_device,
-                                   resolve_precision)
-from ressenet.engine.train import stop_signals
+from ressenet.engine.records import Progress
+from ressenet.engine.run import Run, lr_at, make_optimizer, train_step
+from ressenet.engine.rundir import RunDir, prepare_run_dir
+from ressenet.engine.runtime import Sequential, Stepper, compile_choice, finish, prepare_device, run_loop
+from ressenet.engine.setup import load_data, resolve_device, resolve_precision
 from ressenet.errors import RessenetError
 
-__all__ = ["FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
+__all__ = ["FusedGroup", "STEPPERS", "train_fused", "fused_configs", "resolve_mechanism"]
 
 WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotuning, momentum buffers)
 # Keys in which the members of one group may differ; everything else (data, protocol, precision, device) is shared.
@@ -130,8 +128,84 @@ class _Graph:
     y: torch.Tensor | None = None
 
 
+class Graphs(Stepper):
+    """Mechanism ``graphs``: each member's step replayed from a CUDA graph on its own stream (module docstring)."""
+
+    compiles = False  # a captured graph already removes the launch cost torch.compile would
+    grad_stats = False  # the probed step is eager; a replayed graph cannot run it
+
+    @staticmethod
+    def refuse(precision: str) -> str | None:
+        if precision == "fp16":
+            return ("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises with the host "
+                    "every step); use --precision bf16")
+        return None
+
+    @staticmethod
+    def amp(precision: str, device: torch.device) -> Any:
+        # Autocast's weight cache must be off while capturing CUDA graphs (PyTorch's graph docs).
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) if precision == "bf16" else None
+
+    def __init__(self, runs: list[Run], *, compile_mode: str | None = None, parallel_streams: bool = True) -> None:
+        super().__init__(runs)
+        self.graphs: dict[str, _Graph] = {}
+        for r in runs:
+            # parallel_streams=False (benchmarks only) replays every graph on one stream: no overlap.
+            shared = next(iter(self.graphs.values())).stream if self.graphs and not parallel_streams else None
+            self.graphs[r.name] = _Graph(shared or torch.cuda.Stream(r.device))
+
+    def step(self) -> list[Run]:
+        stepped = self.active()
+        for m in stepped:
+            self._step_graph(m, self.graphs[m.name])
+        return stepped
+
+    def _step_graph(self, m: Run, g: _Graph) -> None:
+        lr = lr_at(m.cfg, m.state.it)
+        with torch.cuda.stream(g.stream):
+            x, y = m.loader.next()
+            if g.eager_left > 0:
+                g.eager_left -= 1
+                m.set_lr(lr)
+                loss, logits = train_step(m.model, m.optimizer, m.scaler, m.amp, x, y)
+                m.accumulate(loss, logits, y)
+            else:
+                if g.graph is None or g.lr != lr:
+                    self._capture(m, g, lr, x, y)
+                g.x.copy_(x)  # type: ignore[union-attr]
+                g.y.copy_(y)  # type: ignore[union-attr]
+                g.graph.replay()
+        m.advance(len(y))
+
+    def _capture(self, m: Run, g: _Graph, lr: float, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Records the member's step with ``lr`` (recording runs nothing: the replay after it does the step)."""
+        m.set_lr(lr)
+        if g.x is None:
+            g.x, g.y = torch.empty_like(x), torch.empty_like(y)
+        if g.graph is not None:
+            torch.cuda.synchronize(m.device)  # the old graph may still be replaying
+        # The new graph shares the old one's memory pool (it never replays again). The old graph must stay alive
+        # until the new capture has begun: destroying it first releases the pool, and capturing into a released
+        # pool fails an internal assertion of PyTorch's allocator (seen on an H200, torch 2.11).
+        old = g.graph
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=g.pool, stream=g.stream):
+            loss, logits = train_step(m.model, m.optimizer, m.scaler, m.amp, g.x, g.y)
+            m.accumulate(loss, logits, g.y)
+        g.graph, g.lr, g.pool = graph, lr, graph.pool()
+        del old
+
+    def release(self) -> None:
+        if not self.runs:
+            return
+        cur = torch.cuda.current_stream(self.runs[0].device)
+        for g in self.graphs.values():
+            if g.stream is not cur:
+                g.stream.wait_stream(cur)
+
+
 @dataclass
-class _Grouped:
+class _Network:
     """Mechanism ``grouped``: the fused network of ``members`` and its one SGD optimizer."""
 
     members: list[Run]
@@ -145,7 +219,7 @@ class _Grouped:
         return [m.name for m in self.members]
 
     @classmethod
-    def build(cls, members: list[Run], compile_mode: str | None) -> _Grouped:
+    def build(cls, members: list[Run], compile_mode: str | None) -> _Network:
         """Fuses the members' current weights, buffers and momentum (resumed members carry theirs)."""
         from ressenet.models.fused import FusedResNet
 
@@ -186,6 +260,76 @@ class _Grouped:
         self.dirty = False
 
 
+class Grouped(Stepper):
+    """Mechanism ``grouped``: the active members as one network with grouped convolutions (module docstring)."""
+
+    compiles = True  # the fused network, not each member
+    grad_stats = False  # the probed step is a member's own eager step
+
+    @staticmethod
+    def refuse(precision: str) -> str | None:
+        if precision == "fp16":
+            return ("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip every "
+                    "member's step when one member overflows); use --precision bf16")
+        return None
+
+    def __init__(self, runs: list[Run], *, compile_mode: str | None = None, parallel_streams: bool = True) -> None:
+        super().__init__(runs)
+        self.compile_mode = compile_mode
+        self.network: _Network | None = None  # the fused network of the members that stepped last
+
+    def step(self) -> list[Run]:
+        members = self.active()
+        if not members:
+            return members
+        low = min(m.state.it for m in members)
+        if any(m.state.it != low for m in members):
+            # Members resumed from checkpoints of different iterations (a kill between two members' saves): the
+            # ones behind take single-run steps until all are level, then the group fuses.
+            if self.network is not None:
+                self.network.write_back()
+                self.network = None
+            behind = [m for m in members if m.state.it == low]
+            for m in behind:
+                m.step()
+            return behind
+        g = self.network
+        if g is None or g.names != [m.name for m in members]:
+            if g is not None:
+                g.write_back()  # (already done at the boundary that changed the set; harmless)
+            g = self.network = _Network.build(members, self.compile_mode)
+        xs, ys = zip(*(m.loader.next() for m in members))
+        lr = lr_at(members[0].cfg, members[0].state.it)
+        for group in g.optimizer.param_groups:
+            group["lr"] = lr
+        for m in members:
+            m.set_lr(lr)  # the members' own optimizers (what last.pt records) show the lr as a separate run's do
+        x = torch.cat(xs, dim=1)
+        if members[0].channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.stack(ys)  # (N, B)
+        with members[0].amp:
+            losses, logits = g.step_loss(x, y)
+        g.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # each member's weights get exactly its own loss's gradient
+        g.optimizer.step()
+        g.dirty = True
+        losses, logits = losses.detach(), logits.detach()
+        for i, m in enumerate(members):
+            m.accumulate(losses[i], logits[i], ys[i])
+            m.advance(len(ys[i]))
+        return members
+
+    def sync(self) -> None:
+        if self.network is not None:
+            self.network.write_back()
+        super().sync()
+
+
+# --fused-mechanism -> its stepper (engine/runtime.py drives it); "auto" resolves first (resolve_mechanism).
+STEPPERS: dict[str, type[Stepper]] = {"sequential": Sequential, "graphs": Graphs, "grouped": Grouped}
+
+
 def _check_fusable(cfgs: list[Config]) -> None:
     """Mechanism grouped: the members' networks fuse into one (built on the meta device: no memory, no time)."""
     from ressenet.engine.setup import build_model
@@ -207,7 +351,8 @@ def _momentum(m: Run) -> dict[str, torch.Tensor]:
 
 
 class FusedGroup:
-    """The members (engine/run.py ``Run`` objects) of one fused job; :meth:`step` advances the unfinished ones."""
+    """The members (engine/run.py ``Run`` objects) of one fused job, claimed and built; ``stepper`` (from
+    ``STEPPERS``) advances them, and :meth:`step`, :meth:`sync` and :meth:`release` are its."""
 
     def __init__(self, cfgs: list[Config], *, mechanism: str = "auto", overwrite: bool = False,
                  data: dict[str, Any] | None = None, parallel_streams: bool = True) -> None:
@@ -225,19 +370,16 @@ class FusedGroup:
         cfg0 = cfgs[0]
         self.device = resolve_device(cfg0.run.device)
         self.mechanism = resolve_mechanism(mechanism, self.device)
+        kind = STEPPERS[self.mechanism]
         # A group resumed from its members' checkpoints keeps what they chose when they started (one member's
         # record stands for all: they started together, or alone with the same auto choices on the same machine).
-        self.recorded = next((r for r in (recorded_choices(Path(c.run.out)) for c in cfgs) if r), {})
+        self.recorded = next((r for r in (RunDir(c.run.out).recorded_choices() for c in cfgs) if r), {})
         self.precision = resolve_precision(cfg0.run.precision, self.device, self.recorded.get("precision"))
-        if self.mechanism in ("graphs", "grouped") and cfg0.run.grad_stats_every:
+        if not kind.grad_stats and cfg0.run.grad_stats_every:
             raise RessenetError(f"--log-grad-stats probes each member's own eager step, which --fused-mechanism "
                                 f"{self.mechanism} replaces; use --fused-mechanism sequential, or drop --log-grad-stats")
-        if self.mechanism == "graphs" and self.precision == "fp16":
-            raise RessenetError("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises "
-                                "with the host every step); use --precision bf16")
-        if self.mechanism == "grouped" and self.precision == "fp16":
-            raise RessenetError("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip "
-                                "every member's step when one member overflows); use --precision bf16")
+        if (why := kind.refuse(self.precision)) is not None:
+            raise RessenetError(why)
         if self.mechanism == "grouped":
             _check_fusable(cfgs)  # before any directory is touched
         names = [Path(c.run.out).name for c in cfgs]
@@ -259,160 +401,59 @@ class FusedGroup:
             else:
                 pending.append((c, out))
         self.members: list[Run] = []
-        self.failed: dict[str, str] = {}
-        self.graphs: dict[str, _Graph] = {}
-        self.grouped: _Grouped | None = None  # mechanism grouped: the fused network of the active members
+        self.notes: list[str] = []  # what to tell the user before training (the compile decision)
+        self.stepper: Stepper = kind([])
         if not pending:
             return
         try:
-            self._build(cfg0, pending, names, data, parallel_streams)
+            self._build(kind, pending, names, data, parallel_streams)
         except BaseException:
             self.release_locks()
             raise
 
-    def _build(self, cfg0: Config, pending: list[tuple[Config, Path]], names: list[str],
+    def _build(self, kind: type[Stepper], pending: list[tuple[Config, Path]], names: list[str],
                data: dict[str, Any] | None, parallel_streams: bool) -> None:
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        cfg0 = pending[0][0]
+        prepare_device(self.device)
         self.data = data if data is not None else load_data(cfg0)
-        if self.mechanism == "graphs":
-            compile_on, compile_mode = False, "none"
-            # Autocast's weight cache must be off while capturing CUDA graphs (PyTorch's graph docs).
-            amp: Any = torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False) \
-                if self.precision == "bf16" else None
-        else:
-            compile_on, compile_mode = resolve_compile(cfg0.run.compile, cfg0.run.compile_mode, self.device,
-                                                       iters=cfg0.optim.iters, precision=self.precision,
-                                                       recorded=self.recorded.get("compile"))
-            check_cpu_compiler(cfg0.run.compile, compile_on, self.device)
-            amp = None
-        self.compile_mode = compile_mode if compile_on else None
+        compile_mode, self.notes = compile_choice(cfg0, self.device, self.precision, self.recorded.get("compile")) \
+            if kind.compiles else (None, [])
+        amp = kind.amp(self.precision, self.device)
         for c, out in pending:
             first = self.members[0].loader if self.members else None
             run = Run.build(c, out, self.data, self.device, share_pixels_with=first, amp=amp)
-            if compile_on and self.mechanism == "sequential":  # grouped compiles its fused network instead
-                run.step_model = torch.compile(run.model, mode=compile_mode)
-            run.write_config(compile=compile_mode if compile_on else False, fused_with=names,
-                             fused_mechanism=self.mechanism)
-            if self.mechanism == "graphs":
-                # parallel_streams=False (benchmarks only) replays every graph on one stream: no overlap.
-                shared_stream = next(iter(self.graphs.values())).stream if self.graphs else None
-                stream = torch.cuda.Stream(self.device) if parallel_streams or shared_stream is None \
-                    else shared_stream
-                self.graphs[run.name] = _Graph(stream)
+            run.write_config(compile=compile_mode or False, fused_with=names, fused_mechanism=self.mechanism)
             self.members.append(run)
+        self.stepper = kind(self.members, compile_mode=compile_mode, parallel_streams=parallel_streams)
         self.release()  # members' streams see the weights and state built on the default stream
 
-    # -- stepping ---------------------------------------------------------------------------------------------
+    # -- the stepper's ------------------------------------------------------------------------------------------
+    @property
+    def failed(self) -> dict[str, Any]:
+        return self.stepper.failed
+
+    @property
+    def grouped(self) -> _Network | None:
+        """Mechanism grouped: the fused network of the members that stepped last."""
+        return getattr(self.stepper, "network", None)
+
     @property
     def active(self) -> list[Run]:
-        return [m for m in self.members if m.name not in self.failed and m.state.it < m.cfg.optim.iters]
+        return self.stepper.active()
 
     def step(self) -> list[Run]:
-        """One training step of every active member; returns the members that stepped."""
-        stepped = self.active
-        for m in stepped:
-            if self.mechanism == "graphs":
-                self._step_graph(m, self.graphs[m.name])
-            elif self.mechanism == "sequential":
-                m.step()  # the single-run step: bit-identical to a separate run
-        if self.mechanism == "grouped" and stepped:
-            self._step_grouped(stepped)
-        return stepped
+        return self.stepper.step()
 
-    def _step_grouped(self, members: list[Run]) -> None:
-        low = min(m.state.it for m in members)
-        if any(m.state.it != low for m in members):
-            # Members resumed from checkpoints of different iterations (a kill between two members' saves): the
-            # ones behind take single-run steps until all are level, then the group fuses.
-            if self.grouped is not None:
-                self.grouped.write_back()
-                self.grouped = None
-            for m in members:
-                if m.state.it == low:
-                    m.step()
-            return
-        g = self.grouped
-        if g is None or g.names != [m.name for m in members]:
-            if g is not None:
-                g.write_back()  # (already done at the boundary that changed the set; harmless)
-            g = self.grouped = _Grouped.build(members, self.compile_mode)
-        xs, ys = zip(*(m.loader.next() for m in members))
-        lr = lr_at(members[0].cfg, members[0].state.it)
-        for group in g.optimizer.param_groups:
-            group["lr"] = lr
-        for m in members:
-            m.set_lr(lr)  # the members' own optimizers (what last.pt records) show the lr as a separate run's do
-        x = torch.cat(xs, dim=1)
-        if members[0].channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.stack(ys)  # (N, B)
-        with members[0].amp:
-            losses, logits = g.step_loss(x, y)
-        g.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # each member's weights get exactly its own loss's gradient
-        g.optimizer.step()
-        g.dirty = True
-        losses, logits = losses.detach(), logits.detach()
-        for i, m in enumerate(members):
-            m.accumulate(losses[i], logits[i], ys[i])
-            m.advance(len(ys[i]))
+    def sync(self) -> None:
+        self.stepper.sync()
 
-    def _step_graph(self, m: Run, g: _Graph) -> None:
-        lr = lr_at(m.cfg, m.state.it)
-        with torch.cuda.stream(g.stream):
-            x, y = m.loader.next()
-            if g.eager_left > 0:
-                g.eager_left -= 1
-                m.set_lr(lr)
-                loss, logits = train_step(m.model, m.optimizer, m.scaler, m.amp, x, y)
-                m.accumulate(loss, logits, y)
-            else:
-                if g.graph is None or g.lr != lr:
-                    self._capture(m, g, lr, x, y)
-                g.x.copy_(x)  # type: ignore[union-attr]
-                g.y.copy_(y)  # type: ignore[union-attr]
-                g.graph.replay()
-        m.advance(len(y))
-
-    def _capture(self, m: Run, g: _Graph, lr: float, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Records the member's step with ``lr`` (recording runs nothing: the replay after it does the step)."""
-        m.set_lr(lr)
-        if g.x is None:
-            g.x, g.y = torch.empty_like(x), torch.empty_like(y)
-        if g.graph is not None:
-            torch.cuda.synchronize(self.device)  # the old graph may still be replaying
-        # The new graph shares the old one's memory pool (it never replays again). The old graph must stay alive
-        # until the new capture has begun: destroying it first releases the pool, and capturing into a released
-        # pool fails an internal assertion of PyTorch's allocator (seen on an H200, torch 2.11).
-        old = g.graph
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=g.pool, stream=g.stream):
-            loss, logits = train_step(m.model, m.optimizer, m.scaler, m.amp, g.x, g.y)
-            m.accumulate(loss, logits, g.y)
-        g.graph, g.lr, g.pool = graph, lr, graph.pool()
-        del old
+    def release(self) -> None:
+        self.stepper.release()
 
     def release_locks(self) -> None:
         for lock in self.locks:
             lock.release()
         self.locks = []
-
-    def sync(self) -> None:
-        """Brings every member's own model and optimizer up to date and waits for its queued work (before the host
-        reads its weights or accumulators)."""
-        if self.grouped is not None:
-            self.grouped.write_back()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def release(self) -> None:
-        """After host-side work on the default stream (evaluation, resets), members' streams wait for it."""
-        if self.mechanism == "graphs":
-            cur = torch.cuda.current_stream(self.device)
-            for g in self.graphs.values():
-                if g.stream is not cur:
-                    g.stream.wait_stream(cur)
 
 
 def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str = "auto") -> list[dict[str, Any]]:
@@ -425,62 +466,22 @@ def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str =
     """
     group = FusedGroup(cfgs, mechanism=mechanism, overwrite=overwrite)
     try:
-        return _train_group(group, cfgs)
+        summaries = dict(group.finished)
+        parent = Path(cfgs[0].run.out).parent
+        for name, holder in group.locked.items():
+            print(f"{parent / name} is being trained by {holder}; skipped here", file=sys.stderr)
+        for name in group.finished:
+            print(f"{parent / name} already finished; not retrained")
+        if group.members:
+            progress = Progress(cfgs[0].run.progress, cfgs[0].optim.iters,
+                                min(m.state.it for m in group.members), True, group=True)
+            start = sorted({m.state.it for m in group.members})
+            progress.message(f"fused training of {len(group.members)} members "
+                             f"({', '.join(m.name for m in group.members)}) on {group.device}, mechanism "
+                             f"{group.mechanism}, {group.precision}; from iteration {'/'.join(map(str, start))}")
+            for note in group.notes:
+                progress.message(note)
+            summaries.update(finish(group.stepper, run_loop(group.stepper, progress)))
+        return [summaries[Path(c.run.out).name] for c in cfgs if Path(c.run.out).name in summaries]
     finally:
         group.release_locks()
-
-
-def _train_group(group: FusedGroup, cfgs: list[Config]) -> list[dict[str, Any]]:
-    summaries = dict(group.finished)
-    for name, holder in group.locked.items():
-        print(f"{Path(cfgs[0].run.out).parent / name} is being trained by {holder}; skipped here", file=sys.stderr)
-    for name in group.finished:
-        print(f"{Path(cfgs[0].run.out).parent / name} already finished; not retrained")
-    if not group.members:
-        return [summaries[Path(c.run.out).name] for c in cfgs if Path(c.run.out).name in summaries]
-    verbose = cfgs[0].run.progress != "none"
-    if verbose:
-        start = sorted({m.state.it for m in group.members})
-        print(f"fused training of {len(group.members)} members ({', '.join(m.name for m in group.members)}) on "
-              f"{group.device}, mechanism {group.mechanism}, {group.precision}; from iteration "
-              f"{'/'.join(map(str, start))}", flush=True)
-    t_start = t_interval = time.perf_counter()
-    with stop_signals() as stop:
-        while group.active:
-            due = [m for m in group.step() if m.due()]
-            if not due and not stop:
-                continue
-            group.sync()
-            now = time.perf_counter()
-            images = sum((m.state.it - m.it_interval) * m.cfg.optim.batch_size for m in due)
-            recs = []
-            for m in due:
-                try:
-                    recs.append(m.boundary(now - t_interval, now - t_start))
-                except NonFiniteLoss as e:  # this member stops; the others go on
-                    group.failed[m.name] = f"{m.out}: {e}"
-                    print(group.failed[m.name], file=sys.stderr)
-            if stop:
-                for m in group.active:
-                    m.save("last.pt", now - t_start)
-            group.release()
-            recs = [r for r in recs if r]
-            if verbose and recs:
-                losses = [r["train_loss"] for r in recs]
-                tops = [r["test_top1"] for r in recs if "test_top1" in r]
-                test = f"  test top-1 {min(tops):.2f}..{max(tops):.2f}%" if tops else ""
-                print(f"iter {max(r['iter'] for r in recs):>6}  {len(recs)} members: train loss {min(losses):.3f}.."
-                      f"{max(losses):.3f}{test}  {images / max(now - t_interval, 1e-9):,.0f} img/s together",
-                      flush=True)
-            t_interval = time.perf_counter()
-            if stop:
-                print(f"stopped by signal {stop[0]}; every member checkpointed; run the same command to resume",
-                      file=sys.stderr)
-                raise SystemExit(128 + stop[0])
-    for m in group.members:
-        if m.name not in group.failed:
-            summaries[m.name] = m.summary(time.perf_counter() - t_start)
-            atomic_write_json(m.out / "summary.json", summaries[m.name])
-    if group.failed:
-        raise RessenetError("; ".join(group.failed.values()))
-    return [summaries[Path(c.run.out).name] for c in cfgs if Path(c.run.out).name in summaries]

@@ -47,17 +47,40 @@ def _line_iter(line: str) -> int:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain log lines otherwise (``run.progress``)."""
+    """A tqdm bar on a terminal, plain log lines otherwise (``run.progress``); ``group``: the runs of a fused job,
+    reported together in one line per boundary."""
 
-    def __init__(self, mode: str, total: int, start: int, enabled: bool) -> None:
+    def __init__(self, mode: str, total: int, start: int, enabled: bool, *, group: bool = False) -> None:
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode if enabled else "none"
+        self.group = group
         self.bar = None
         if self.mode == "bar":
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, file=sys.stderr)
+
+    def boundary(self, recs: list[tuple[dict[str, Any], int]], images: int, seconds: float) -> None:
+        """Reports the records a boundary wrote, each with the iterations its interval covered; ``images`` were
+        trained in ``seconds`` by all the runs together."""
+        if not self.group:
+            for rec, n in recs:
+                if rec["kind"] == "eval":
+                    self.message(f"iter {rec['iter']}: test top-1 {rec['test_top1']:.2f}% top-5 "
+                                 f"{rec['test_top5']:.2f}%" + (f"  val top-1 {rec['val_top1']:.2f}%"
+                                                               if "val_top1" in rec else ""))
+                self.update(rec["iter"], n, rec)
+            return
+        if not recs:
+            return
+        losses = [r["train_loss"] for r, _ in recs]
+        tops = [r["test_top1"] for r, _ in recs if "test_top1" in r]
+        test = f"  test top-1 {min(tops):.2f}..{max(tops):.2f}%" if tops else ""
+        if self.bar is not None:
+            self.bar.update(max(n for _, n in recs))
+        self.message(f"iter {max(r['iter'] for r, _ in recs):>6}  {len(recs)} members: train loss {min(losses):.3f}.."
+                     f"{max(losses):.3f}{test}  {images / max(seconds, 1e-9):,.0f} img/s together")
 
     def update(self, it: int, n: int, rec: dict[str, Any]) -> None:
         if self.bar is not None:

@@ -13,15 +13,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from ressenet.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ressenet.engine.checkpoint import open_checkpoint, save_checkpoint
 from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
 from ressenet.engine.evaluation import eval_split
 from ressenet.engine.records import MetricsLog
-from ressenet.engine.setup import (autocast_context, build_model, recorded_choices, resolve_channels_last,
+from ressenet.engine.rundir import RunDir
+from ressenet.engine.setup import (autocast_context, build_model, resolve_channels_last,
                                    resolve_precision, versions)
 from ressenet.errors import RessenetError
 
@@ -119,7 +119,7 @@ class Run:
         from ressenet.models import count_params
 
         dist = dist or DistInfo()
-        kept = recorded_choices(out)  # a resumed run keeps what auto chose when it started
+        kept = RunDir(out).recorded_choices()  # a resumed run keeps what auto chose when it started
         precision = resolve_precision(cfg.run.precision, device, kept.get("precision"))
         channels_last = resolve_channels_last(cfg.run.channels_last, device, kept.get("channels_last"))
         torch.manual_seed(cfg.run.seed)  # model init identical on every rank (DDP also broadcasts rank 0's)
@@ -137,13 +137,14 @@ class Run:
                              world_size=dist.world_size, channels_last=channels_last,
                              share_pixels_with=share_pixels_with)
         state = TrainState()
-        resumed = (out / "last.pt").exists()
+        files = RunDir(out)
+        resumed = files.last.exists()
         if resumed:
-            _restore(out / "last.pt", cfg, model, optimizer, scaler, loader, state, device, data.get("fingerprint"))
+            _restore(files.last, cfg, model, optimizer, scaler, loader, state, device, data.get("fingerprint"))
         run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
                   channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
                   model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
-                  log=MetricsLog(out / "metrics.jsonl", dist.is_main, state.it if resumed else None,
+                  log=MetricsLog(files.metrics_file, dist.is_main, state.it if resumed else None,
                                  tensorboard=cfg.run.tensorboard),
                   resumed=resumed, step_model=model, it_interval=state.it)
         run.acc = torch.zeros(2, device=device, dtype=torch.float64)
@@ -154,6 +155,10 @@ class Run:
     @property
     def name(self) -> str:
         return self.out.name
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.out)
 
     def write_config(self, **meta: Any) -> None:
         """``config.yaml``: the resolved config plus ``meta`` (versions, device, what auto chose)."""
@@ -166,7 +171,7 @@ class Run:
                                                     # the input normalisation, which `ressenet export` records
                                                     "mean": [float(v) for v in self.data["mean"]],
                                                     "std": [float(v) for v in self.data["std"]]} | meta
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
+            self.dir.write_config(tree)
 
     # -- the step -------------------------------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
@@ -254,7 +259,7 @@ class Run:
         if rec is not None:
             self.log.write(rec)
         if do_ckpt:
-            self.save("last.pt", elapsed)
+            self.save(RunDir.LAST, elapsed)
         self.it_interval = it
         return rec
 
@@ -268,7 +273,7 @@ class Run:
             bad = int(self.first_bad.item()) if self.first_bad.item() >= 0 else it - 1
             raise NonFiniteLoss(f"the training loss became non-finite at iteration {bad + 1} (lr "
                                 f"{lr_at(self.cfg, bad):g}); the last good checkpoint is kept in "
-                                f"{self.out / 'last.pt'}; lower --lr or check the data")
+                                f"{self.dir.last}; lower --lr or check the data")
         return totals[:3]
 
     def _count_steady(self, seconds: float) -> None:
@@ -300,7 +305,7 @@ class Run:
             rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
             if val["top1"] > best["val_top1"]:
                 best.update(val_top1=val["top1"], val_iter=it)
-                self.save("best.pt", elapsed)
+                self.save(RunDir.BEST, elapsed)
         self.state.last_eval = rec
 
     def evaluate(self, split: str) -> dict[str, float]:
@@ -335,9 +340,8 @@ class Run:
             st.last_eval = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
         f = st.last_eval
         selected: dict[str, Any] = {"selected_test_top1": None, "selected_test_top5": None}
-        if data["val"] is not None and (self.out / "best.pt").exists():
-            model = build_model(cfg, len(data["train"].classes))
-            model.load_state_dict(load_checkpoint(self.out / "best.pt")["model"])
+        if data["val"] is not None and self.dir.best.exists():
+            model = open_checkpoint(self.dir.best).model(len(data["train"].classes))
             model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
             sel = eval_split(model, data["test"], data, cfg, self.device, self.channels_last, self.amp, self.dist)
             selected = {"selected_test_top1": sel["top1"], "selected_test_top5": sel["top5"]}
@@ -373,19 +377,15 @@ def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.O
     """Loads ``last.pt`` into the live objects, treating the file as data: its own config must be the run's (a
     checkpoint copied in from another run is refused, not resumed under the wrong seed or lr), its keys complete,
     its iteration within the run, its weights this model's. Every refusal is one line naming the file."""
-    from ressenet.engine.config import config_from_dict, diff_configs
+    from ressenet.engine.config import diff_configs
 
-    ckpt = load_checkpoint(path)
     fix = f"delete {path} (or pass --overwrite) to start this run again"
+    opened = open_checkpoint(path, fix=fix)
+    ckpt = opened.state
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise RessenetError(f"{path} lacks {', '.join(missing)}: not a checkpoint of ressenet train; {fix}")
-    if not isinstance(ckpt["config"], dict):
-        raise RessenetError(f"{path} holds a {type(ckpt['config']).__name__} where its config belongs; {fix}")
-    try:
-        changed = diff_configs(config_from_dict(ckpt["config"], where=str(path)).to_dict(), cfg.to_dict())
-    except (ValueError, TypeError, AttributeError) as e:
-        raise RessenetError(f"{path} holds an unreadable config ({e}); {fix}") from None
+    changed = diff_configs(opened.config.to_dict(), cfg.to_dict())
     if changed:
         shown = ", ".join(f"{k}: {_dotted(ckpt['config'], k)!r} in the checkpoint, {_dotted(cfg.to_dict(), k)!r} "
                           f"here" for k in changed[:3])

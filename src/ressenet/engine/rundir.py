@@ -7,13 +7,137 @@ from pathlib import Path
 from typing import Any
 
 
-from ressenet.engine.checkpoint import remove_orphans
+import yaml
+
+from ressenet.engine.checkpoint import atomic_write_json, atomic_write_text, remove_orphans
 from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.errors import RessenetError
 
-__all__ = ["RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
+__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json")
+class RunDir:
+    """One run's directory and what it holds: the only place its file names are spelled.
+
+    ``config.yaml`` (the resolved config, and ``meta``: versions, device, what auto chose), ``metrics.jsonl`` (one
+    record per line, by ``kind``: train, eval, grads), ``last.pt`` and ``best.pt`` (checkpoints: engine/checkpoint.py
+    ``open_checkpoint`` reads them), ``summary.json`` (a finished run's result), ``train.log`` (a grid's copy of the
+    trainer's output) and ``.lock`` (engine/lock.py).
+    """
+
+    CONFIG, METRICS, LAST, BEST, SUMMARY, LOG = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt",
+                                                 "summary.json", "train.log")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def last(self) -> Path:
+        return self.path / self.LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / self.BEST
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / self.LOG
+
+    @classmethod
+    def below(cls, root: str | Path) -> list[RunDir]:
+        """Every run directory at or below ``root`` that holds a summary.json, in path order."""
+        return [cls(p.parent) for p in sorted(Path(root).rglob(cls.SUMMARY))]
+
+    @classmethod
+    def with_metrics_below(cls, root: str | Path) -> list[RunDir]:
+        """Every run directory at or below ``root`` that holds a metrics.jsonl, in path order."""
+        return [cls(p.parent) for p in sorted(Path(root).rglob(cls.METRICS))]
+
+    def started(self) -> bool:
+        """Whether a run has begun writing here (a summary, a checkpoint or metrics)."""
+        return self.summary_file.is_file() or self.last.is_file() or self.metrics_file.is_file()
+
+    def read_config(self) -> Any:
+        """``config.yaml`` parsed (safe, strict: engine/config.load_yaml), or None when there is none.
+
+        Raises:
+            ConfigError: it is not valid YAML (one line naming the file); OSError, UnicodeDecodeError.
+        """
+        if not self.config_file.is_file():
+            return None
+        return load_yaml(self.config_file.read_text(encoding="utf-8"), str(self.config_file))
+
+    def read_summary(self) -> Any:
+        """``summary.json`` parsed, or None when there is none. Raises OSError or ValueError when unreadable."""
+        if not self.summary_file.is_file():
+            return None
+        return json.loads(self.summary_file.read_text(encoding="utf-8"))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.summary_file, summary)
+
+    def write_config(self, tree: dict[str, Any]) -> None:
+        atomic_write_text(self.config_file, yaml.safe_dump(tree, sort_keys=False))
+
+    def metrics_text(self) -> str:
+        """``metrics.jsonl``'s text ("" when there is none); undecodable bytes become U+FFFD (their line is then
+        unreadable and skipped by :meth:`metrics`)."""
+        if not self.metrics_file.is_file():
+            return ""
+        return self.metrics_file.read_bytes().decode("utf-8", errors="replace")
+
+    def metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl`` (of one ``kind`` when given), skipping torn or unreadable lines."""
+        out = []
+        for line in self.metrics_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
+                out.append(rec)
+        return out
+
+    def recorded_choices(self) -> dict[str, Any]:
+        """What a run that is being resumed chose when it started (``meta`` of its ``config.yaml``: precision,
+        compile, channels_last); empty for a new run or a config.yaml without them."""
+        if not self.last.is_file():
+            return {}
+        try:
+            meta = (self.read_config() or {}).get("meta") or {}
+        except (OSError, UnicodeDecodeError, ConfigError, AttributeError):
+            return {}  # prepare_run_dir has already refused an unreadable config.yaml in one line
+        return {k: meta[k] for k in ("precision", "compile", "channels_last") if k in meta} \
+            if isinstance(meta, dict) else {}
+
+
+# What a run writes and --overwrite removes (train.log is the grid's, and .lock the lock's).
+RUN_FILES = (RunDir.CONFIG, RunDir.METRICS, RunDir.LAST, RunDir.BEST, RunDir.SUMMARY)
+
 # The numbers every finished run's summary.json has (train prints them, the report's tables and the grid's "done"
 # count on them): a summary lacking one is not a finished run.
 RESULT_KEYS = ("test_top1", "test_top5", "best_test_top1", "best_test_top5", "iters", "wall_seconds")
@@ -30,27 +154,27 @@ def missing_results(summary: Any) -> list[str]:
 
 def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, dict[str, Any] | None]:
     """Create or check ``run.out``; return (dir, finished summary or None). Refuses a foreign configuration."""
-    out = Path(cfg.run.out)
-    cfg_file = out / "config.yaml"
-    if cfg_file.is_file():
-        old = _read_config(cfg_file, overwrite)
+    run = RunDir(cfg.run.out)
+    out = run.path
+    if run.config_file.is_file():
+        old = _read_config(run.config_file, overwrite)
         changed = diff_configs(old, cfg.to_dict()) if old is not None else ["(unreadable config.yaml)"]
         if changed and not overwrite:
             shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg.to_dict(), k)!r}" for k in changed[:4])
             raise RessenetError(f"{out} holds a run with another configuration ({shown}); choose another --out, "
                                 f"or pass --overwrite to replace it")
         if changed and overwrite and is_main:
-            for name in RUN_FILES + ("train.log",):
+            for name in RUN_FILES + (RunDir.LOG,):
                 (out / name).unlink(missing_ok=True)
-        elif (out / "summary.json").is_file() and not overwrite:
+        elif run.summary_file.is_file() and not overwrite:
             fix = "delete it to finish the run again from its last.pt, or pass --overwrite"
             try:
-                summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+                summary = run.read_summary()
             except (OSError, ValueError) as e:
-                raise RessenetError(f"{out / 'summary.json'} is unreadable ({type(e).__name__}); {fix}") from None
+                raise RessenetError(f"{run.summary_file} is unreadable ({type(e).__name__}); {fix}") from None
             missing = missing_results(summary)
             if missing:
-                raise RessenetError(f"{out / 'summary.json'} holds no finished run's result (a "
+                raise RessenetError(f"{run.summary_file} holds no finished run's result (a "
                                     f"{type(summary).__name__} without a number for {', '.join(missing)}); {fix}")
             return out, summary
         elif overwrite and is_main:

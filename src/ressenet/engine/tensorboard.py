@@ -101,8 +101,10 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
         raise FileNotFoundError(f"runs directory {root} not found; pass the folder holding run directories")
     require_tensorboard()
     done = []
-    for metrics in sorted(root.rglob("metrics.jsonl")):
-        run = metrics.parent
+    from ressenet.engine.rundir import RunDir
+
+    for found in RunDir.with_metrics_below(root):
+        run, metrics = found.path, found.metrics_file
         rel = str(run.relative_to(root)) if run != root else "."
         target = run if out is None else Path(out) / run.relative_to(root)
         if any(target.glob(EVENTS_GLOB)) and not overwrite:

@@ -5,66 +5,30 @@
 ``run.eval_every`` iterations, checkpoints atomically and resumes bit-exactly on the CPU: the data order and
 augmentation are pure functions of (seed, epoch, position), and nothing else draws random numbers.
 
-``train(cfg)`` is the library entry point; ``ressenet train`` calls it. The pieces live beside it: engine/run.py
-(one run's objects, step, boundary and summary), engine/setup.py, engine/evaluation.py, engine/records.py (metrics
-and progress), engine/rundir.py, engine/checkpoint.py; engine/fused.py trains several runs at once.
+``train(cfg)`` is the library entry point; ``ressenet train`` calls it. It claims the run directory, builds the run
+(engine/run.py: its objects, step, boundary and summary) and hands it to the one training loop
+(engine/runtime.py ``run_loop``), which engine/fused.py also drives for several runs at once.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ressenet.engine.checkpoint import atomic_write_json
 from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, barrier, init_distributed, shutdown
-from ressenet.engine.evaluation import eval_split, evaluate, evaluate_checkpoint
 from ressenet.engine.lock import RunLock
 from ressenet.engine.records import Progress
-from ressenet.engine.run import CHECKPOINT_VERSION, NonFiniteLoss, Run, TrainState, lr_at, train_step
-from ressenet.engine.rundir import RUN_FILES, prepare_run_dir
-from ressenet.engine.setup import (CPU_COMPILE_MIN_ITERS, autocast_context, build_model, check_cpu_compiler,
-                                   cpu_compiler_found, load_data, recorded_choices, resolve_channels_last,
-                                   resolve_compile, resolve_device, resolve_eval_batch_size, resolve_precision,
-                                   versions)
+from ressenet.engine.run import Run
+from ressenet.engine.rundir import RunDir, prepare_run_dir
+from ressenet.engine.runtime import Sequential, compile_choice, finish, prepare_device, run_loop
+from ressenet.engine.setup import load_data, resolve_device
 from ressenet.errors import RessenetError
 
-__all__ = ["train", "evaluate", "evaluate_checkpoint", "lr_at", "resolve_device", "build_model", "load_data",
-           "resolve_compile", "cpu_compiler_found", "CPU_COMPILE_MIN_ITERS", "Run", "TrainState", "train_step",
-           "NonFiniteLoss", "CHECKPOINT_VERSION", "RUN_FILES", "autocast_context", "eval_split",
-           "resolve_channels_last", "resolve_eval_batch_size", "resolve_precision", "versions", "stop_signals"]
-
-
-class _StopRequested(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[list[int]]:
-    """SIGINT/SIGTERM append their number to the yielded list instead of killing the process: the loop finishes
-    its step, checkpoints and exits."""
-    import threading
-
-    stop: list[int] = []
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, lambda s, _f: stop.append(s))
-    try:
-        yield stop
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+__all__ = ["train"]
 
 
 def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
@@ -116,60 +80,18 @@ def _check_finished_data(cfg: Config, out: Path, summary: dict[str, Any]) -> Non
 
 
 def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) -> dict[str, Any] | None:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every training batch has the same shape (the loader drops the rest)
+    prepare_device(device)
     run = Run.build(cfg, out, load_data(cfg), device, dist_info)
-    run.step_model, compiling = _step_model(run, dist_info)
-    progress = Progress(cfg.run.progress, cfg.optim.iters, run.state.it, dist_info.is_main)
-    for note in ([f"resuming {out} at iteration {run.state.it}"] if run.resumed else []) + compiling:
-        progress.message(note)
-    t_start = t_interval = time.perf_counter()
-    with stop_signals() as stop:
-        try:
-            while run.state.it < cfg.optim.iters:
-                run.step()
-                if not (run.due() or stop):
-                    continue
-                it_before, now = run.it_interval, time.perf_counter()
-                rec = run.boundary(now - t_interval, now - t_start, stopping=bool(stop))
-                if rec is not None:
-                    if rec["kind"] == "eval":
-                        progress.message(f"iter {rec['iter']}: test top-1 {rec['test_top1']:.2f}% top-5 "
-                                         f"{rec['test_top5']:.2f}%" + (f"  val top-1 {rec['val_top1']:.2f}%"
-                                                                       if "val_top1" in rec else ""))
-                    progress.update(run.state.it, run.state.it - it_before, rec)
-                barrier(dist_info)
-                if stop and run.state.it < cfg.optim.iters:
-                    raise _StopRequested(stop[0])
-                t_interval = time.perf_counter()
-        except _StopRequested as s:
-            progress.close()
-            if dist_info.is_main:
-                print(f"stopped by {s} at iteration {run.state.it}; checkpoint saved to {out / 'last.pt'}; run the "
-                      f"same command to resume", file=sys.stderr)
-            raise SystemExit(128 + s.signum) from None
-    progress.close()
-    summary = run.summary(time.perf_counter() - t_start)
-    if dist_info.is_main:
-        atomic_write_json(out / "summary.json", summary)
-    return summary if dist_info.is_main else None
-
-
-def _step_model(run: Run, dist_info: DistInfo) -> tuple[nn.Module, list[str]]:
-    """The module the step calls (DDP-wrapped across processes, compiled where that pays: resolve_compile), and
-    what to tell the user about it. Writes config.yaml, whose meta records the choice."""
-    cfg, device = run.cfg, run.device
     model: nn.Module = run.model
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compile_on, compile_mode = resolve_compile(cfg.run.compile, cfg.run.compile_mode, device, dist_info.world_size,
-                                               iters=cfg.optim.iters, precision=run.precision,
-                                               recorded=recorded_choices(run.out).get("compile"))
-    check_cpu_compiler(cfg.run.compile, compile_on, device)
-    run.write_config(compile=compile_mode if compile_on else False)
-    if not compile_on:
-        return model, []
-    how = "by default" if cfg.run.compile is None else "as asked"
-    return torch.compile(model, mode=compile_mode), [
-        f"compiling the model {how} (torch.compile, mode {compile_mode}): the first steps wait for it, a minute or "
-        f"two on a CPU; --no-compile trains eager"]
+    mode, notes = compile_choice(cfg, device, run.precision, RunDir(out).recorded_choices().get("compile"),
+                                 dist_info.world_size)
+    run.step_model = model
+    run.write_config(compile=mode or False)  # its meta records the choice, which a resumed run keeps
+    progress = Progress(cfg.run.progress, cfg.optim.iters, run.state.it, dist_info.is_main)
+    for note in ([f"resuming {out} at iteration {run.state.it}"] if run.resumed else []) + notes:
+        progress.message(note)
+    stepper = Sequential([run], compile_mode=mode)
+    summary = finish(stepper, run_loop(stepper, progress))[run.name]
+    return summary if dist_info.is_main else None

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ressenet.engine.rundir import RunDir
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import FAMILY_TITLES, label_order, slug
 from ressenet.models import FAMILIES, family_order
@@ -45,8 +46,8 @@ def metric_curve(run: Run, key: str, kind: str) -> tuple[np.ndarray, np.ndarray]
     points: dict[int, float] = {}
     fallback: dict[int, float] = {}
     try:
-        lines = (run.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = RunDir(run.path).metrics_text().splitlines()
+    except OSError:
         lines = []
     for line in lines:
         try:

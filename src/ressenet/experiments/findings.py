@@ -27,6 +27,7 @@ from typing import Any
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.engine.config import Config
+from ressenet.engine.rundir import RunDir
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
     COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, md_table,
@@ -348,17 +349,18 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
 def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: Path, rel_fig: str,
                      figures: bool) -> list[str]:
     """Runs stopped before the end: test top-1 at the last iteration every run of a family reached."""
-    import json
-
     lines: list[str] = []
     for pdir in partial_dirs:
         pdir = Path(pdir)
         for job in sorted(p for p in pdir.iterdir() if p.is_dir()) if pdir.is_dir() else []:
             curves: dict[str, list[list[dict[str, Any]]]] = {}
-            for run in sorted(p for p in job.iterdir() if (p / "metrics.jsonl").is_file()):
+            for found in (RunDir(p) for p in sorted(job.iterdir())):
+                run = found.path
+                if not found.metrics_file.is_file():
+                    continue
                 try:
-                    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-                except (OSError, ValueError):
+                    recs = found.metrics()
+                except OSError:
                     continue
                 model = run.name.rsplit("-s", 1)[0]
                 curves.setdefault(model, []).append([r for r in recs if r.get("kind") == "eval"])

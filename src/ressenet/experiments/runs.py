@@ -16,7 +16,7 @@ from typing import Any
 
 from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config,
                                     load_yaml)
-from ressenet.engine.rundir import missing_results
+from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
@@ -155,8 +155,8 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
     runs: list[Run] = []
     problems: list[str] = []
     finished_dirs = set()
-    for path in sorted(root.rglob("summary.json")):
-        d = path.parent
+    for found in RunDir.below(root):
+        d, path = found.path, found.summary_file
         finished_dirs.add(d)
         rel = str(d.relative_to(root)) if d != root else "."
         try:
@@ -166,7 +166,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
         except (OSError, ValueError) as e:
             problems.append(f"{rel}: summary.json unreadable ({e}); skipped")
             continue
-        cfg_file = _load_yaml(d / "config.yaml")
+        cfg_file = _load_yaml(found.config_file)
         config = summary.get("config") if isinstance(summary.get("config"), dict) else cfg_file
         meta = cfg_file.get("meta") if isinstance(cfg_file.get("meta"), dict) else {}
         if not isinstance(summary.get("model"), str):
@@ -179,7 +179,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
                             f"skipped (delete its summary.json and run it again to finish it)")
             continue
         try:
-            (d / "metrics.jsonl").read_bytes().decode("utf-8") if (d / "metrics.jsonl").is_file() else ""
+            found.metrics_file.read_bytes().decode("utf-8") if found.metrics_file.is_file() else ""
         except (OSError, UnicodeDecodeError) as e:
             problems.append(f"{rel}: metrics.jsonl is unreadable ({type(e).__name__}); skipped")
             continue
@@ -192,7 +192,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
                         seed=int(seed) if isinstance(seed, int) else None, protocol=_protocol(config)))
     unfinished = []
     seen = set()
-    for marker in ("metrics.jsonl", "last.pt"):
+    for marker in (RunDir.METRICS, RunDir.LAST):
         for path in sorted(root.rglob(marker)):
             d = path.parent
             if d in finished_dirs or d in seen:
@@ -278,7 +278,7 @@ def label_order(label: str) -> tuple:
 
 def last_iteration(out: Path) -> int | None:
     """The ``iter`` of the last line of ``metrics.jsonl`` (None when absent or empty)."""
-    path = out / "metrics.jsonl"
+    path = RunDir(out).metrics_file
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)

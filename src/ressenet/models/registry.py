@@ -1,4 +1,20 @@
-"""An explicit model registry: ``@register_model`` factories, ``create_model`` and ``list_models``."""
+"""An explicit model registry: ``@register_model`` factories, ``create_model`` and ``list_models``.
+
+The model protocol: what the rest of the package relies on in every registered model (tests/test_model_protocol.py
+checks each one):
+
+* ``create_model(name, num_classes=K, shortcut=, se_reduction=, layout=)``: the ResNet keyword arguments the
+  engine passes (engine/setup.py ``build_model``); ``None`` keeps the model's default.
+* ``.depth`` (int): the network's depth, which fused training groups by; ``.num_classes``; ``.options`` (the
+  resolved ``shortcut``, ``se_reduction`` and ``layout``, which a weights file must match).
+* ``.fc``: the classifier, an ``nn.Linear`` from ``.num_features`` to ``num_classes`` (checkpoints and export read
+  the class count from ``fc.weight``); ``get_classifier``/``reset_classifier``, ``forward_features``/
+  ``forward_head`` as timm's.
+* Residual blocks carry ``is_bridge`` (bool: the block changes resolution or width; the paper's
+  bridge-connections) and ``grad_probe`` (None; ``--log-grad-stats`` sets it for one step to record the gradient
+  through the shortcut and the residual branch). SE blocks are ``models.layers.SEBlock`` modules, which
+  ``ressenet analyze`` finds by type.
+"""
 from __future__ import annotations
 
 import fnmatch
