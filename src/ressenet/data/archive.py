@@ -5,6 +5,11 @@ limit is refused up front: a small archive of zeros that unpacks to gigabytes co
 are refused (no official archive holds one, and a link is how an archive reaches outside its folder), and errors
 say which side failed: reading the archive (truncated, corrupt, unreadable) or writing the destination (full,
 read-only), since the fixes differ.
+
+A tar must end with its end-of-archive marker and a compressed one is read to its end-of-stream marker and
+checksum: Python's tarfile takes a missing header for the end, so a download cut at a member boundary would read
+as a smaller dataset. A path held twice (``tar -r`` appends it again) and encrypted zips are refused; a zip's
+Windows backslashes are read as folder separators.
 """
 from __future__ import annotations
 
@@ -201,7 +206,8 @@ def iter_members(archive: Path) -> Iterator[Member]:
     A member's data can be read (:meth:`Member.read`, :meth:`Member.copy_to`) only while it is the current one.
 
     Raises:
-        DataError: If the archive cannot be opened or read (naming the errno), or is corrupt.
+        DataError: If the archive cannot be opened or read (naming the errno), is truncated (checked to its end
+            once every member was yielded) or corrupt, holds a path twice, or is an encrypted zip.
     """
     seen: set[str] = set()
 

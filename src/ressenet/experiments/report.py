@@ -128,7 +128,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
+    except OSError:
         if (file := not_a_folder(out)) is not None:
             raise file from None
         raise
