@@ -294,6 +294,17 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     assert not (out / "summary.json").exists()
 
 
+def test_non_finite_loss_before_any_checkpoint_says_there_is_none(tmp_path):
+    out = tmp_path / "run"
+    cfg = smoke_config(out, **{"optim.lr": 1e30, "run.ckpt_every": 0, "run.log_every": 1, "run.eval_every": 0,
+                               "optim.iters": 30})
+    with pytest.raises(RessenetError, match=r"non-finite at iteration (\d+)") as e:
+        train(cfg)
+    msg = str(e.value)
+    assert not (out / "last.pt").exists()
+    assert "kept in" not in msg and "no checkpoint was written yet" in msg and "lower --lr or check the data" in msg
+
+
 def test_out_with_other_config_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "run"
     train(smoke_config(out))

@@ -172,3 +172,19 @@ def test_a_grid_cell_whose_summary_has_no_result_is_not_done(tmp_path):
 
     st = cell_state(cell)
     assert st.state == "conflict" and "no number for test_top1" in st.detail and "delete it" in st.detail
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    file = tmp_path / "taken"
+    file.write_text("not a folder")
+    runs = tmp_path / "runs"
+    make_run(runs, "good", model="resnet20", seed=1)
+    for argv in (["train", *TINY, "--out", str(file)], ["report", str(runs), "--out", str(file), "--no-figures"]):
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Errno" not in err, err
+        assert err.endswith(f": error: --out {file} names a file, not a folder; choose another --out\n"), err
+    assert cli_main(["train", *TINY, "--model", "resnet20,se_resnet20", "--out", str(file)]) == 2  # the members' folders
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"lies under {file}, which is a file, not a folder; choose another --out" in err
+    assert file.read_text() == "not a folder"

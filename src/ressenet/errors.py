@@ -1,9 +1,11 @@
 """The exceptions that mean "the user asked for something wrong": the CLI prints them as one line."""
 from __future__ import annotations
 
+import os
 import reprlib
+from pathlib import Path
 
-__all__ = ["RessenetError", "USER_ERRORS", "quote", "QUOTE_CHARS"]
+__all__ = ["RessenetError", "USER_ERRORS", "quote", "QUOTE_CHARS", "not_a_folder"]
 
 QUOTE_CHARS = 80  # the most of a user's value an error message repeats
 _REPR = reprlib.Repr()  # Python 3.11's takes no arguments
@@ -25,3 +27,19 @@ def quote(value: object) -> str:
     alias bomb expands to gigabytes when printed in full)."""
     text = _REPR.repr(value)
     return text if len(text) <= QUOTE_CHARS else text[:QUOTE_CHARS - 3] + "..."
+
+
+def not_a_folder(path: str | os.PathLike[str], flag: str = "--out") -> RessenetError | None:
+    """The one-line error when the folder ``path`` (given as ``flag``) cannot be made because it, or a folder above
+    it, is an existing file; None otherwise (the caller reports its own OS error)."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        try:
+            if p.is_dir():
+                return None
+            if p.exists() or p.is_symlink():
+                where = "names a file" if p == path else f"lies under {p}, which is a file"
+                return RessenetError(f"{flag} {path} {where}, not a folder; choose another {flag}")
+        except OSError:
+            return None
+    return None

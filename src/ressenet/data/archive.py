@@ -5,10 +5,17 @@ limit is refused up front: a small archive of zeros that unpacks to gigabytes co
 are refused (no official archive holds one, and a link is how an archive reaches outside its folder), and errors
 say which side failed: reading the archive (truncated, corrupt, unreadable) or writing the destination (full,
 read-only), since the fixes differ.
+
+A tar must end with its end-of-archive marker and a compressed one is read to its end-of-stream marker and
+checksum: Python's tarfile takes a missing header for the end, so a download cut at a member boundary would read
+as a smaller dataset. A path held twice (``tar -r`` appends it again) and encrypted zips are refused; a zip's
+Windows backslashes are read as folder separators.
 """
 from __future__ import annotations
 
+import bz2
 import errno
+import gzip
 import hashlib
 import os
 import shutil
@@ -86,7 +93,15 @@ def read_error(archive: Path, e: BaseException, what: str = "the archive is trun
     if isinstance(e, OSError) and e.errno is not None:
         return DataError(f"cannot read {archive}: {os_error_text(e)}; make it readable (check its permissions and "
                          f"the disk), or pass --data-root to another copy")
+    if isinstance(e, EOFError):  # gzip, bz2, xz and zip: the compressed data stops before its end
+        return truncated(archive, "the compressed data ends before its end-of-stream marker")
+    if isinstance(e, tarfile.ReadError) and str(e) == "unexpected end of data":
+        return truncated(archive, "a member's data is cut short")
     return DataError(f"cannot read {archive}: {type(e).__name__}: {e}; {what}")
+
+
+def truncated(archive: Path, why: str) -> DataError:
+    return DataError(f"{archive} is truncated ({why}); fetch it again")
 
 
 def write_error(where: str, e: OSError, fix: str, doing: str = "") -> DataError:
@@ -110,6 +125,16 @@ class _BoundedTarInfo(tarfile.TarInfo):
                             f"extension header, above the limit of {MAX_TAR_HEADER_BYTES} bytes (real ones hold a "
                             f"name and a few attributes); refusing the archive, it is corrupt or hostile")
         return super()._proc_member(tarfile_)
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        # tarfile ends the archive silently at a missing, cut or invalid header (offset > 0); which one it was is
+        # kept for _check_tar_end.
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as e:
+            tarfile_._ressenet_end = e  # type: ignore[attr-defined]
+            raise
 
 
 @dataclass
@@ -181,29 +206,98 @@ def iter_members(archive: Path) -> Iterator[Member]:
     A member's data can be read (:meth:`Member.read`, :meth:`Member.copy_to`) only while it is the current one.
 
     Raises:
-        DataError: If the archive cannot be opened or read (naming the errno), or is corrupt.
+        DataError: If the archive cannot be opened or read (naming the errno), is truncated (checked to its end
+            once every member was yielded) or corrupt, holds a path twice, or is an encrypted zip.
     """
+    seen: set[str] = set()
+
+    def once(name: str, kind: str) -> None:  # `tar -r` appends a path again; both copies would be read
+        if kind == "dir":
+            return
+        key = "/".join(part for part in name.split("/") if part not in ("", "."))  # "./a//b" is "a/b"
+        if key in seen:
+            raise DataError(f"{archive} holds {name} twice (as `tar -r` or `zip` leave a path added again); refusing "
+                            f"it rather than read that file twice: re-create the archive with each path once")
+        seen.add(key)
+
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for info in zf.infolist():
+                    if info.flag_bits & 0x1:
+                        raise DataError(f"{archive} is an encrypted zip ({info.filename} needs a password); ressenet "
+                                        f"cannot read encrypted zips: repack it without a password")
                     is_link = (info.external_attr >> 16) & 0o170000 == 0o120000  # a Unix symlink stored by zip -y
-                    kind = "dir" if info.is_dir() else "link" if is_link else "file"
-                    yield Member(info.filename, kind, 0 if kind == "dir" else info.file_size, "",
+                    kind = "dir" if info.is_dir() or info.filename.endswith("\\") else "link" if is_link else "file"
+                    # Zips made on Windows may separate folders with backslashes (the format says "/"); read alike.
+                    # Paths leaving the folder stay refused where anything is written (_safe_target).
+                    name = info.filename.replace("\\", "/")
+                    once(name, kind)
+                    yield Member(name, kind, 0 if kind == "dir" else info.file_size, "",
                                  lambda info=info: zf.open(info))
         else:
-            # Stream mode: one sequential pass over the compressed data, no seeking back.
-            with tarfile.open(archive, "r|*", tarinfo=_BoundedTarInfo) as tf:
+            # One sequential pass over the data, no seeking back; decompressed by Python's gzip/bz2/lzma readers,
+            # which (unlike tarfile's own stream) check the end-of-stream marker and checksum when read to the end.
+            with open(archive, "rb") as raw, _decompressed(raw) as stream, \
+                    tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as tf:
                 while (m := tf.next()) is not None:
                     tf.members.clear()  # tarfile keeps every header it has seen; ours are used once
                     kind = ("file" if m.isreg() else "dir" if m.isdir() else
                             "link" if m.issym() or m.islnk() else "other")
+                    once(m.name, kind)
                     yield Member(m.name, kind, m.size if kind == "file" else 0, m.linkname,
                                  lambda m=m: tf.extractfile(m))  # type: ignore[arg-type,return-value]
+                _check_tar_end(archive, tf)
     except DataError:
         raise
     except _CORRUPT + (OSError,) as e:
         raise read_error(archive, e) from e
+
+
+def _decompressed(raw: IO[bytes]) -> IO[bytes]:
+    """The tar stream inside ``raw``: gzip, bzip2 and xz/lzma are recognised by their magic bytes (as tarfile's
+    ``"r|*"`` does), anything else is read as a plain tar."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if magic.startswith((b"\x5d\x00\x00\x80", b"\xfd7zXZ")):
+        import lzma  # optional in a Python build, as for tarfile
+
+        return lzma.LZMAFile(raw)
+    return raw
+
+
+def _check_tar_end(archive: Path, tf: tarfile.TarFile) -> None:
+    """Refuses a tar whose members ended without the end-of-archive marker (two 512-byte blocks of zeros), then
+    reads the rest of the stream, so that a compressed one is checked to its end-of-stream marker.
+
+    tarfile treats a missing, cut or invalid header after the first member as the end of the archive: a download
+    stopped at a member boundary would otherwise read as a smaller dataset.
+    """
+    end = getattr(tf, "_ressenet_end", None)
+    at = tf.offset
+    stream = tf.fileobj
+    assert stream is not None
+    if isinstance(end, tarfile.EOFHeaderError):
+        second = stream.read(tarfile.BLOCKSIZE)
+        if len(second) < tarfile.BLOCKSIZE:
+            raise truncated(archive, f"the tar data ends at byte {at + tarfile.BLOCKSIZE + len(second)}, inside its "
+                                     f"end-of-archive marker")
+        if second.count(0) != tarfile.BLOCKSIZE:
+            raise DataError(f"{archive} is corrupt (a lone zero block at byte {at} of the tar data, followed by more "
+                            f"data instead of the end-of-archive marker); fetch it again")
+    elif isinstance(end, tarfile.EmptyHeaderError):
+        raise truncated(archive, f"the tar data ends at byte {at}, after a member, without the end-of-archive marker")
+    elif isinstance(end, tarfile.TruncatedHeaderError):
+        raise truncated(archive, f"the tar data ends inside the member header at byte {at}")
+    else:
+        raise DataError(f"{archive} is corrupt (byte {at} of the tar data holds no valid member header nor the "
+                        f"end-of-archive marker); fetch it again")
+    while stream.read(_CHUNK):  # record padding; for a compressed archive, to its end-of-stream marker and checksum
+        pass
 
 
 def file_digest(path: Path, salt: str) -> str:

@@ -22,6 +22,7 @@ import io
 import os
 import sys
 import tempfile
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +74,15 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")
 
 
+def _check_class_names(where: str, classes: list[str]) -> None:
+    """Refuses a class name holding a control character (a newline, tab, ...): it would break every table and
+    one-name-per-line file it is printed in. ``where`` names the folder (or archive path) holding the classes."""
+    for name in classes:
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise DataError(f"the class folder {name!r} in {where} has a control character in its name; rename it "
+                            f"(class names are printed in tables, one per line)")
+
+
 def _check_classes(where: str, split: str, classes: list[str], found: list[str]) -> None:
     if found != classes:
         raise DataError(f"{where}: {split}/ class folders differ from train/ (extra {sorted(set(found) - set(classes))}"
@@ -102,7 +112,10 @@ def _decode_one(name: str, data: bytes) -> tuple[bytes, str]:
                 raise DataError(f"{name} is {im.size[0]}x{im.size[1]} pixels; image folders must hold 32x32 "
                                 f"images, resize it (or the whole folder) first")
             kind = "PNG" if im.format == "PNG" else "JPEG"
-            pixels = (im if im.mode == "RGB" else im.convert("RGB")).tobytes()
+            if im.mode in _SIXTEEN_BIT:
+                pixels = _sixteen_bit_to_rgb(name, im)
+            else:
+                pixels = (im if im.mode == "RGB" else im.convert("RGB")).tobytes()
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -113,6 +126,21 @@ def _decode_one(name: str, data: bytes) -> tuple[bytes, str]:
         raise DataError(f"cannot decode image {name} ({type(e).__name__}: {e}); replace or remove it (PNG and JPEG "
                         f"files are read)") from e
     return pixels, kind
+
+
+# PIL's modes for a 16-bit grayscale PNG ("I" in older versions); convert("RGB") clips them to 255 (white).
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _sixteen_bit_to_rgb(name: str, im: Image.Image) -> bytes:
+    """A 16-bit grayscale image as 8-bit RGB pixels: each value's high byte (``v >> 8``), as PIL itself reduces a
+    16-bit RGB PNG."""
+    values = np.asarray(im).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+        raise DataError(f"{name} holds {im.mode} pixels outside 0..65535 ({values.min()}..{values.max()}); convert "
+                        f"it to an 8-bit RGB or grayscale PNG")
+    gray = (values >> 8).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1).tobytes()
 
 
 def _progress(total: int | None, desc: str):  # type: ignore[no-untyped-def]
@@ -169,7 +197,9 @@ def find_folder(root: Path) -> Path:
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    _check_class_names(str(split_dir), names)
+    return names
 
 
 def _read_image_file(path: Path) -> bytes:
@@ -278,11 +308,13 @@ def _read_archive(archive: Path, splits: tuple[str, ...]) -> tuple[list[str], di
             progress.close()
     prefixes = sorted({p for p, s, _ in found if s == "train"})
     if len(prefixes) != 1:
-        raise DataError(f"{archive} holds {'no' if not prefixes else 'several'} image folder(s) "
-                        f"{prefixes if prefixes else ''}; it must hold one folder with {_LAYOUT}, at the top or one "
-                        f"level down")
+        raise DataError(f"{archive} holds {f'several image folders {prefixes}' if prefixes else 'no image folder'}"
+                        f"; it must hold one folder with {_LAYOUT}, at the top or one level down")
     prefix = prefixes[0]
     classes = sorted(c for p, s, c in found if p == prefix and s == "train")
+    for split in sorted({"train", *splits}):
+        _check_class_names(f"{archive}:{prefix + '/' if prefix else ''}{split}",
+                           sorted(c for p, s, c in found if p == prefix and s == split))
     out: dict[str, _Cached] = {}
     decoded = np.frombuffer(store, dtype=np.uint8).reshape(-1, *_SIZE, 3)  # (M, H, W, C)
     for split in splits:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ressenet.errors import RessenetError
+from ressenet.errors import RessenetError, not_a_folder
 
 __all__ = ["RunLock", "LockHeld", "lock_holder", "describe", "LOCK_NAME", "REFRESH_SECONDS", "STALE_SECONDS",
            "EXIT_LOCKED", "PARENT_ENV"]
@@ -142,6 +142,8 @@ class RunLock:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if (file := not_a_folder(self.out)) is not None:
+                raise file from None
             raise RessenetError(f"cannot create the run directory {self.out}: {e.strerror or e}; choose an --out "
                                 f"that is writable, has room and a name of sane length") from None
         if self.path.is_dir() or self.path.is_symlink():

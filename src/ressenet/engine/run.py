@@ -271,9 +271,10 @@ class Run:
         if totals[3] > 0:
             it = self.state.it
             bad = int(self.first_bad.item()) if self.first_bad.item() >= 0 else it - 1
+            kept = (f"the last good checkpoint is kept in {self.dir.last}" if self.dir.last.is_file()
+                    else f"no checkpoint was written yet, so {self.out} holds nothing to resume")
             raise NonFiniteLoss(f"the training loss became non-finite at iteration {bad + 1} (lr "
-                                f"{lr_at(self.cfg, bad):g}); the last good checkpoint is kept in "
-                                f"{self.dir.last}; lower --lr or check the data")
+                                f"{lr_at(self.cfg, bad):g}); {kept}; lower --lr or check the data")
         return totals[:3]
 
     def _count_steady(self, seconds: float) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.checkpoint import atomic_write_text
+from ressenet.errors import not_a_folder
 from ressenet.experiments.paper import (
     HE_PARAMS_M, PARAM_CLAIMS, PAPER_TABLES, paper_improvements, paper_result, percent_fewer,
 )
@@ -125,7 +126,12 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
 
     runs, unfinished, problems = collect_runs(runs_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        if (file := not_a_folder(out)) is not None:
+            raise file from None
+        raise
     groups = group_runs(runs)
     protocols = sorted({g.protocol for g in groups.values()}, key=lambda p: (-sum(
         g.n for g in groups.values() if g.protocol == p), protocol_text(p)))
