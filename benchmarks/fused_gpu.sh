@@ -24,7 +24,7 @@
 #     mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
 # then run `bash benchmarks/fused_gpu.sh` there with carry [".gpu"] and timeout_s 600.
 # Check it on the CPU first (tiny sizes, mechanisms sequential and grouped, the same commands):
-#     bash benchmarks/fused_gpu.sh --cpu-dry-run
+#     bash benchmarks/fused_gpu.sh --cpu-dry-run        # .ci/run runs it twice (a second call resumes), after the tests
 # Knobs (environment): PYTHON (default python3), GPU_BUDGET, MODELS and SEEDS (given: exactly these members, no
 # sizing), BENCH_TIME (seconds kept for the benchmark), ITERS (default 64000), MECHANISM (given: no probe), GPU_DIR
 # (default .gpu: where the archive is).
@@ -32,7 +32,7 @@ set -uo pipefail
 
 DRY_RUN=0
 . "$(dirname "$0")/gpu_prologue.sh"
-GPU_DIR="${GPU_DIR:-$REPO/.gpu}"  # the archive (and, in a dry run, the runs); tests point it elsewhere
+GPU_DIR="${GPU_DIR:-$REPO/.gpu}"  # the archive (and, in a dry run, the runs); .ci/run points it elsewhere
 OUTDIR="${OUT:-$GPU_DIR/out}"
 mkdir -p "$OUTDIR"
 exec > >(tee -a "$OUTDIR/fused_gpu.log") 2>&1

@@ -9,11 +9,16 @@ VmHWM) every ``--sample-every`` seconds, together with the last iteration logged
   ``TrainLoader``'s zero-padded + mirrored pixel store (2 x N x 3 x 40 x 40 bytes), computed from the same data;
 * growth: resident memory against iteration (interpolated between log lines) from ``--settle`` of the way in to
   the last training log line, as a least-squares slope in MiB per 1000 iterations, and the change between the
-  medians of the first and last quarter of that window. No growth means a slope within sampling noise.
+  medians of the first and last quarter of that window, and the median (min..max) per ``--window`` iterations
+  over the logged span. No growth means a slope within sampling noise.
+
+``--json`` writes these summary figures, the resident set at a quarter, half, three quarters and the end of the
+run, and when each log line was first seen; the raw ``/proc`` samples (one every 0.5 s: about 13,000 for the hour's
+run, over 1 MB) only with ``--trace``.
 
 The issue's measurement is 2,000 iterations of res_se_net110 (about an hour on a quiet 2-core CPU)::
 
-    python3 benchmarks/memory.py --iters 2000 --json memory.json
+    python3 benchmarks/memory.py --iters 2000 --json benchmarks/results/memory.json
     python3 benchmarks/memory.py --model resnet20 --iters 4 --log-every 1 --batch-size 16 --train-limit 512  # smoke
 """
 from __future__ import annotations
@@ -79,6 +84,63 @@ def interp(t: float, ts: list[float], vs: list[float]) -> float:
     return vs[-1]
 
 
+def summarize(samples: list[dict[str, Any]], seen: dict[int, float], iters: int, settle: float,
+              window: int) -> dict[str, Any]:
+    """The run's memory figures from its ``/proc`` samples and log-line times: ``growth`` (empty with under 2 log
+    lines or 4 samples in the fit window), ``windows`` (resident MiB per ``window`` iterations, iteration
+    interpolated between log lines, from the first log line to the last) and ``marks`` (the first sample at or past
+    a quarter, half, three quarters and all of ``iters``)."""
+    growth: dict[str, Any] = {}
+    windows: list[dict[str, Any]] = []
+    if len(seen) >= 2:
+        its = sorted(seen)
+        ts = [seen[i] for i in its]
+        fits = [float(i) for i in its]
+        first_it = next((i for i in its if i >= settle * iters), its[0])
+        t_lo, t_hi = seen[first_it], seen[its[-1]]
+        win = [s for s in samples if t_lo <= s["t"] <= t_hi]
+        if len(win) >= 4:
+            x = [interp(s["t"], ts, fits) for s in win]
+            y = [s["rss"] / MIB for s in win]
+            slope = fit_slope(x, y) * 1000
+            q = max(1, len(win) // 4)
+            change = statistics.median(y[-q:]) - statistics.median(y[:q])
+            growth = {"from_iter": first_it, "to_iter": its[-1], "samples": len(win),
+                      "slope_mib_per_1000_iters": slope, "first_quarter_median_mib": statistics.median(y[:q]),
+                      "last_quarter_median_mib": statistics.median(y[-q:]), "change_mib": change,
+                      "min_mib": min(y), "max_mib": max(y)}
+        if window > 0:
+            last = max(0, (its[-1] - 1) // window)  # the last logged iteration closes the last window
+            groups: dict[int, list[float]] = {}
+            for s in samples:
+                if ts[0] <= s["t"] <= ts[-1]:
+                    k = min(int(interp(s["t"], ts, fits) // window), last)
+                    groups.setdefault(k, []).append(s["rss"] / MIB)
+            windows = [{"from_iter": max(k * window, its[0]), "to_iter": min((k + 1) * window, its[-1]),
+                        "samples": len(v), "median_mib": statistics.median(v), "min_mib": min(v), "max_mib": max(v)}
+                       for k, v in sorted(groups.items())]
+    marks = []
+    for frac in (0.25, 0.5, 0.75, 1.0):
+        s = next((s for s in samples if s["iter"] is not None and s["iter"] >= frac * iters), None)
+        if s:
+            marks.append({"fraction": frac, "iter": s["iter"], "t": s["t"], "rss_mib": s["rss"] / MIB})
+    return {"growth": growth, "windows": windows, "marks": marks}
+
+
+def result_json(info: dict[str, Any], cmd: list[str], wall: float, peak: int, hwm: int, ds_bytes: dict[str, int],
+                store: int, params: int, summary: dict[str, Any], sample_every: float, window: int,
+                samples: list[dict[str, Any]], seen: dict[int, float], trace: bool) -> dict[str, Any]:
+    """What ``--json`` writes: the summary figures; the raw samples only with ``trace``."""
+    out = {"info": info, "command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak, "max_vmhwm_bytes": hwm,
+           "dataset_bytes": ds_bytes, "trainloader_store_bytes": store, "params": params,
+           "growth": summary["growth"], "sample_every_seconds": sample_every, "sample_count": len(samples),
+           "window_iters": window, "windows": summary["windows"], "marks": summary["marks"],
+           "log_seen": {str(k): v for k, v in seen.items()}}
+    if trace:
+        out["samples"] = samples
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -91,7 +153,11 @@ def main() -> int:
     parser.add_argument("--sample-every", type=float, default=0.5, help="seconds between /proc samples")
     parser.add_argument("--settle", type=float, default=0.1,
                         help="fraction of the iterations left out of the growth fit (start-up)")
+    parser.add_argument("--window", type=int, default=250,
+                        help="iterations per window of the resident set's median (min..max); 0: none")
     parser.add_argument("--out", type=Path, default=None, help="keep the run directory here (default: a temp dir)")
+    parser.add_argument("--trace", action="store_true",
+                        help="also write every /proc sample to --json (large: about 100 bytes per sample)")
     common.add_data_args(parser)
     parser.set_defaults(test_limit=0, device="cpu")
     args = parser.parse_args()
@@ -171,46 +237,33 @@ def main() -> int:
     for name, b in rows:
         print(f"{name:<72} {b / MIB:9.1f}")
 
-    growth: dict[str, Any] = {}
-    if len(seen) >= 2:
-        its = sorted(seen)
-        ts = [seen[i] for i in its]
-        first_it = next((i for i in its if i >= args.settle * args.iters), its[0])
-        t_lo, t_hi = seen[first_it], seen[its[-1]]
-        win = [s for s in samples if t_lo <= s["t"] <= t_hi]
-        if len(win) >= 4:
-            x = [interp(s["t"], ts, [float(i) for i in its]) for s in win]
-            y = [s["rss"] / MIB for s in win]
-            slope = fit_slope(x, y) * 1000
-            q = max(1, len(win) // 4)
-            change = statistics.median(y[-q:]) - statistics.median(y[:q])
-            growth = {"from_iter": first_it, "to_iter": its[-1], "samples": len(win),
-                      "slope_mib_per_1000_iters": slope, "first_quarter_median_mib": statistics.median(y[:q]),
-                      "last_quarter_median_mib": statistics.median(y[-q:]), "change_mib": change,
-                      "min_mib": min(y), "max_mib": max(y)}
-            print()
-            print(f"resident set from iteration {first_it} to {its[-1]} ({len(win)} samples): "
-                  f"min {min(y):.1f}, max {max(y):.1f} MiB")
-            print(f"  slope {slope:+.2f} MiB per 1000 iterations; median of the first quarter "
-                  f"{growth['first_quarter_median_mib']:.1f} MiB, of the last {growth['last_quarter_median_mib']:.1f} "
-                  f"MiB (change {change:+.1f} MiB)")
-            print("  growth: " + ("none beyond noise" if abs(change) < 0.02 * max(y) + 5 else
-                                  "YES: resident memory rises over the run"))
-        else:
-            print("too few samples in the training window to fit a growth slope (run more iterations)")
+    summary = summarize(samples, seen, args.iters, args.settle, args.window)
+    growth = summary["growth"]
+    if growth:
+        y_min, y_max, change = growth["min_mib"], growth["max_mib"], growth["change_mib"]
+        print()
+        print(f"resident set from iteration {growth['from_iter']} to {growth['to_iter']} ({growth['samples']} "
+              f"samples): min {y_min:.1f}, max {y_max:.1f} MiB")
+        print(f"  slope {growth['slope_mib_per_1000_iters']:+.2f} MiB per 1000 iterations; median of the first quarter "
+              f"{growth['first_quarter_median_mib']:.1f} MiB, of the last {growth['last_quarter_median_mib']:.1f} "
+              f"MiB (change {change:+.1f} MiB)")
+        print("  growth: " + ("none beyond noise" if abs(change) < 0.02 * y_max + 5 else
+                              "YES: resident memory rises over the run"))
+    elif len(seen) >= 2:
+        print("too few samples in the training window to fit a growth slope (run more iterations)")
+    if summary["windows"]:
+        print()
+        print(f"resident set per {args.window} iterations, MiB: median (min..max)")
+        for w in summary["windows"]:
+            print(f"  iterations {w['from_iter']:>6}-{w['to_iter']:<6} {w['median_mib']:8.1f} "
+                  f"({w['min_mib']:.0f}..{w['max_mib']:.0f}), {w['samples']} samples")
     print()
-    marks = [0.25, 0.5, 0.75, 1.0]
-    for frac in marks:
-        target = frac * args.iters
-        s = next((s for s in samples if s["iter"] is not None and s["iter"] >= target), None)
-        if s:
-            print(f"  resident at iteration ~{s['iter']:>6}: {s['rss'] / MIB:8.1f} MiB (t = {s['t']:.0f} s)")
+    for m in summary["marks"]:
+        print(f"  resident at iteration ~{m['iter']:>6}: {m['rss_mib']:8.1f} MiB (t = {m['t']:.0f} s)")
     print(f"torch {torch.__version__}, threads in the child: torch's default ({os.cpu_count()} cores)"
           if not args.threads else f"OMP_NUM_THREADS={args.threads} in the child")
-    common.finish(info, args.json, {"info": info, "command": cmd, "wall_seconds": wall, "peak_rss_bytes": peak,
-                                    "max_vmhwm_bytes": hwm, "dataset_bytes": ds_bytes, "trainloader_store_bytes": store,
-                                    "params": params, "growth": growth, "samples": samples,
-                                    "log_seen": {str(k): v for k, v in seen.items()}})
+    common.finish(info, args.json, result_json(info, cmd, wall, peak, hwm, ds_bytes, store, params, summary,
+                                               args.sample_every, args.window, samples, seen, args.trace))
     if tmp is not None:
         tmp.cleanup()
     return 0

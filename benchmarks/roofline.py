@@ -13,7 +13,7 @@
   images/s from a ``train_throughput.py --json`` file instead of measuring them again.
 
     python3 benchmarks/roofline.py                                    # measures everything (CPU: ~15 min)
-    python3 benchmarks/roofline.py --from-json train_throughput.json  # FLOPs and peak only, figures from that run
+    python3 benchmarks/roofline.py --from-json benchmarks/results/train_throughput.json  # FLOPs and peak only
 """
 from __future__ import annotations
 

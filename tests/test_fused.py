@@ -300,26 +300,3 @@ def test_group_refuses_mixed_depths_and_protocols(tmp_path):
 def test_several_members_need_out(capsys):
     assert cli_main(["train", "--model", "resnet20", "--seed", "1,2", "--dataset", "synthetic"]) == 2
     assert "need --out DIR" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_gpu_script_dry_run(tmp_path, cifar10_jpeg_root, data_cache_dir):
-    # benchmarks/fused_gpu.sh spends scarce device time: its whole flow (probe, sizing from the probe, the fused
-    # job, a second call that keeps the first call's choices and resumes, packing) must keep working on the CPU.
-    gpu_dir = tmp_path / "gpu"
-    gpu_dir.mkdir()
-    (gpu_dir / "cifar10-jpeg.tar.gz").symlink_to(cifar10_jpeg_root)
-    env = _env() | {"GPU_DIR": str(gpu_dir), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
-                    "RESSENET_CACHE": str(data_cache_dir), "ITERS": "2"}
-    env.pop("OMP_NUM_THREADS")
-    cmd = ["bash", str(REPO / "benchmarks" / "fused_gpu.sh"), "--cpu-dry-run"]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "sized from the probe" in first.stdout
-    runs = gpu_dir / "dry" / "paper"
-    done = sorted(p.parent.name for p in runs.glob("*/summary.json"))
-    assert len(done) >= 6 and all(name.count("-imagefolder-s") == 1 for name in done)
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0 and "as the first call chose" in second.stdout
-    assert "already finished; not retrained" in second.stdout
-    assert (tmp_path / "out" / "fused_runs.tar.gz").stat().st_size > 0
