@@ -1,4 +1,4 @@
-"""`ressenet analyze` (src/ressenet/analysis.py): excitation statistics and reliance of SE blocks, on tiny runs.
+"""`ressenet analyze` (src/ressenet/analysis/): excitation statistics and reliance of SE blocks, on tiny runs.
 
 The runs are real engine run directories (config.yaml, metrics.jsonl, last.pt, summary.json) trained for 4
 iterations on synthetic data; what the tests need from them is the checkpoint format, not accuracy.

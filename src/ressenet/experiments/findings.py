@@ -30,29 +30,57 @@ from ressenet.engine.config import Config
 from ressenet.engine.rundir import RunDir
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
-    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, md_table,
-    protocol_text, slug,
+    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, protocol_text,
+    slug,
 )
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
+from ressenet.experiments.tables import Table
 
-__all__ = ["write_findings", "fused_rate", "MIN_SEEDS"]
+__all__ = ["write_findings", "fused_rate", "load_fused_rates", "MIN_SEEDS"]
 
 MIN_SEEDS = 3  # a cell with fewer seeds is "missing"
 PAPER_FAMILIES = ("resnet", "se_resnet", "res_se_net", "resnet_nobridge")
 PAPER_DATASETS = tuple((k, DATASET_INFO[k].title) for k in ("cifar10", "cifar100"))
 ITER_IMAGES = 64_000 * 128  # images one protocol run trains on
-# Aggregate training images/s of a fused group on one H200 (BENCHMARKS.md, "Fused training"): measured at depths
-# 20 and 56; other depths scale as 1 / blocks per stage from depth 56 (45,000 x 9 / n).
-MEASURED_FUSED_RATE = {20: 119_000.0, 56: 45_000.0}
+RATES_FILE = Path(__file__).resolve().parent / "rates.yaml"
 PRECISION_KEYS = frozenset({"run.precision"})
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
 
+def load_fused_rates(path: Path = RATES_FILE) -> tuple[dict[int, float], int]:
+    """The measured aggregate training rates of a fused group on one H200 (images/s by depth) and the depth other
+    depths are extrapolated from, read from ``rates.yaml`` beside this module.
+
+    The figures are BENCHMARKS.md's ("Fused training (several runs at once)", the paper's grid on one H200); the
+    file is their one copy in the code, so the cost model and its sentence change when it does.
+    """
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    rates = {int(d): float(r) for d, r in data["fused_h200_images_per_second"].items()}
+    return rates, int(data["extrapolate_from_depth"])
+
+
+MEASURED_FUSED_RATE, _EXTRAPOLATE_FROM = load_fused_rates()
+
+
+def _blocks_per_stage(depth: int) -> int:
+    return (depth - 2) // 6
+
+
 def fused_rate(depth: int) -> tuple[float, bool]:
-    """(images/s, measured?) of a fused group at ``depth`` on one H200."""
+    """(images/s, measured?) of a fused group at ``depth`` on one H200: measured, or scaled as 1 / blocks per stage
+    from the measured depth ``extrapolate_from_depth`` of ``rates.yaml``."""
     if depth in MEASURED_FUSED_RATE:
         return MEASURED_FUSED_RATE[depth], True
-    return MEASURED_FUSED_RATE[56] * 9 / ((depth - 2) // 6), False
+    base = _EXTRAPOLATE_FROM
+    return MEASURED_FUSED_RATE[base] * _blocks_per_stage(base) / _blocks_per_stage(depth), False
+
+
+def _rates_text() -> str:
+    """``119,000 images/s at depth 20, 45,000 at depth 56``: the measured rates in words."""
+    return ", ".join(f"{rate:,.0f}{' images/s' if i == 0 else ''} at depth {d}"
+                     for i, (d, rate) in enumerate(sorted(MEASURED_FUSED_RATE.items())))
 
 
 def _title(family: str | None) -> str:
@@ -326,8 +354,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                          f"{hours:.2f}" + ("" if measured else " (rate extrapolated)")])
     lines += [f"Cells of the paper's grid (4 families x 5 depths x 2 datasets) with fewer than {MIN_SEEDS} finished "
               f"seeds (seeds present in parentheses), and the H200 hours they cost as fused groups at the measured "
-              f"rates (BENCHMARKS.md: {MEASURED_FUSED_RATE[20]:,.0f} images/s at depth 20, "
-              f"{MEASURED_FUSED_RATE[56]:,.0f} at depth 56; other depths extrapolated as 1/blocks). CIFAR-100 cannot "
+              f"rates (BENCHMARKS.md: {_rates_text()}; other depths extrapolated as 1/blocks). CIFAR-100 cannot "
               f"be trained offline here (no copy of it on the project's machines); CIFAR-10 rows count the JPEG "
               f"copy.", ""]
     lines += _table(["data", "depth", "families short of seeds (n)", "runs to train", "H200 hours"], rows) + [""]
@@ -443,4 +470,5 @@ def _command(runs_dir: Path, out_md: Path, partial: Sequence[str | Path], schedu
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    return md_table(headers, rows, align="l" * len(headers))
+    """The findings page's tables: every column left-aligned."""
+    return Table(headers, list(rows), align="l" * len(headers)).markdown()

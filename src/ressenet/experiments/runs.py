@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, co
 from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
+from ressenet.experiments.tables import md_cell, md_table  # re-exported: their home is tables.py
 from ressenet.models import FAMILIES, family_order, model_info
 
 __all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
@@ -246,27 +247,11 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
     return groups
 
 
-def md_cell(value: Any) -> str:
-    """A value as one Markdown table cell: pipes and HTML escaped, line breaks flattened (names come from files
-    anyone can write, so a model name with a newline or a <script> must not break or inject into a report)."""
-    import html
-
-    return html.escape(" ".join(str(value).split()), quote=False).replace("|", "\\|")
-
-
 def slug(text: str) -> str:
     """``text`` as a file-name part: lower case, runs of other characters as one underscore."""
     import re
 
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
-    """A Markdown table; ``align`` one letter per column, "l" or "r" (default: first left, the rest right)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(sep) + " |"]
-    return out + ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in rows]
 
 
 def label_order(label: str) -> tuple:

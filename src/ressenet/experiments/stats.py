@@ -1,4 +1,9 @@
-"""Statistics over seeds: mean ± sample std, and Welch's t-test with a confidence interval of the difference.
+"""The statistics of the results layer, shared by the report, the findings page and ``ressenet analyze``.
+
+Over seeds: mean ± sample std (:func:`summarize`), Welch's t-test with a confidence interval of the difference
+(:func:`welch`), the paired t-test over shared seeds (:func:`paired`) and Holm's adjustment (:func:`holm`). On the
+same test images: the paired difference of two correctness vectors with McNemar's exact test and the exact
+conditional interval on the discordant pairs (:func:`paired_drop`, :func:`mcnemar`).
 
 The paper reports single runs; seed-to-seed spread of CIFAR test accuracy is a few tenths of a point (He et al.:
 ResNet-110 6.61 ± 0.16 % error over 5 runs), the size of many of its gaps. Welch's test does not assume equal
@@ -10,12 +15,13 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["Summary", "Comparison", "summarize", "welch", "paired", "holm", "fmt_mean_std", "fmt_comparison",
-           "fmt_num", "fmt_p"]
+__all__ = ["Summary", "Comparison", "PairedDrop", "summarize", "welch", "paired", "holm", "mcnemar", "paired_drop",
+           "fmt_mean_std", "fmt_comparison", "fmt_num", "fmt_p"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,19 @@ class Summary:
     n: int
     mean: float  # nan when n == 0
     std: float  # sample std (ddof=1); nan when n < 2
+
+    def fmt(self, digits: int = 3, n: bool = True, spec: str = "f") -> str:
+        """``0.39 ± 0.55 (n=2)``; a single value without ± ; ``spec="g"`` for small variances; ``–`` for none."""
+        if self.n == 0 or not math.isfinite(self.mean):
+            return "–" if self.n == 0 or math.isnan(self.mean) else "inf"
+
+        def num(x: float) -> str:
+            text = f"{x:.{digits}{spec}}"
+            return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
+
+        if self.n == 1:
+            return num(self.mean) + (" (n=1)" if n else "")
+        return f"{num(self.mean)} ± {num(self.std)}" + (f" (n={self.n})" if n else "")
 
 
 @dataclass(frozen=True)
@@ -105,6 +124,62 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * pvalues[i]))
         out[i] = running
     return out
+
+
+@dataclass(frozen=True)
+class PairedDrop:
+    """Top-1 of the intact network minus top-1 of a modified one, in points, on the same N images.
+
+    ``lost``: images the intact network got right and the modified one wrong; ``gained``: the reverse. The interval
+    is the exact conditional (Clopper-Pearson) interval on the discordant pairs; ``p`` is McNemar's exact test.
+    """
+
+    n: int
+    intact_top1: float
+    top1: float
+    drop: float
+    ci_low: float
+    ci_high: float
+    lost: int
+    gained: int
+    p: float
+    confidence: float = 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+
+def mcnemar(lost: int, gained: int) -> float:
+    """McNemar's exact test: the two-sided binomial test of ``lost`` against half the discordant pairs (1 if none)."""
+    d = lost + gained
+    return 1.0 if d == 0 else float(sps.binomtest(lost, d, 0.5).pvalue)
+
+
+def paired_drop(intact: Any, modified: Any, confidence: float = 0.95) -> PairedDrop:
+    """The paired drop in top-1 (points) of two correctness vectors on the same images (see :class:`PairedDrop`).
+
+    Of the ``d`` images whose correctness changed, ``b`` lost and ``c`` gained; ``b ~ Binomial(d, p)`` gives a
+    Clopper-Pearson interval for ``p`` and drop ``= 100 d (2p - 1) / N`` maps it to points.
+    """
+    a = np.asarray(intact, dtype=bool)
+    b = np.asarray(modified, dtype=bool)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError("intact and modified must be equal-length, non-empty 1-d correctness vectors")
+    n = int(a.size)
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    d = lost + gained
+    scale = 100.0 * d / n
+    alpha = 1.0 - confidence
+    if d == 0:
+        lo = hi = 0.0
+    else:
+        p_lo = float(sps.beta.ppf(alpha / 2, lost, gained + 1)) if lost > 0 else 0.0
+        p_hi = float(sps.beta.ppf(1 - alpha / 2, lost + 1, gained)) if gained > 0 else 1.0
+        lo, hi = scale * (2 * p_lo - 1), scale * (2 * p_hi - 1)
+    return PairedDrop(n=n, intact_top1=100.0 * a.mean(), top1=100.0 * b.mean(), drop=100.0 * (lost - gained) / n,
+                      ci_low=lo, ci_high=hi, lost=lost, gained=gained, p=mcnemar(lost, gained),
+                      confidence=confidence)
 
 
 def fmt_num(value: float | None, digits: int = 2, signed: bool = False) -> str:

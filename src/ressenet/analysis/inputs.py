@@ -1,0 +1,79 @@
+"""The checkpoints ``ressenet analyze`` reads: run-directory resolution and opening (config and model)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ressenet.errors import RessenetError
+
+
+@dataclass
+class _Opened:
+    """A checkpoint with its config and model, before any data is loaded (cheap: checks come first)."""
+
+    path: Path
+    checkpoint: Path
+    state: dict[str, Any]
+    cfg: Any
+    model: nn.Module
+
+
+def _resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """(run dir, checkpoint) for each argument: a run dir (its last.pt), a .pt file, or a folder of run dirs (a
+    fused group, a grid's runs dir: each subfolder holding a last.pt)."""
+    if not run_dirs:
+        raise RessenetError("analyze needs at least one run directory")
+    out: list[tuple[Path, Path]] = []
+    for arg in run_dirs:
+        p = Path(arg)
+        if p.is_file():
+            out.append((p.parent, p))
+        elif (p / "last.pt").is_file():
+            out.append((p, p / "last.pt"))
+        elif p.is_dir():
+            subs = sorted(d for d in p.iterdir() if (d / "last.pt").is_file())
+            if not subs:
+                why = "a config.yaml but no last.pt yet" if (p / "config.yaml").is_file() else "no last.pt"
+                raise RessenetError(f"{p} holds {why}, nor any run directory with one; pass run directories "
+                                    f"written by `ressenet train` (or their last.pt)")
+            out += [(d, d / "last.pt") for d in subs]
+        else:
+            raise RessenetError(f"run directory {p} does not exist")
+    seen: set[Path] = set()
+    unique = []
+    for run, ckpt in out:
+        key = ckpt.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((run, ckpt))
+    return unique
+
+
+def _open(run: Path, ckpt: Path) -> _Opened:
+    from ressenet.engine.checkpoint import load_checkpoint
+    from ressenet.engine.config import config_from_dict
+    from ressenet.engine.setup import build_model
+
+    state = load_checkpoint(ckpt)
+    if not isinstance(state.get("config"), dict):
+        raise RessenetError(f"{ckpt} holds no config; analyze reads checkpoints written by `ressenet train`")
+    try:
+        cfg = config_from_dict(state["config"], where=str(ckpt))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RessenetError(f"{ckpt}: unreadable config ({e})") from None
+    fc = state["model"].get("fc.weight") if isinstance(state["model"], dict) else None
+    num_classes = int(fc.shape[0]) if fc is not None else (cfg.model.num_classes or 10)
+    model = build_model(cfg, num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise RessenetError(f"{ckpt}: its weights do not fit {cfg.model.name} ({first})") from None
+    model.eval()
+    kept = {k: state.get(k) for k in ("iter", "data_fingerprint")}  # not the optimizer state: runs are held together
+    return _Opened(run, ckpt, kept, cfg, model)
+
