@@ -114,7 +114,7 @@ def main() -> int:
                    help="the one-process-per-core setting's switch instead of the grid default's, e.g. "
                         "fp32+cl+compile: what the default resolves to on a CPU without native bf16")
     args = p.parse_args()
-    from ressenet.experiments.grid import usable_cores
+    from ressenet.experiments.runner import usable_cores
 
     device = torch.device("cpu")
     info = common.header("CPU grid: aggregate training images/s, grid default against fp32 compiled", device)

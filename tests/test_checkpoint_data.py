@@ -81,7 +81,8 @@ def test_eval_never_downloads_or_uses_a_cache_the_checkpoint_names(tmp_path, don
 
 def test_data_identity_is_part_of_the_run(tmp_path):
     """Resume refuses a checkpoint trained on other data; the grid does not count such a run as done."""
-    from ressenet.experiments.grid import cell_state, expand_grid, load_grid
+    from ressenet.experiments.cells import cell_state
+    from ressenet.experiments.gridspec import expand_grid, load_grid
 
     from cifar_fakes import write_image_folder
 

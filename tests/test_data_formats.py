@@ -252,3 +252,15 @@ def test_dataset_info_is_json_and_formats(tmp_path):
     assert train["num_coarse_classes"] == 20 and len(train["mean"]) == 3 and len(train["std"]) == 3
     text = format_info(info)
     assert "cifar100-binary" in text and "apple" in text and "vehicles_2" in text and str(tmp_path) in text
+
+
+def test_every_dataset_row_names_a_reader_and_downloads_have_archives():
+    from ressenet.cli import build_parser
+    from ressenet.data.constants import ARCHIVES, DATASET_INFO, DOWNLOADABLE
+    from ressenet.data.datasets import READERS
+
+    assert all(d.reader in READERS for d in DATASET_INFO.values())
+    assert DOWNLOADABLE == ("cifar10", "cifar100")
+    assert all((name, "python") in ARCHIVES for name in DOWNLOADABLE)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["data", "download", "--dataset", "imagefolder"])

@@ -11,10 +11,11 @@ from fixtures_runs import fake_trainer, make_cell_run, make_run
 
 from ressenet.cli import build_parser, main, train_overrides
 from ressenet.engine.config import ConfigError, load_config
-from ressenet.experiments import grid as grid_mod
-from ressenet.experiments.grid import (
-    cell_state, emit_commands, expand_grid, list_presets, load_grid, parse_seeds, run_grid, train_command,
-)
+from ressenet.experiments import runner as grid_mod
+from ressenet.experiments.cells import cell_state
+from ressenet.experiments.gridspec import expand_grid, list_presets, load_grid, parse_seeds
+from ressenet.experiments.jobs import emit_commands, train_command
+from ressenet.experiments.runner import run_grid
 
 DEPTHS = (20, 32, 44, 56, 110)
 

@@ -9,9 +9,9 @@ import pytest
 
 from ressenet.engine.config import ConfigError
 from ressenet.models import model_info
-from ressenet.experiments.grid import (
-    Job, emit_commands, expand_grid, job_command, load_grid, member_template, plan_jobs, resolve_fuse, run_grid,
-)
+from ressenet.experiments.gridspec import expand_grid, load_grid
+from ressenet.experiments.jobs import Job, emit_commands, job_command, member_template, plan_jobs, resolve_fuse
+from ressenet.experiments.runner import run_grid
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from fixtures_runs import make_run
 from ressenet.cli import main as cli_main
 from ressenet.engine.config import ConfigError, read_config_file
-from ressenet.experiments.grid import expand_grid, load_grid
+from ressenet.experiments.gridspec import expand_grid, load_grid
 from ressenet.experiments.report import write_report
 from ressenet.experiments.runs import collect_runs, md_cell
 
@@ -168,7 +168,7 @@ def test_a_grid_cell_whose_summary_has_no_result_is_not_done(tmp_path):
     del s["config"]
     s["test_top1"] = "n/a"
     (out / "summary.json").write_text(json.dumps(s))
-    from ressenet.experiments.grid import cell_state
+    from ressenet.experiments.cells import cell_state
 
     st = cell_state(cell)
     assert st.state == "conflict" and "no number for test_top1" in st.detail and "delete it" in st.detail

@@ -10,7 +10,7 @@ from fixtures_runs import fake_trainer, make_run
 from scipy import stats as sps
 
 from ressenet.cli import main
-from ressenet.experiments import grid as grid_mod
+from ressenet.experiments import runner as grid_mod
 from ressenet.experiments.paper import paper_improvements, paper_result, paper_results
 from ressenet.experiments.report import collect_runs, dataset_label, parse_model, write_report
 from ressenet.experiments.stats import fmt_comparison, fmt_mean_std, summarize, welch

@@ -27,6 +27,7 @@ __all__ = ["main", "build_parser", "train_overrides", "TRAIN_FLAGS", "TRAIN_SWIT
 
 def build_parser() -> argparse.ArgumentParser:
     from ressenet import __version__
+    from ressenet.data.constants import DATASETS, DOWNLOADABLE
 
     parser = argparse.ArgumentParser(prog="ressenet", description="ResNet / SE-ResNet / Res-SE-Net on CIFAR.")
     parser.add_argument("--version", action="version", version=f"ressenet {__version__}")
@@ -43,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, hlp in (("info", _cmd_data_info, "formats, counts and statistics per split"),
                             ("download", _cmd_data_download, "download and verify the official archive")):
         q = dsub.add_parser(name, help=hlp)
-        q.add_argument("--dataset", required=True, choices=("cifar10", "cifar100", "imagefolder", "synthetic")
-                       if name == "info" else ("cifar10", "cifar100"))
+        q.add_argument("--dataset", required=True, choices=DATASETS if name == "info" else DOWNLOADABLE)
         q.add_argument("--data-root", default=None, help="folder (or image-folder archive); default ./data")
         q.add_argument("--cache-dir", default=None)
         if name == "info":

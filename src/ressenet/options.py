@@ -52,6 +52,8 @@ def _flag_help(key: str, f: Field, *, in_grid: bool = False) -> str:
     """``--help`` text of a config flag: what it does, its default and config key (a fixed set of choices is the
     metavar: ``--precision {auto,fp32,bf16,fp16}``). In a grid, the preset's value comes first."""
     text = f.metadata["help"]
+    if f.metadata.get("applies_to"):  # e.g. the datasets --download fetches: "(cifar10/cifar100)"
+        text += f" ({'/'.join(f.metadata['applies_to']())})"
     more = f.metadata.get("choices_text")
     if more and more not in text:  # choices too many to list, e.g. "see `ressenet models`"
         text += f" ({more})"

@@ -6,6 +6,7 @@ md5 table, and the Res-SE-Net released code for the paper's normalisation (docs/
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +56,12 @@ class DatasetInfo:
     Attributes:
         name: The ``--dataset`` value.
         title: Human name, e.g. "CIFAR-10" (report labels, error messages).
-        reader: Which loader reads it: "cifar" (official archives), "imagefolder" or "synthetic".
+        reader: The loader that reads it, a key of data/datasets.py's ``READERS``: "cifar" (official archives),
+            "imagefolder" or "synthetic". A new dataset read by an existing loader needs only its row here.
         classes: The class names when fixed by the dataset (None: read from the files).
         stats: Per-channel (mean, std) of the training pixels, /255 (None: computed from the data when asked).
-        downloadable: ``--download`` fetches and verifies the official archive.
+        downloadable: ``--download`` fetches and verifies the official archive (its ``ARCHIVES`` entries); the
+            choices of ``ressenet data download`` and the help of ``--download``.
         lossless: Whether the pixels are the originals (None: depends on the files, recorded per run).
     """
 
@@ -81,6 +84,12 @@ DATASET_INFO: dict[str, DatasetInfo] = {d.name: d for d in (
 DATASETS: tuple[str, ...] = tuple(DATASET_INFO)
 DATASET_STATS = {k: d.stats for k, d in DATASET_INFO.items() if d.stats is not None}
 NUM_CLASSES: dict[str, int] = {k: len(d.classes) for k, d in DATASET_INFO.items() if d.classes is not None}
+DOWNLOADABLE: tuple[str, ...] = tuple(k for k, d in DATASET_INFO.items() if d.downloadable)
+
+
+def join_names(names: Sequence[str]) -> str:
+    """Names for a sentence: ``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, (", ".join(names[:-1]), *names[-1:])))
 
 OFFICIAL_URL_BASE = "https://www.cs.toronto.edu/~kriz"
 URL_BASE_ENV = "RESSENET_CIFAR_URL_BASE"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from ressenet.data.constants import (
     DATASET_STATS,
     DATASETS,
     DEFAULT_ROOT,
+    DOWNLOADABLE,
     PAPER_MEAN,
     PAPER_STD,
     SPLITS,
     default_cache_dir,
+    join_names,
 )
 from ressenet.data.fetch import download as download_archive
 from ressenet.data.imagefolder import load_imagefolder
@@ -72,20 +75,41 @@ def _load(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | Non
           cache_dir: str | os.PathLike[str] | None, synthetic_kwargs: dict[str, Any]) -> dict[str, ImageDataset]:
     for split in splits:
         _check(name, split)
-    if DATASET_INFO[name].reader == "synthetic":
-        unknown = sorted(set(synthetic_kwargs) - set(_SYNTHETIC_OPTIONS))
-        if unknown:
-            raise DataError(f"unknown synthetic dataset options {unknown}; valid: {', '.join(_SYNTHETIC_OPTIONS)}")
-        return {split: load_synthetic_split(split, **synthetic_kwargs) for split in splits}
-    if synthetic_kwargs:
+    read = READERS[DATASET_INFO[name].reader]
+    if read is not _read_synthetic and synthetic_kwargs:
         raise DataError(f"options {sorted(synthetic_kwargs)} apply only to the synthetic dataset, not {name}")
+    return read(name, splits, root, cache_dir, download, synthetic_kwargs)
+
+
+def _paths(root: str | os.PathLike[str] | None, cache_dir: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+    """The data root (default ``./data``) and the cache directory (default :func:`default_cache_dir`)."""
     root_path = Path(root if root is not None else DEFAULT_ROOT).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    if DATASET_INFO[name].reader == "imagefolder":
-        if download:
-            raise DataError("--download applies to cifar10 and cifar100 only; an image folder must already exist")
-        return load_imagefolder(root_path, splits, cache)
+    return root_path, cache
 
+
+def _read_synthetic(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | None,
+                    cache_dir: str | os.PathLike[str] | None, download: bool,
+                    options: dict[str, Any]) -> dict[str, ImageDataset]:
+    unknown = sorted(set(options) - set(_SYNTHETIC_OPTIONS))
+    if unknown:
+        raise DataError(f"unknown synthetic dataset options {unknown}; valid: {', '.join(_SYNTHETIC_OPTIONS)}")
+    return {split: load_synthetic_split(split, **options) for split in splits}
+
+
+def _read_imagefolder(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | None,
+                      cache_dir: str | os.PathLike[str] | None, download: bool,
+                      options: dict[str, Any]) -> dict[str, ImageDataset]:
+    root_path, cache = _paths(root, cache_dir)
+    if download:
+        raise DataError(f"--download applies to {join_names(DOWNLOADABLE)} only; an image folder must already exist")
+    return load_imagefolder(root_path, splits, cache)
+
+
+def _read_cifar(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | None,
+                cache_dir: str | os.PathLike[str] | None, download: bool,
+                options: dict[str, Any]) -> dict[str, ImageDataset]:
+    root_path, cache = _paths(root, cache_dir)
     search = unpack_to_cache(root_path, cache) if is_archive(root_path) else root_path
     found = locate(name, search)
     if found is None and download and not is_archive(root_path):
@@ -96,6 +120,13 @@ def _load(name: str, splits: tuple[str, ...], root: str | os.PathLike[str] | Non
         raise DataError(f"no {DATASET_INFO[name].title} found: looked for {describe_expected(name, search)}; "
                         f"pass --download to fetch it, or --data-root pointing at a folder holding {python_folder}/")
     return {split: load_cifar_split(name, split, *found) for split in splits}
+
+
+# The readers the dataset table names (constants.py ``DatasetInfo.reader``): (name, splits, root, cache_dir,
+# download, options) -> {split: ImageDataset}. A new dataset read as an existing one needs only its table row.
+READERS: dict[str, Callable[..., dict[str, ImageDataset]]] = {
+    "cifar": _read_cifar, "imagefolder": _read_imagefolder, "synthetic": _read_synthetic,
+}
 
 
 def normalization(name: str, mode: str = "paper", train: ImageDataset | None = None) -> Stats:

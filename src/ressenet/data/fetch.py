@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ressenet.data.archive import extract, write_error
 from ressenet.data.base import DataError, os_error_text
-from ressenet.data.constants import ARCHIVES, OFFICIAL_URL_BASE, URL_BASE_ENV, ArchiveSpec
+from ressenet.data.constants import ARCHIVES, DOWNLOADABLE, OFFICIAL_URL_BASE, URL_BASE_ENV, ArchiveSpec, join_names
 
 _CHUNK = 1 << 20
 
@@ -103,7 +103,7 @@ def download(name: str, root: str | Path, *, url: str | None = None, progress: b
     Does nothing when the unpacked folder is already there. The archive itself is not kept.
 
     Args:
-        name: ``"cifar10"`` or ``"cifar100"``.
+        name: One of ``DOWNLOADABLE`` (constants.py): ``"cifar10"`` or ``"cifar100"``.
         root: Data root; the archive's folder (e.g. ``cifar-10-batches-py``) is created inside it.
         url: Full URL of the archive (``file://`` works); default: ``$RESSENET_CIFAR_URL_BASE/<file>`` or official.
         progress: Show a progress bar (only when stderr is a terminal).
@@ -118,8 +118,9 @@ def download(name: str, root: str | Path, *, url: str | None = None, progress: b
         DataError: Unknown name/variant, network failure, interrupted transfer, md5 mismatch or missing member.
     """
     if (name, variant) not in ARCHIVES:
-        raise DataError(f"cannot download {name!r} ({variant} variant): downloads exist for cifar10 and cifar100, "
-                        f"variants python and binary")
+        variants = list(dict.fromkeys(v for _, v in ARCHIVES))
+        raise DataError(f"cannot download {name!r} ({variant} variant): downloads exist for "
+                        f"{join_names(DOWNLOADABLE)}, variants {join_names(variants)}")
     spec = ARCHIVES[(name, variant)]
     root = Path(root)
     final = root / spec.folder

@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 
 def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
            default_factory: Callable[[], Any] | Any = MISSING, flag: str | None = "", metavar: str | None = None,
-           default_text: str | None = None, choices_text: str | None = None) -> Any:
+           default_text: str | None = None, choices_text: str | None = None,
+           applies_to: Callable[[], Sequence[str]] | None = None) -> Any:
     """A config field that explains itself: its help, default and choices are data (``dataclasses.fields(...)``'s
     ``metadata``), from which ``ressenet train``'s flags and their ``--help`` are generated (cli.py).
 
@@ -47,9 +48,11 @@ def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Call
         metavar: The flag's placeholder; default: ``{a,b,c}`` for choices, else the key in capitals.
         default_text: How ``--help`` shows a ``None`` default (what ``None`` resolves to).
         choices_text: How to refer to the choices when they are too many to list (``see `ressenet models```).
+        applies_to: A function returning the names the field applies to, listed after the help in ``--help``
+            (``--download``: the downloadable datasets, from the data package's table, imported only when asked).
     """
     meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "default_text": default_text,
-            "choices_text": choices_text}
+            "choices_text": choices_text, "applies_to": applies_to}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -65,6 +68,12 @@ def _dataset_names() -> tuple[str, ...]:
     from ressenet.data.constants import DATASETS  # imported when asked: the config does not load the data code
 
     return DATASETS
+
+
+def _downloadable_names() -> tuple[str, ...]:
+    from ressenet.data.constants import DOWNLOADABLE
+
+    return DOWNLOADABLE
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -107,8 +116,8 @@ class DataConfig:
                                "archive), synthetic makes random images (smoke tests)")
     data_root: str | None = option(None, default_text="./data",
                                    help="folder (or image-folder archive) holding the dataset")
-    download: bool = option(False, help="download and verify the official archive when it is missing "
-                                        "(cifar10/cifar100)")
+    download: bool = option(False, help="download and verify the official archive when it is missing",
+                            applies_to=_downloadable_names)
     cache_dir: str | None = option(None, default_text="$RESSENET_CACHE, else ~/.cache/ressenet",
                                    help="where decoded image folders are cached")
     val_split: int = option(0, help="images held out of the training set for model selection (He et al.: 5000); "

@@ -5,10 +5,10 @@
     run_grid(cells)
     write_report("runs/quick", "reports/quick")
 """
-from ressenet.experiments.grid import (
-    Cell, CellState, GridResult, GridSpec, cell_state, emit_commands, expand_grid, list_presets, load_grid, run_grid,
-    train_command,
-)
+from ressenet.experiments.cells import CellState, cell_state
+from ressenet.experiments.gridspec import Cell, GridSpec, expand_grid, list_presets, load_grid
+from ressenet.experiments.jobs import emit_commands, train_command
+from ressenet.experiments.runner import GridResult, run_grid
 from ressenet.experiments.report import collect_runs, write_report
 
 __all__ = [

@@ -23,7 +23,7 @@ __all__ = ["add_experiment_commands", "grid_overrides"]
 
 def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     """Register grid/report/reproduce on the top-level sub-parsers."""
-    from ressenet.experiments.grid import list_presets
+    from ressenet.experiments.gridspec import list_presets
 
     presets = ", ".join(list_presets())
     p = sub.add_parser("grid", help="run (or list, or emit) the cells of an experiment grid",
@@ -105,7 +105,7 @@ def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cells(args: argparse.Namespace):
     from ressenet.engine.config import ConfigError
-    from ressenet.experiments.grid import expand_grid, load_grid
+    from ressenet.experiments.gridspec import expand_grid, load_grid
 
     spec = load_grid(args.preset)
     runs_dir = Path(args.runs_dir or Path("runs") / spec.name)
@@ -120,7 +120,7 @@ def _cells(args: argparse.Namespace):
 
 def _fuse(args: argparse.Namespace) -> int:
     """``--fuse N|auto`` as a member count; auto says what it chose and why."""
-    from ressenet.experiments.grid import resolve_fuse
+    from ressenet.experiments.jobs import resolve_fuse
 
     value = str(getattr(args, "fuse", "1"))
     if value != "auto":
@@ -137,7 +137,7 @@ def _fuse(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     """``--jobs N|auto`` as a process count; auto on the CPU says what it chose."""
-    from ressenet.experiments.grid import resolve_jobs
+    from ressenet.experiments.runner import resolve_jobs
 
     value = str(getattr(args, "jobs", "auto") or "auto")
     gpus = _gpus(args.gpus) or []
@@ -165,7 +165,9 @@ def _gpus(text: str | None) -> list[str] | None:
 
 def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
     """Shared by grid and reproduce: dry run, emit, or run. Returns (spec, runs_dir, exit code or None)."""
-    from ressenet.experiments.grid import emit_commands, format_plan, run_grid
+    from ressenet.experiments.cells import format_plan
+    from ressenet.experiments.jobs import emit_commands
+    from ressenet.experiments.runner import run_grid
 
     spec, runs_dir, cells = _cells(args)
     fuse = _fuse(args)
