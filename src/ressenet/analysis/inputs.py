@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 
 
@@ -32,15 +33,15 @@ def _resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Pat
         p = Path(arg)
         if p.is_file():
             out.append((p.parent, p))
-        elif (p / "last.pt").is_file():
-            out.append((p, p / "last.pt"))
+        elif RunDir(p).last.is_file():
+            out.append((p, RunDir(p).last))
         elif p.is_dir():
-            subs = sorted(d for d in p.iterdir() if (d / "last.pt").is_file())
+            subs = sorted(d for d in p.iterdir() if RunDir(d).last.is_file())
             if not subs:
-                why = "a config.yaml but no last.pt yet" if (p / "config.yaml").is_file() else "no last.pt"
+                why = "a config.yaml but no last.pt yet" if RunDir(p).config_file.is_file() else "no last.pt"
                 raise RessenetError(f"{p} holds {why}, nor any run directory with one; pass run directories "
                                     f"written by `ressenet train` (or their last.pt)")
-            out += [(d, d / "last.pt") for d in subs]
+            out += [(d, RunDir(d).last) for d in subs]
         else:
             raise RessenetError(f"run directory {p} does not exist")
     seen: set[Path] = set()
@@ -54,25 +55,11 @@ def _resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Pat
 
 
 def _open(run: Path, ckpt: Path) -> _Opened:
-    from ressenet.engine.checkpoint import load_checkpoint
-    from ressenet.engine.config import config_from_dict
-    from ressenet.engine.setup import build_model
+    from ressenet.engine.checkpoint import open_checkpoint
 
-    state = load_checkpoint(ckpt)
-    if not isinstance(state.get("config"), dict):
-        raise RessenetError(f"{ckpt} holds no config; analyze reads checkpoints written by `ressenet train`")
-    try:
-        cfg = config_from_dict(state["config"], where=str(ckpt))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise RessenetError(f"{ckpt}: unreadable config ({e})") from None
-    fc = state["model"].get("fc.weight") if isinstance(state["model"], dict) else None
-    num_classes = int(fc.shape[0]) if fc is not None else (cfg.model.num_classes or 10)
-    model = build_model(cfg, num_classes)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise RessenetError(f"{ckpt}: its weights do not fit {cfg.model.name} ({first})") from None
+    opened = open_checkpoint(ckpt, fix="analyze reads checkpoints written by `ressenet train`")
+    cfg, state = opened.config, opened.state
+    model = opened.model()  # its own classifier's class count
     model.eval()
     kept = {k: state.get(k) for k in ("iter", "data_fingerprint")}  # not the optimizer state: runs are held together
     return _Opened(run, ckpt, kept, cfg, model)

@@ -11,7 +11,7 @@ from typing import Any
 from ressenet.engine.config import ConfigError, diff_configs, flatten_config, load_yaml
 from ressenet.engine.lock import describe as describe_holder
 from ressenet.engine.lock import lock_holder
-from ressenet.engine.rundir import missing_results
+from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.errors import RessenetError
 from ressenet.experiments.gridspec import Cell, GridSpec
 from ressenet.experiments.runs import last_iteration
@@ -43,7 +43,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _existing_config(out: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
     if summary is not None and isinstance(summary.get("config"), dict):
         return summary["config"]
-    path = out / "config.yaml"
+    path = RunDir(out).config_file
     if path.is_file():
         try:
             tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
@@ -93,7 +93,7 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     finished run whose recorded data fingerprint differs from the data here is a conflict, not done.
     """
     out = cell.out
-    summary_path = out / "summary.json"
+    summary_path = RunDir(out).summary_file
     holder = lock_holder(out)
     if holder is not None and not summary_path.is_file():
         return CellState("running", f"trained by {describe_holder(holder)}")
@@ -103,8 +103,8 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is
         return CellState("conflict", f"summary.json has no number for {', '.join(missing_results(summary))}; "
                                      f"delete it to finish the run from its last.pt")
-    started = summary is not None or (out / "last.pt").is_file() or (out / "metrics.jsonl").is_file()
-    existing = _existing_config(out, summary) if started or (out / "config.yaml").is_file() else None
+    started = summary is not None or RunDir(out).last.is_file() or RunDir(out).metrics_file.is_file()
+    existing = _existing_config(out, summary) if started or RunDir(out).config_file.is_file() else None
     if existing is not None:
         bad = _conflicts(cell, existing)
         if bad:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ressenet.engine.rundir import RunDir
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock
 from ressenet.experiments.cells import _read_json, cell_state
 from ressenet.experiments.gridspec import Cell
@@ -259,9 +260,9 @@ class GridRunner:
             proc_env["CUDA_VISIBLE_DEVICES"] = gpu
         for c in job.cells:
             c.out.mkdir(parents=True, exist_ok=True)
-        log_path = cell.out / "train.log"
+        log_path = RunDir(cell.out).log_file
         for c in job.cells[1:]:  # one log per process: the first member's; the others point to it
-            with (c.out / "train.log").open("a") as f:
+            with RunDir(c.out).log_file.open("a") as f:
                 f.write(f"# ressenet grid: trained fused with {cell.name}; its log is {log_path}\n")
         where = f" on GPU {gpu}" if gpu is not None else ""
         self.echo(f"{self._progress(index)} start {job.name}{where}")
@@ -295,7 +296,7 @@ class GridRunner:
             self._outcome(index, c, rc, seconds, log_path)
 
     def _outcome(self, index: int, cell: Cell, rc: int, seconds: float, log_path: Path) -> None:
-        summary = _read_json(cell.out / "summary.json")
+        summary = _read_json(RunDir(cell.out).summary_file)
         at = self._progress(index)
         if rc == 0 and summary is not None:
             top1 = summary.get("test_top1")
