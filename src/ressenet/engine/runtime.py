@@ -172,7 +172,7 @@ def run_loop(stepper: Stepper, progress: Progress) -> float:
                     if rec is not None:
                         recs.append((rec, steps.get(r.name, 0)))
                 stepper.release()
-                progress.boundary(recs, sum(n * r.cfg.optim.batch_size for r in due for n in [steps[r.name]]),
+                progress.boundary(recs, sum(steps[r.name] * r.cfg.optim.batch_size for r in due),
                                   now - t_interval)
                 barrier(runs[0].dist)
                 if stop and stepper.active():

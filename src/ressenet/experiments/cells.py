@@ -93,7 +93,8 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     finished run whose recorded data fingerprint differs from the data here is a conflict, not done.
     """
     out = cell.out
-    summary_path = RunDir(out).summary_file
+    run = RunDir(out)
+    summary_path = run.summary_file
     holder = lock_holder(out)
     if holder is not None and not summary_path.is_file():
         return CellState("running", f"trained by {describe_holder(holder)}")
@@ -103,8 +104,8 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is
         return CellState("conflict", f"summary.json has no number for {', '.join(missing_results(summary))}; "
                                      f"delete it to finish the run from its last.pt")
-    started = summary is not None or RunDir(out).last.is_file() or RunDir(out).metrics_file.is_file()
-    existing = _existing_config(out, summary) if started or RunDir(out).config_file.is_file() else None
+    started = run.started()
+    existing = _existing_config(out, summary) if started or run.config_file.is_file() else None
     if existing is not None:
         bad = _conflicts(cell, existing)
         if bad:
