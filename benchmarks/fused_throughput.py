@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from ressenet.engine.config import load_config
-from ressenet.engine.fused import WARMUP_STEPS, FusedGroup, fused_configs
+from ressenet.engine.fused import FusedGroup, fused_configs
+from ressenet.engine.steppers import WARMUP_STEPS
 from ressenet.engine.setup import load_data
 
 FAMILIES = ("resnet", "se_resnet", "res_se_net")

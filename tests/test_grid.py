@@ -167,6 +167,10 @@ def test_cell_states_done_partial_pending_conflict(tmp_path):
     assert cell_state(done).state == "done" and "71.50" in cell_state(done).detail
     st = cell_state(partial)
     assert st.state == "partial" and "400" in st.detail and st.runnable
+    # Metrics without last.pt (a checkpoint lost with its machine): the plan says the run starts again, not resumes.
+    assert "starts again from iteration 0" in st.detail and "resumes" not in st.detail
+    (partial.out / "last.pt").write_bytes(b"")
+    assert "resumes from last.pt" in cell_state(partial).detail
     assert cell_state(pending).state == "pending"
     # A directory holding another configuration is a conflict, never silently skipped or resumed.
     make_run(tmp_path, pending.name, model="res_se_net20", iters=50)

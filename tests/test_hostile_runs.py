@@ -10,7 +10,8 @@ from ressenet.cli import main as cli_main
 from ressenet.engine.config import ConfigError, read_config_file
 from ressenet.experiments.gridspec import expand_grid, load_grid
 from ressenet.experiments.report import write_report
-from ressenet.experiments.runs import collect_runs, md_cell
+from ressenet.experiments.runs import collect_runs
+from ressenet.experiments.tables import md_cell
 
 
 def test_non_utf8_config_file_is_one_line(tmp_path):

@@ -12,7 +12,8 @@ from scipy import stats as sps
 from ressenet.cli import main
 from ressenet.experiments import runner as grid_mod
 from ressenet.experiments.paper import paper_improvements, paper_result, paper_results
-from ressenet.experiments.report import collect_runs, dataset_label, parse_model, write_report
+from ressenet.experiments.report import write_report
+from ressenet.experiments.runs import collect_runs, dataset_label, parse_model
 from ressenet.experiments.stats import fmt_comparison, fmt_mean_std, summarize, welch
 
 RESNET = [91.0, 91.5, 92.5]  # mean 91.6667, sample std 0.763763

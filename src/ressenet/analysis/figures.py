@@ -10,7 +10,7 @@ import numpy as np
 from ressenet.analysis.gates import hist_quantiles
 from ressenet.analysis.reliance import RunAnalysis
 from ressenet.analysis.sites import KIND_TEXT
-from ressenet.experiments.runs import slug
+from ressenet.experiments.tables import slug
 
 __all__ = ["draw_figures", "SITE_COLORS", "SITE_MARKERS"]
 

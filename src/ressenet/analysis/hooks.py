@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ressenet.analysis.sites import _missing_blocks_message, se_modules
+from ressenet.analysis.sites import missing_blocks_message, se_modules
 from ressenet.errors import RessenetError
 
 __all__ = ["record_gates", "gate_override"]
@@ -62,7 +62,7 @@ def gate_override(model: nn.Module, replace: Mapping[str, str | Tensor], *,
     modules = se_modules(model)
     missing = [n for n in replace if n not in modules]
     if missing:
-        raise RessenetError(_missing_blocks_message(missing, list(modules), what))
+        raise RessenetError(missing_blocks_message(missing, list(modules), what))
     handles = []
     try:
         for name, how in replace.items():

@@ -11,9 +11,11 @@ from torch import nn
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 
+__all__ = ["Opened", "resolve_checkpoints", "open_run"]
+
 
 @dataclass
-class _Opened:
+class Opened:
     """A checkpoint with its config and model, before any data is loaded (cheap: checks come first)."""
 
     path: Path
@@ -23,7 +25,7 @@ class _Opened:
     model: nn.Module
 
 
-def _resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+def resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """(run dir, checkpoint) for each argument: a run dir (its last.pt), a .pt file, or a folder of run dirs (a
     fused group, a grid's runs dir: each subfolder holding a last.pt)."""
     if not run_dirs:
@@ -54,7 +56,8 @@ def _resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Pat
     return unique
 
 
-def _open(run: Path, ckpt: Path) -> _Opened:
+def open_run(run: Path, ckpt: Path) -> Opened:
+    """The checkpoint of one run, opened (engine/checkpoint.open_checkpoint) with its config and model."""
     from ressenet.engine.checkpoint import open_checkpoint
 
     opened = open_checkpoint(ckpt, fix="analyze reads checkpoints written by `ressenet train`")
@@ -62,5 +65,5 @@ def _open(run: Path, ckpt: Path) -> _Opened:
     model = opened.model()  # its own classifier's class count
     model.eval()
     kept = {k: state.get(k) for k in ("iter", "data_fingerprint")}  # not the optimizer state: runs are held together
-    return _Opened(run, ckpt, kept, cfg, model)
+    return Opened(run, ckpt, kept, cfg, model)
 

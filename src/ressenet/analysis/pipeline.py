@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.analysis.gates import CONSTANT_STD
-from ressenet.analysis.inputs import _open, _resolve_checkpoints
+from ressenet.analysis.inputs import open_run, resolve_checkpoints
 from ressenet.analysis.reliance import RunAnalysis, analyze_run
 from ressenet.analysis.render import write_outputs
-from ressenet.analysis.sites import _missing_blocks_message, se_modules
+from ressenet.analysis.sites import missing_blocks_message, se_modules
 from ressenet.errors import RessenetError
 
 __all__ = ["analyze"]
@@ -51,13 +51,13 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
         raise ValueError(f"constant_std must be positive, got {constant_std}")
     say = progress or (lambda _m: None)
     dev = resolve_device(device)
-    opened = [_open(run, ckpt) for run, ckpt in _resolve_checkpoints(run_dirs)]
+    opened = [open_run(run, ckpt) for run, ckpt in resolve_checkpoints(run_dirs)]
     if blocks:  # refuse before any data is loaded
         for o in opened:
             have = list(se_modules(o.model))
             missing = [b for b in blocks if b not in have]
             if missing:
-                raise RessenetError(_missing_blocks_message(missing, have, f"{o.cfg.model.name} ({o.checkpoint})"))
+                raise RessenetError(missing_blocks_message(missing, have, f"{o.cfg.model.name} ({o.checkpoint})"))
     data_cache: dict[str, dict[str, Any]] = {}
     runs: list[RunAnalysis] = []
     for o in opened:

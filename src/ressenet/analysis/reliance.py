@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ressenet.analysis.gates import GateAccumulator, GateStats
 from ressenet.analysis.hooks import gate_override, record_gates
-from ressenet.analysis.inputs import _Opened
+from ressenet.analysis.inputs import Opened
 from ressenet.analysis.sites import KIND_TEXT, SESite, se_sites_of
 from ressenet.errors import RessenetError
 from ressenet.experiments.stats import PairedDrop, paired_drop
@@ -77,7 +77,7 @@ def _correct(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
     return torch.cat(out)
 
 
-def analyze_run(opened: _Opened, data: dict[str, Any], device: torch.device, *, batch_size: int | None = None,
+def analyze_run(opened: Opened, data: dict[str, Any], device: torch.device, *, batch_size: int | None = None,
                 blocks: Sequence[str] | None = None, reliance: bool = True,
                 confidence: float = 0.95) -> RunAnalysis:
     """Excitation statistics and reliance of one opened checkpoint on its test split (``data`` from load_data)."""

@@ -130,8 +130,9 @@ def _page(runs: Sequence[RunAnalysis], groups: dict[tuple, list[RunAnalysis]], f
 
 
 def _runs_table(runs: Sequence[RunAnalysis]) -> Table:
-    t = Table(["run", "model", "family", "seed", "trained", "data", "test images", "intact top-1 (%)", "SE blocks"],
-              align="lllrllrrl")
+    # fp32, as every figure of the page: a run trained in bf16 reports its own top-1 (summary.json) a little apart.
+    t = Table(["run", "model", "family", "seed", "trained", "data", "test images", "intact top-1 (%, fp32)",
+               "SE blocks"], align="lllrllrrl")
     for r in runs:
         kinds: dict[str, int] = {}
         for s in r.sites:

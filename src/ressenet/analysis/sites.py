@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["SESite", "se_modules", "se_sites_of", "KIND_TEXT"]
+__all__ = ["SESite", "se_modules", "se_sites_of", "missing_blocks_message", "KIND_TEXT"]
 
 KIND_TEXT = {"bridge_after": "bridge (after conv)", "bridge_before": "bridge (before conv)",
              "identity": "identity", "residual": "residual", "other": "other"}
@@ -67,7 +67,8 @@ def se_sites_of(model: nn.Module) -> list[SESite]:
     return sites
 
 
-def _missing_blocks_message(missing: Sequence[str], have: Sequence[str], what: str) -> str:
+def missing_blocks_message(missing: Sequence[str], have: Sequence[str], what: str) -> str:
+    """The one-line error for SE blocks asked to be replaced or removed that ``what`` does not have."""
     names = ", ".join(repr(n) for n in missing)
     if not have:
         return f"cannot replace or remove SE block {names}: {what} has no SE blocks at all"

@@ -63,6 +63,8 @@ class DatasetInfo:
         downloadable: ``--download`` fetches and verifies the official archive (its ``ARCHIVES`` entries); the
             choices of ``ressenet data download`` and the help of ``--download``.
         lossless: Whether the pixels are the originals (None: depends on the files, recorded per run).
+        generated: Made on demand rather than read: its split sizes follow ``data.train_limit`` and
+            ``data.test_limit`` (default the CIFAR sizes, 50,000 and 10,000), so no subset is taken.
     """
 
     name: str
@@ -72,13 +74,14 @@ class DatasetInfo:
     stats: tuple[tuple[float, float, float], tuple[float, float, float]] | None
     downloadable: bool
     lossless: bool | None
+    generated: bool = False
 
 
 DATASET_INFO: dict[str, DatasetInfo] = {d.name: d for d in (
     DatasetInfo("cifar10", "CIFAR-10", "cifar", CIFAR10_CLASSES, _CIFAR10_STATS, True, True),
     DatasetInfo("cifar100", "CIFAR-100", "cifar", CIFAR100_CLASSES, _CIFAR100_STATS, True, True),
     DatasetInfo("imagefolder", "image folder", "imagefolder", None, None, False, None),
-    DatasetInfo("synthetic", "synthetic data", "synthetic", None, None, False, True),
+    DatasetInfo("synthetic", "synthetic data", "synthetic", None, None, False, True, generated=True),
 )}
 # Derived views, kept for the code that reads them.
 DATASETS: tuple[str, ...] = tuple(DATASET_INFO)

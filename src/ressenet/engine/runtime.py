@@ -9,11 +9,11 @@ One step of ``ressenet train``, file by file: cli.py ``cmd_train`` -> engine/tra
 ``run_loop`` -> ``Sequential.step`` -> engine/run.py ``Run.step`` -> ``train_step`` (forward, loss, backward,
 ``optimizer.step()``).
 
-Steppers (the table ``STEPPERS`` in engine/fused.py picks one by ``--fused-mechanism``):
+Steppers (the table ``STEPPERS`` in engine/steppers.py picks one by ``--fused-mechanism``):
 
 * :class:`Sequential`: each run's own single-run step in turn. One run (its ``step_model`` is the model, compiled
   or DDP-wrapped) or fused members, each bit-identical to its separate run.
-* ``Graphs`` and ``Grouped`` (engine/fused.py): CUDA-graph replay, and one network grouped over the members.
+* ``Graphs`` and ``Grouped`` (engine/steppers.py): CUDA-graph replay, and one network grouped over the members.
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ class Stepper:
 
     What a mechanism needs is said by its class: ``compiles`` (whether the compile decision applies to it),
     ``grad_stats`` (whether it can run ``--log-grad-stats``'s probed eager step), :meth:`refuse` (a precision it
-    cannot train in) and :meth:`amp` (an autocast context of its own, else None for the run's).
+    cannot train in), :meth:`amp` (an autocast context of its own, else None for the run's) and
+    :meth:`check_members` (runs it cannot train together).
     """
 
     compiles = True
@@ -94,6 +95,10 @@ class Stepper:
     @staticmethod
     def amp(precision: str, device: torch.device) -> Any:
         return None
+
+    @staticmethod
+    def check_members(cfgs: list[Config]) -> None:
+        """Raises RessenetError (one line with the fix) when this mechanism cannot train these runs together."""
 
     def __init__(self, runs: list[Run], *, compile_mode: str | None = None, parallel_streams: bool = True) -> None:
         """``compile_mode``: torch.compile's mode when the compile decision said yes; ``parallel_streams``: for

@@ -153,10 +153,11 @@ def autocast_context(precision: str, device: torch.device) -> Any:
 def load_data(cfg: Config) -> dict[str, Any]:
     """Train (and optional validation) and test splits as ImageDatasets, plus the normalisation constants."""
     from ressenet.data import load_datasets, normalization, train_val_split
+    from ressenet.data.constants import DATASET_INFO
 
     d = cfg.data
     extra = {}
-    if d.dataset == "synthetic":
+    if DATASET_INFO[d.dataset].generated:  # made at the sizes asked for, not read and then cut
         extra = {"train_size": d.train_limit or 50_000, "test_size": d.test_limit or 10_000}
     splits = load_datasets(d.dataset, d.data_root, download=d.download, cache_dir=d.cache_dir, **extra)
     train_ds, test_ds = (_limit(splits["train"], d.train_limit), _limit(splits["test"], d.test_limit))

@@ -9,7 +9,8 @@ from ressenet.experiments.cells import CellState, cell_state
 from ressenet.experiments.gridspec import Cell, GridSpec, expand_grid, list_presets, load_grid
 from ressenet.experiments.jobs import emit_commands, train_command
 from ressenet.experiments.runner import GridResult, run_grid
-from ressenet.experiments.report import collect_runs, write_report
+from ressenet.experiments.report import write_report
+from ressenet.experiments.runs import collect_runs
 
 __all__ = [
     "Cell", "CellState", "GridResult", "GridSpec", "cell_state", "collect_runs", "emit_commands", "expand_grid",

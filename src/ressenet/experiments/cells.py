@@ -126,8 +126,10 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
         return CellState("done", f"{text} ({summary.get('iters', '?')} iterations)")
     if started:
         it = last_iteration(out)
-        where = f"at iteration {it:,}/{cell.config.optim.iters:,}" if it is not None else "checkpoint present"
-        return CellState("partial", f"{where}; resumes")
+        where = f"logged to iteration {it:,}/{cell.config.optim.iters:,}" if it is not None else "checkpoint present"
+        # Without last.pt the trainer starts the run again from iteration 0 (and rewrites its metrics): say so.
+        how = "resumes from last.pt" if run.last.is_file() else "no last.pt: starts again from iteration 0"
+        return CellState("partial", f"{where}; {how}")
     return CellState("pending", "")
 
 

@@ -18,11 +18,12 @@ from matplotlib.figure import Figure
 
 from ressenet.engine.rundir import RunDir
 from ressenet.experiments.paper import paper_result
-from ressenet.experiments.runs import FAMILY_TITLES, label_order, slug
+from ressenet.experiments.runs import FAMILY_TITLES, label_order
+from ressenet.experiments.tables import slug
 from ressenet.models import FAMILIES, family_order
 
 if TYPE_CHECKING:
-    from ressenet.experiments.runs import Group, Run
+    from ressenet.experiments.runs import FinishedRun, Group
 
 __all__ = ["plot_protocol", "plot_curves", "metric_curve", "train_loss_curve", "FAMILY_COLORS"]
 
@@ -40,7 +41,7 @@ def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple
     return fig, axes[:n_panels]
 
 
-def metric_curve(run: Run, key: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+def metric_curve(run: FinishedRun, key: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(iterations, ``key``) from a run's ``metrics.jsonl`` lines of ``kind`` ("train" or "eval"); for "train",
     every line that has ``key`` when none is of kind "train" (older runs)."""
     points: dict[int, float] = {}
@@ -66,7 +67,7 @@ def metric_curve(run: Run, key: str, kind: str) -> tuple[np.ndarray, np.ndarray]
     return its, np.array([points[int(i)] for i in its], dtype=float)
 
 
-def train_loss_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
+def train_loss_curve(run: FinishedRun) -> tuple[np.ndarray, np.ndarray]:
     """(iterations, training loss) from a run's ``metrics.jsonl`` "train" lines."""
     return metric_curve(run, "train_loss", "train")
 

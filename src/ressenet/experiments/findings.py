@@ -30,11 +30,10 @@ from ressenet.engine.config import Config
 from ressenet.engine.rundir import RunDir
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import (
-    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, Group, Run, collect_runs, family_order, group_runs, protocol_text,
-    slug,
+    COMPARISONS, FAMILY_TITLES, PAPER_DEPTHS, FinishedRun, Group, collect_runs, family_order, group_runs, protocol_text,
 )
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
-from ressenet.experiments.tables import Table
+from ressenet.experiments.tables import Block, Table, render, slug
 
 __all__ = ["write_findings", "fused_rate", "load_fused_rates", "MIN_SEEDS"]
 
@@ -102,7 +101,7 @@ def _cmp_text(c: Comparison, p_adj: float) -> str:
             f"p={fmt_p(c.p)}, Holm p={fmt_p(p_adj)}")
 
 
-def _paper_groups(runs: list[Run]) -> tuple[dict[tuple[str, str], Group], list[str], list[Run]]:
+def _paper_groups(runs: list[FinishedRun]) -> tuple[dict[tuple[str, str], Group], list[str], list[FinishedRun]]:
     """Groups of paper-protocol runs keyed by (dataset label, model); the labels; runs of other protocols."""
     # Arithmetic precision is a device choice (bf16 autocast on GPUs, fp32 on CPUs), not part of the paper's
     # protocol: runs differing only in it are pooled, and the page says so.
@@ -133,7 +132,7 @@ def _comparisons(groups: dict[tuple[str, str], Group], labels: Sequence[str]) ->
     return tests
 
 
-def _comparison_table(tests: list[Test]) -> list[str]:
+def _comparison_table(tests: list[Test]) -> list[Block]:
     """The comparisons as a table, Holm-adjusted over the tested ones of ``tests``."""
     adj_p = holm([t[3].p for t in tests])
     adj_w = holm([t[4].p for t in tests])
@@ -166,26 +165,26 @@ def schedule_text(protocol: tuple[tuple[str, Any], ...]) -> str:
     return text + (f", {precision}" if precision and precision != "auto" else "")
 
 
-def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool) -> tuple[list[str], list[str]]:
+def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool) -> tuple[list[Block], list[Block]]:
     """A runs folder of a shorter schedule (the ``compressed`` preset's): its table, comparisons, curves and one
-    sentence, every number labelled with the data and the schedule. Returns (page lines, README lines)."""
+    sentence, every number labelled with the data and the schedule. Returns (page blocks, README blocks)."""
     runs, unfinished, problems = collect_runs(runs_dir)
     paper = [r for r in runs if r.compare_to is not None]
-    by_protocol: dict[tuple, list[Run]] = {}
+    by_protocol: dict[tuple, list[FinishedRun]] = {}
     for r in paper:
         by_protocol.setdefault(r.protocol, []).append(r)
-    lines: list[str] = []
-    readme: list[str] = []
-    for protocol, rs in sorted(by_protocol.items(), key=lambda kv: -len(kv[1])):
+    page: list[Block] = []
+    readme: list[Block] = []
+    for i, (protocol, rs) in enumerate(sorted(by_protocol.items(), key=lambda kv: -len(kv[1]))):
         groups = {(g.label, g.model): g for g in group_runs(rs).values()}
         labels = sorted({g.label for g in groups.values()})
         sched = schedule_text(protocol)
-        name = slug(runs_dir.name) + ("" if len(by_protocol) == 1 else f"_{len(lines)}")
-        lines += [f"## {sched[0].upper() + sched[1:]}: `{runs_dir}`", ""]
-        lines += [f"Final-model test top-1 (%) of the runs in `{runs_dir}`, trained with the {sched}. n = number of "
-                  f"seeds; a shorter schedule than the paper's, so these numbers say nothing about the paper's "
-                  f"64,000-iteration protocol above.", ""]
-        lines += [f"Problems found while reading the runs: {'; '.join(problems)}.", ""] if problems else []
+        name = slug(runs_dir.name) + ("" if len(by_protocol) == 1 else f"_{i + 1}")
+        page += [f"## {sched[0].upper() + sched[1:]}: `{runs_dir}`", ""]
+        page += [f"Final-model test top-1 (%) of the runs in `{runs_dir}`, trained with the {sched}. n = number of "
+                 f"seeds; a shorter schedule than the paper's, so these numbers say nothing about the paper's "
+                 f"64,000-iteration protocol above.", ""]
+        page += [f"Problems found while reading the runs: {'; '.join(problems)}.", ""] if problems else []
         tests = _comparisons(groups, labels)
         for label in labels:
             gs = sorted((g for (lab, _), g in groups.items() if lab == label),
@@ -194,13 +193,13 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
             tag = f"{label}, {sched}, n = {'–'.join(map(str, (n_all[0], n_all[-1])) if len(n_all) > 1 else str(n_all[0]))}"
             rows = [[_title(g.family), g.depth, g.n, fmt_mean_std(g.stat("test_top1")),
                      fmt_mean_std(g.stat("test_top5"))] for g in gs]
-            lines += [f"**{tag}**:", ""]
-            lines += _table(["family", "depth", "n", "final test top-1 (%)", "final test top-5 (%)"], rows) + [""]
+            page += [f"**{tag}**:", ""]
+            page += _table(["family", "depth", "n", "final test top-1 (%)", "final test top-5 (%)"], rows) + [""]
             mine = [t for t in tests if t[0] == label]
             if mine:
-                lines += _comparison_table(mine) + [""]
+                page += _comparison_table(mine) + [""]
             sentence = _sentence(mine, tag)
-            lines += [sentence, ""]
+            page += [sentence, ""]
             readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):", ""]
             readme += _table(["model", "n", "final test top-1 (%)"],
                              [[g.model, g.n, fmt_mean_std(g.stat("test_top1"))] for g in gs]) + ["", sentence, ""]
@@ -217,20 +216,20 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
             if plot_train_loss(gl, fig_dir / f"train_loss_{name}.png", f"Training loss — {sched}"):
                 shown.append((f"train_loss_{name}.png", f"Training loss against iteration, {sched} (mean over "
                                                        f"seeds; faint: single seeds)"))
-            lines += [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
+            page += [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
     analysis = fig_dir.parent / f"analysis-{runs_dir.name}" / "analysis.md"
     if by_protocol and analysis.is_file():
         # Written by `ressenet analyze` (it trains nothing, and takes minutes per run), kept beside this page.
-        lines += [f"What the SE blocks of these runs learned (gate statistics, class selectivity, reliance): "
-                  f"[{analysis.parent.name}/analysis.md]({analysis.parent.name}/analysis.md), written by "
-                  f"`ressenet analyze RUN_DIR ... --out {_rel(analysis.parent, Path.cwd())}` from the Res-SE-Net "
-                  f"and SE-ResNet runs that kept a `last.pt` (listed there).", ""]
+        page += [f"What the SE blocks of these runs learned (gate statistics, class selectivity, reliance): "
+                 f"[{analysis.parent.name}/analysis.md]({analysis.parent.name}/analysis.md), written by "
+                 f"`ressenet analyze RUN_DIR ... --out {_rel(analysis.parent, Path.cwd())}` from the Res-SE-Net "
+                 f"and SE-ResNet runs that kept a `last.pt` (listed there).", ""]
     if not by_protocol:
-        lines += [f"## `{runs_dir}`", "", "No finished run there yet.", ""]
+        page += [f"## `{runs_dir}`", "", "No finished run there yet.", ""]
     if unfinished:
-        lines += [f"Still training or stopped in `{runs_dir}` (they resume with the same `ressenet grid` command): "
-                  + ", ".join(f"{d} ({p})" for d, p in unfinished) + ".", ""]
-    return lines, readme
+        page += [f"Still training or stopped in `{runs_dir}` (they resume with the same `ressenet grid` command): "
+                 + ", ".join(f"{d} ({p})" for d, p in unfinished) + ".", ""]
+    return page, readme
 
 
 def _sentence(tests: list[Test], tag: str) -> str:
@@ -269,19 +268,19 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
     groups, labels, others = _paper_groups(runs)
     fig_dir = out_md.with_suffix("")
     rel_fig = fig_dir.name
-    lines = ["# Findings: Res-SE-Net against ResNet and SE-ResNet", "",
-             f"Generated from the run directories in `{runs_dir}` by "
-             f"`{_command(runs_dir, out_md, partial_dirs, schedule_dirs, readme)}`; do not edit by hand. Accuracy is the final "
-             f"model's test top-1 (not the best-on-test number the paper's code reports). Protocol: "
-             f"{protocol_text(())}; arithmetic as each run's device chose (bf16 autocast on GPUs, fp32 on CPUs). "
-             f"n = number of seeds.", ""]
+    page = ["# Findings: Res-SE-Net against ResNet and SE-ResNet", "",
+            f"Generated from the run directories in `{runs_dir}` by "
+            f"`{_command(runs_dir, out_md, partial_dirs, schedule_dirs, readme)}`; do not edit by hand. Accuracy is the final "
+            f"model's test top-1 (not the best-on-test number the paper's code reports). Protocol: "
+            f"{protocol_text(())}; arithmetic as each run's device chose (bf16 autocast on GPUs, fp32 on CPUs). "
+            f"n = number of seeds.", ""]
     if problems:
-        lines += ["Problems found while reading the runs:", ""] + [f"- {p}" for p in problems] + [""]
+        page += ["Problems found while reading the runs:", ""] + [f"- {p}" for p in problems] + [""]
 
     # -- main table ------------------------------------------------------------------------------------------
-    lines += ["## Main table", ""]
+    page += ["## Main table", ""]
     if not groups:
-        lines += ["No finished run with the paper's protocol yet.", ""]
+        page += ["No finished run with the paper's protocol yet.", ""]
     for label in labels:
         gs = {g.model: g for (lab, _), g in groups.items() if lab == label}
         compare = next(iter(gs.values())).compare_to
@@ -297,17 +296,17 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                 pr = paper_result(fam, d, compare) if compare else None
                 row.append(f"{ours}; paper {pr.top1:.2f}" if pr else ours)
             rows.append(row)
-        lines += [f"**{label}**, final test top-1 (%), ours mean ± std (n); the paper's single best-on-test run "
-                  f"after 'paper':", ""] + _table(["family"] + [f"depth {d}" for d in depths], rows) + [""]
+        page += [f"**{label}**, final test top-1 (%), ours mean ± std (n); the paper's single best-on-test run "
+                 f"after 'paper':", ""] + _table(["family"] + [f"depth {d}" for d in depths], rows) + [""]
 
     # -- comparisons -----------------------------------------------------------------------------------------
-    lines += ["## Comparisons", ""]
+    page += ["## Comparisons", ""]
     tests = _comparisons(groups, labels)
     if not tests:
-        lines += ["No comparison is possible yet: no depth has finished runs of both families of any comparison.",
-                  ""]
+        page += ["No comparison is possible yet: no depth has finished runs of both families of any comparison.",
+                 ""]
     else:
-        lines += _comparison_table(tests) + [""]
+        page += _comparison_table(tests) + [""]
 
     # -- figures ---------------------------------------------------------------------------------------------
     if figures and groups:
@@ -321,21 +320,21 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                                                "dashed: the paper)"))
         if plot_train_loss(gl, fig_dir / "train_loss.png", "Training loss (the paper's figure)"):
             shown.append(("train_loss.png", "Training loss against iteration, mean over seeds"))
-        lines += ["## Figures", ""] + [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
+        page += ["## Figures", ""] + [f"![{cap}]({rel_fig}/{name})\n\n{cap}.\n" for name, cap in shown]
 
     # -- shorter schedules ----------------------------------------------------------------------------------
-    readme_extra: list[str] = []
+    readme_extra: list[Block] = []
     for sdir in schedule_dirs:
         sec, rd = _schedule_section(Path(sdir), fig_dir, rel_fig, figures)
-        lines += sec
+        page += sec
         readme_extra += rd
 
     # -- partial runs ----------------------------------------------------------------------------------------
-    partial_lines = _partial_section(partial_dirs, out_md, fig_dir, rel_fig, figures)
-    lines += partial_lines
+    partial_blocks = _partial_section(partial_dirs, out_md, fig_dir, rel_fig, figures)
+    page += partial_blocks
 
     # -- missing ---------------------------------------------------------------------------------------------
-    lines += ["## Still missing", ""]
+    page += ["## Still missing", ""]
     have = {(g.compare_to, g.family, g.depth): g.n for g in groups.values()}
     rows, total_runs, total_h = [], 0, 0.0
     for ds, title in PAPER_DATASETS:
@@ -352,31 +351,31 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
             total_h += hours
             rows.append([title, d, ", ".join(short), runs_needed,
                          f"{hours:.2f}" + ("" if measured else " (rate extrapolated)")])
-    lines += [f"Cells of the paper's grid (4 families x 5 depths x 2 datasets) with fewer than {MIN_SEEDS} finished "
-              f"seeds (seeds present in parentheses), and the H200 hours they cost as fused groups at the measured "
-              f"rates (BENCHMARKS.md: {_rates_text()}; other depths extrapolated as 1/blocks). CIFAR-100 cannot "
-              f"be trained offline here (no copy of it on the project's machines); CIFAR-10 rows count the JPEG "
-              f"copy.", ""]
-    lines += _table(["data", "depth", "families short of seeds (n)", "runs to train", "H200 hours"], rows) + [""]
-    lines += [f"In all: {total_runs} runs, about {total_h:.1f} H200 hours.", ""]
+    page += [f"Cells of the paper's grid (4 families x 5 depths x 2 datasets) with fewer than {MIN_SEEDS} finished "
+             f"seeds (seeds present in parentheses), and the H200 hours they cost as fused groups at the measured "
+             f"rates (BENCHMARKS.md: {_rates_text()}; other depths extrapolated as 1/blocks). CIFAR-100 cannot "
+             f"be trained offline here (no copy of it on the project's machines); CIFAR-10 rows count the JPEG "
+             f"copy.", ""]
+    page += _table(["data", "depth", "families short of seeds (n)", "runs to train", "H200 hours"], rows) + [""]
+    page += [f"In all: {total_runs} runs, about {total_h:.1f} H200 hours.", ""]
     if unfinished:
-        lines += [f"Unfinished run directories in `{runs_dir}`: "
-                  + ", ".join(f"{d} ({p})" for d, p in unfinished) + ".", ""]
+        page += [f"Unfinished run directories in `{runs_dir}`: "
+                 + ", ".join(f"{d} ({p})" for d, p in unfinished) + ".", ""]
     if others:
-        lines += [f"{len(others)} finished runs with another protocol or non-CIFAR data are not counted: "
-                  + ", ".join(sorted(r.rel for r in others)) + ".", ""]
+        page += [f"{len(others)} finished runs with another protocol or non-CIFAR data are not counted: "
+                 + ", ".join(sorted(r.rel for r in others)) + ".", ""]
 
     out_md.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_md, "\n".join(lines).rstrip() + "\n")
+    atomic_write_text(out_md, "\n".join(render(page)).rstrip() + "\n")
     if readme is not None:
         _refresh_readme(Path(readme), groups, labels, tests, out_md, rel_fig, readme_extra)
     return out_md
 
 
 def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: Path, rel_fig: str,
-                     figures: bool) -> list[str]:
+                     figures: bool) -> list[Block]:
     """Runs stopped before the end: test top-1 at the last iteration every run of a family reached."""
-    lines: list[str] = []
+    page: list[Block] = []
     for pdir in partial_dirs:
         pdir = Path(pdir)
         for job in sorted(p for p in pdir.iterdir() if p.is_dir()) if pdir.is_dir() else []:
@@ -400,19 +399,19 @@ def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: 
                         if any(r["iter"] == last for r in c)]
                 s = summarize(vals)
                 rows.append([model, s.n, fmt_mean_std(s)])
-            lines += [f"### `{job}`: stopped at iteration {last:,} of 64,000", "",
-                      f"Test top-1 (%) at iteration {last:,} (learning rate still 0.1, before the schedule's drops): "
-                      f"not the protocol's result, and no ranking follows from it.", ""]
-            lines += _table(["model", "n", f"test top-1 at {last:,}"], rows) + [""]
-    if lines:
-        lines = ["## Runs stopped before the end", "",
-                 "These GPU jobs hit their time limit; their checkpoints were not kept, so they cannot resume. "
-                 "Their metrics are kept as evidence of the fused engine and of the early training phase.", ""] + lines
-    return lines
+            page += [f"### `{job}`: stopped at iteration {last:,} of 64,000", "",
+                     f"Test top-1 (%) at iteration {last:,} (learning rate still 0.1, before the schedule's drops): "
+                     f"not the protocol's result, and no ranking follows from it.", ""]
+            page += _table(["model", "n", f"test top-1 at {last:,}"], rows) + [""]
+    if page:
+        page = ["## Runs stopped before the end", "",
+                "These GPU jobs hit their time limit; their checkpoints were not kept, so they cannot resume. "
+                "Their metrics are kept as evidence of the fused engine and of the early training phase.", ""] + page
+    return page
 
 
 def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: list[str],
-                    tests: list[Test], out_md: Path, rel_fig: str, extra: Sequence[str] = ()) -> None:
+                    tests: list[Test], out_md: Path, rel_fig: str, extra: Sequence[Block] = ()) -> None:
     """Replaces the block between the README's findings markers with a short table and one sentence."""
     text = readme.read_text()
     # The markers count only on lines of their own: prose may quote them. Exactly one pair, start first.
@@ -428,7 +427,7 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
                          f"{', the end first' if len(starts) == len(ends) == 1 else ''}: which block to replace is "
                          f"ambiguous; keep one start line followed by one end line")
     page = _rel(out_md, readme.parent)
-    block = [README_START, ""]
+    block: list[Block] = [README_START, ""]
     rows = []
     for (label, _), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1].depth or 0, kv[1].family or "")):
         s = g.stat("test_top1")
@@ -454,7 +453,7 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
         block.pop()
     block += ["", README_END]
     newline = "\n" if lines[ends[0]].endswith("\n") else ""
-    atomic_write_text(readme, "".join(lines[:starts[0]]) + "\n".join(block) + newline + "".join(lines[ends[0] + 1:]))
+    atomic_write_text(readme, "".join(lines[:starts[0]]) + "\n".join(render(block)) + newline + "".join(lines[ends[0] + 1:]))
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -469,6 +468,6 @@ def _command(runs_dir: Path, out_md: Path, partial: Sequence[str | Path], schedu
     return cmd + (f" --readme {readme}" if readme else "")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """The findings page's tables: every column left-aligned."""
-    return Table(headers, list(rows), align="l" * len(headers)).markdown()
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Block]:
+    """A table of the findings page (every column left-aligned), as a block of the page: rendered when written."""
+    return [Table(headers, list(rows), align="l" * len(headers))]

@@ -31,17 +31,15 @@ from typing import Any
 
 from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.errors import not_a_folder
-from ressenet.experiments.report_paper import model_params, model_params_a, paper_improvement_section, params_section
+from ressenet.experiments.report_paper import paper_improvement_section, params_section
 from ressenet.experiments.report_results import GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections
 from ressenet.experiments.runs import (
-    FAMILY_TITLES, METRICS, Group, Run, collect_runs, dataset_label, group_runs, label_order, parse_model,
-    protocol_text,
+    FinishedRun, Group, collect_runs, group_runs, label_order, protocol_text,
 )
 from ressenet.experiments.stats import fmt_num
 from ressenet.experiments.tables import Block, Section, Table, render
 
-__all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "write_report",
-           "ReportResult", "METRICS", "FAMILY_TITLES", "model_params", "model_params_a"]
+__all__ = ["write_report", "ReportResult"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -157,10 +155,10 @@ def _duplicate_seed_notes(groups: Iterable[Group]) -> list[str]:
     return notes
 
 
-def _data_section(runs: list[Run]) -> list[Block]:
+def _data_section(runs: list[FinishedRun]) -> list[Block]:
     if not runs:
         return []
-    by_label: dict[str, list[Run]] = {}
+    by_label: dict[str, list[FinishedRun]] = {}
     for r in runs:
         by_label.setdefault(r.label, []).append(r)
     rows = []
@@ -184,7 +182,7 @@ _RUNS_COLUMNS = ["dir", "protocol", "model", "family", "depth", "dataset", "comp
                  "precision", "torch", "ressenet", "git_commit"]
 
 
-def _runs_rows(runs: list[Run], pid: dict) -> list[dict[str, Any]]:
+def _runs_rows(runs: list[FinishedRun], pid: dict) -> list[dict[str, Any]]:
     rows = []
     for r in sorted(runs, key=lambda r: r.rel):
         data = r.summary.get("data") or {}
@@ -207,7 +205,7 @@ def _fmt_seconds(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _provenance(runs: list[Run], unfinished: list[tuple[str, str]]) -> list[Block]:
+def _provenance(runs: list[FinishedRun], unfinished: list[tuple[str, str]]) -> list[Block]:
     md: list[Block] = ["## Runs", ""]
     if runs:
         rows = []

@@ -7,7 +7,7 @@ from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
 from ressenet.experiments.paper import HE_PARAMS_M, PARAM_CLAIMS, paper_improvements, percent_fewer
-from ressenet.experiments.runs import FAMILY_TITLES, PAPER_DEPTHS, Run, family_order
+from ressenet.experiments.runs import FAMILY_TITLES, PAPER_DEPTHS, FinishedRun, family_order
 from ressenet.experiments.tables import Block, Section, Table
 
 __all__ = ["model_params", "model_params_a", "paper_improvement_section", "params_section"]
@@ -74,7 +74,7 @@ def paper_improvement_section() -> Section:
     return Section(md, {"paper_improvements.csv": records})
 
 
-def params_section(runs: list[Run]) -> Section:
+def params_section(runs: list[FinishedRun]) -> Section:
     """Parameter counts per family and depth, He et al.'s beside them, the paper's claim; records for params.csv."""
     param_rows: list[dict[str, Any]] = []
     families = ["resnet", "se_resnet", "res_se_net", "resnet_nobridge"]

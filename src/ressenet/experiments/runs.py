@@ -19,12 +19,11 @@ from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, co
 from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
-from ressenet.experiments.tables import md_cell, md_table  # re-exported: their home is tables.py
 from ressenet.models import FAMILIES, family_order, model_info
 
-__all__ = ["Run", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
+__all__ = ["FinishedRun", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
            "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
-           "PAPER_DEPTHS", "GROUPING_IGNORED", "md_cell", "md_table", "slug"]
+           "PAPER_DEPTHS", "GROUPING_IGNORED"]
 
 
 # metric kind -> (top-1 key, top-5 key) in summary.json
@@ -83,7 +82,7 @@ def dataset_label(summary: dict[str, Any], config: dict[str, Any]) -> tuple[str,
 # Reading run directories
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
-class Run:
+class FinishedRun:
     """One finished run directory."""
 
     path: Path
@@ -141,7 +140,7 @@ def protocol_text(protocol: tuple[tuple[str, Any], ...]) -> str:
     return "differs from the paper's protocol: " + ", ".join(parts)
 
 
-def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]], list[str]]:
+def collect_runs(runs_dir: str | Path) -> tuple[list[FinishedRun], list[tuple[str, str]], list[str]]:
     """Every finished run under ``runs_dir`` (any depth), the unfinished ones, and problems found.
 
     Returns:
@@ -153,7 +152,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"runs directory {root} not found; run `ressenet grid PRESET --runs-dir {root}` first")
-    runs: list[Run] = []
+    runs: list[FinishedRun] = []
     problems: list[str] = []
     finished_dirs = set()
     for found in RunDir.below(root):
@@ -188,7 +187,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[Run], list[tuple[str, str]]
         family, depth = parse_model(model)
         label, compare_to = dataset_label(summary, config)
         seed = summary.get("seed", (config.get("run") or {}).get("seed"))
-        runs.append(Run(path=d, rel=rel, summary=summary, config=config, meta=meta, model=model, family=family,
+        runs.append(FinishedRun(path=d, rel=rel, summary=summary, config=config, meta=meta, model=model, family=family,
                         depth=depth, label=label, compare_to=compare_to,
                         seed=int(seed) if isinstance(seed, int) else None, protocol=_protocol(config)))
     unfinished = []
@@ -214,7 +213,7 @@ class Group:
     model: str
     family: str | None
     depth: int | None
-    runs: list[Run] = field(default_factory=list)
+    runs: list[FinishedRun] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
         return [v for v in (r.value(key) for r in self.runs) if v is not None]
@@ -236,7 +235,7 @@ class Group:
         return sorted((r.seed for r in self.runs), key=lambda s: (s is None, s or 0))
 
 
-def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
+def group_runs(runs: Iterable[FinishedRun]) -> dict[tuple, Group]:
     """Runs grouped by (protocol, dataset label, model), ordered by protocol size, dataset, family, depth."""
     groups: dict[tuple, Group] = {}
     for r in runs:
@@ -245,13 +244,6 @@ def group_runs(runs: Iterable[Run]) -> dict[tuple, Group]:
             groups[key] = Group(r.protocol, r.label, r.compare_to, r.model, r.family, r.depth)
         groups[key].runs.append(r)
     return groups
-
-
-def slug(text: str) -> str:
-    """``text`` as a file-name part: lower case, runs of other characters as one underscore."""
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def label_order(label: str) -> tuple:

@@ -11,12 +11,13 @@ import csv
 import html
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["Table", "Block", "Section", "render", "md_cell", "md_table", "csv_value"]
+__all__ = ["Table", "Block", "Section", "render", "md_cell", "md_table", "csv_value", "slug"]
 
 
 def md_cell(value: Any) -> str:
@@ -115,3 +116,8 @@ def render(blocks: Iterable[Block]) -> list[str]:
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> list[str]:
     """A Markdown table's lines: ``Table(headers, rows, align).markdown()``."""
     return Table(headers, list(rows), align).markdown()
+
+
+def slug(text: str) -> str:
+    """``text`` as a file-name part (a figure's or a table's): lower case, runs of other characters as one underscore."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
