@@ -79,18 +79,19 @@ class Stepper:
     boundary (reading weights and accumulators, evaluating, checkpointing).
 
     What a mechanism needs is said by its class: ``compiles`` (whether the compile decision applies to it),
-    ``grad_stats`` (whether it can run ``--log-grad-stats``'s probed eager step), :meth:`refuse` (a precision it
-    cannot train in), :meth:`amp` (an autocast context of its own, else None for the run's) and
-    :meth:`check_members` (runs it cannot train together).
+    ``grad_stats`` (whether it can run ``--log-grad-stats``'s probed eager step), ``fp16_refusal`` (read by
+    :meth:`refuse`: why it cannot train in fp16), :meth:`amp` (an autocast context of its own, else None for the
+    run's) and :meth:`check_members` (runs it cannot train together).
     """
 
     compiles = True
     grad_stats = True
+    fp16_refusal: str | None = None  # why this mechanism cannot train in fp16 (one line with the fix), or None
 
-    @staticmethod
-    def refuse(precision: str) -> str | None:
+    @classmethod
+    def refuse(cls, precision: str) -> str | None:
         """Why this mechanism cannot train in ``precision`` (one line with the fix), or None."""
-        return None
+        return cls.fp16_refusal if precision == "fp16" else None
 
     @staticmethod
     def amp(precision: str, device: torch.device) -> Any:

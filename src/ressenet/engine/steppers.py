@@ -60,12 +60,8 @@ class Graphs(Stepper):
     compiles = False  # a captured graph already removes the launch cost torch.compile would
     grad_stats = False  # the probed step is eager; a replayed graph cannot run it
 
-    @staticmethod
-    def refuse(precision: str) -> str | None:
-        if precision == "fp16":
-            return ("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises with the host "
-                    "every step); use --precision bf16")
-        return None
+    fp16_refusal = ("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises with the "
+                    "host every step); use --precision bf16")
 
     @staticmethod
     def amp(precision: str, device: torch.device) -> Any:
@@ -187,17 +183,13 @@ class _Network:
 
 
 class Grouped(Stepper):
-    """Mechanism ``grouped``: the active members as one network with grouped convolutions (this module's docstring)."""
+    """Mechanism ``grouped``: the active members as one network with grouped convolutions (module docstring)."""
 
     compiles = True  # the fused network, not each member
     grad_stats = False  # the probed step is a member's own eager step
 
-    @staticmethod
-    def refuse(precision: str) -> str | None:
-        if precision == "fp16":
-            return ("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip every "
+    fp16_refusal = ("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip every "
                     "member's step when one member overflows); use --precision bf16")
-        return None
 
     @staticmethod
     def check_members(cfgs: list[Config]) -> None:
