@@ -263,3 +263,21 @@ def test_provenance_lines_come_from_each_runs_meta(tmp_path):
     assert "res_se_net20 s1; resnet20 s1." in text
     assert "The runs mix 2 torch builds (2.13.0, 2.14.1+cu130)" in text
     assert "The meta records neither the CPU model" in text
+
+
+def test_depth_56_joins_the_depth_figure_and_its_comparisons_when_its_runs_exist(tmp_path):
+    short = tmp_path / "compressed"
+    twenty = {"resnet20": [84.0, 84.2, 83.9], "res_se_net20": [83.8, 84.1, 83.7]}
+    _compressed(short, twenty)
+    (tmp_path / "paper").mkdir()
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short]).read_text()
+    assert "Depth 56: no finished run yet (planned: resnet56, res_se_net56, resnet56_nobridge)" in text
+    _compressed(short, {"resnet56": [85.0, 85.3, 84.8], "res_se_net56": [85.2, 85.2, 85.1],
+                        "resnet56_nobridge": [80.1, 80.6, 79.9]})
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short]).read_text()
+    assert "Depth 56: no finished run" not in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| ResNet without bridges minus ResNet (do bridges "
+                                                               "matter?) | 56 |"))
+    assert "| -15.70 |" in row  # the paper's printed difference beside ours
+    assert (tmp_path / "f" / "differences_compressed.png").is_file()
+    assert "resnet56 s3-s4" in text[text.index("## Still missing"):]

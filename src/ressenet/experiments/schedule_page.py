@@ -17,7 +17,8 @@ from ressenet.experiments.contrasts import (PRIMARY_TEST, Contrast, contrast_tab
                                             mean_sd, seed_values, table, title_of)
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.readme_block import rel
-from ressenet.experiments.runs import FinishedRun, Group, collect_runs, family_order, group_runs, protocol_text
+from ressenet.experiments.runs import (FinishedRun, Group, collect_runs, family_order, group_runs, parse_model,
+                                       protocol_text)
 from ressenet.experiments.tables import Block, slug
 
 __all__ = ["ScheduleSection", "schedule_section", "schedule_text", "seed_ranges", "provenance", "PLANS"]
@@ -63,13 +64,13 @@ def schedule_text(protocol: tuple[tuple[str, Any], ...]) -> str:
 
 def seed_ranges(seeds: Iterable[int]) -> str:
     """``s0-s2, s4``: seeds as runs of consecutive numbers."""
-    out: list[str] = []
+    spans: list[list[int]] = []
     for s in sorted(set(seeds)):
-        if out and out[-1][1] == s - 1:
-            out[-1] = (out[-1][0], s)
+        if spans and spans[-1][1] == s - 1:
+            spans[-1][1] = s
         else:
-            out.append((s, s))  # type: ignore[arg-type]
-    return ", ".join(f"s{a}" if a == b else f"s{a}-s{b}" for a, b in out)  # type: ignore[misc]
+            spans.append([s, s])
+    return ", ".join(f"s{a}" if a == b else f"s{a}-s{b}" for a, b in spans)
 
 
 def _by_model(runs: Iterable[FinishedRun]) -> str:
@@ -123,6 +124,19 @@ def _seed_table(gs: list[Group]) -> list[Block]:
     rows = [[g.model] + [f"{v:.2f}" if (v := seed_values(g).get(s)) is not None else "–" for s in seeds] for g in gs]
     return ["Final test top-1 (%) of every run, by seed (the pairs behind the paired tests):", ""] + \
         table(["model"] + [f"seed {s}" for s in seeds], rows) + [""]
+
+
+def _absent_depths(runs_dir: Path, groups: list[Group]) -> list[Block]:
+    """A line naming the planned depths of this folder with no finished run yet (the figure shows them later)."""
+    plan = PLANS.get(runs_dir.name, ((), 0))[0]
+    have = {g.depth for g in groups}
+    absent: dict[int, list[str]] = {}
+    for m in plan:
+        depth = parse_model(m)[1]
+        if depth is not None and depth not in have:
+            absent.setdefault(depth, []).append(m)
+    return [f"Depth {d}: no finished run yet (planned: {', '.join(ms)}); its rows, pairs and points in the figure "
+            f"appear when they exist." for d, ms in sorted(absent.items())] + ([""] if absent else [])
 
 
 def _missing(runs_dir: Path, present: set[tuple[str, int]]) -> list[Block]:
@@ -189,7 +203,8 @@ def schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool)
             tag = f"{label}, {sched}, n = " + (f"{n_all[0]}–{n_all[-1]}" if len(n_all) > 1 else str(n_all[0]))
             out.tags.append(tag)
             mine = [c for c in cs if c.label == label]
-            out.page += [f"**{tag}**:", ""] + _main_table(gs) + ["", PRIMARY_TEST, ""] + depth_fig
+            out.page += [f"**{tag}**:", ""] + _main_table(gs) + [""] + _absent_depths(runs_dir, gs)
+            out.page += [PRIMARY_TEST, ""] + depth_fig
             if mine:
                 out.page += contrast_table(mine) + [""]
                 out.page += ["What each paired interval says:", ""]
