@@ -84,7 +84,8 @@ def group_findings(g: list[RunAnalysis], blocks: list[dict[str, Any]], targets: 
             runs_ = "the run" if top["n"] == 1 else f"{top['pos']} of {top['n']} runs"
             out.append(f"Of single blocks, replacing the gate of `{top['target']}` by its mean costs the most: "
                        f"{top['drop'].fmt(2, False)} points of top-1 (its {pct}% interval lies above zero in "
-                       f"{runs_})" + (f"; setting its gate to 1 costs {one['drop'].fmt(2, False)}" if one else "") + ".")
+                       f"{runs_})" + (f"; setting its gate to 1 costs {one['drop'].fmt(2, False)}" if one else "")
+                       + ".")
         else:
             out.append(f"No single block's gate, replaced by its mean, lowers top-1 beyond its {pct}% interval in any "
                        f"run (largest drop {top['drop'].fmt(2, False)} points, `{top['target']}`).")
