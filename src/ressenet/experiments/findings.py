@@ -111,7 +111,8 @@ def _full_protocol(groups: list[Group], tests: list[Contrast], others: list[Fini
                 row.append(f"{ours}; paper {pr.top1:.2f}" if pr else ours)
             rows.append(row)
         page += [f"**{label}**, final test top-1 (%), ours mean ± SD over seeds (n; one seed: the value alone); "
-                 f"after 'paper': its printed single run, the best test accuracy over all epochs:", ""]
+                 f"after 'paper': its printed single run at its best test accuracy over all epochs (the released "
+                 f"script's `--rounds 1` and best-on-test reporting):", ""]
         page += table(["family"] + [f"depth {d}" for d in depths], rows) + [""]
     page += provenance([r for g in groups for r in g.runs]) if groups else []
     if any(c.tested for c in tests):
