@@ -170,7 +170,9 @@ def test_gate_forced_constant_through_its_bias(runs: dict[str, Path], tmp_path: 
     for r in rel:  # replacing a constant gate by its mean changes nothing
         assert float(r["drop"]) == 0.0 and int(r["lost"]) == 0 and int(r["gained"]) == 0
         assert float(r["ci_low"]) == 0.0 and float(r["ci_high"]) == 0.0
-    assert "a learned per-channel scale that the bridge's batch norm could carry" in md.read_text()
+    text = md.read_text()
+    assert "a learned per-channel scale that the bridge's batch norm could carry" in text
+    assert "is dead (zero variance over all test images" in text  # a gate that never moves is called dead
 
 
 def test_removing_a_gate_of_one_costs_nothing(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -213,7 +215,11 @@ def test_outputs_and_aggregation_over_seeds(runs: dict[str, Path], tmp_path: Pat
     for fig in out.glob("*.png"):
         assert f"]({fig.name})" in text
     assert "## res_se_net20 (Res-SE-Net)" in text and "## Across models" in text and "### Findings" in text
-    assert "(mean ± std over 2 runs)" in text
+    assert "(mean ± SD over 2 runs)" in text and "sample std" not in text and "mean ± std" not in text
+    # Setting a gate to 1 is an intervention on trained weights, not "what the blocks contribute" or a removal.
+    assert "BatchNorm statistics not recalibrated" in text and "(removed)" not in text
+    assert "not adjusted for multiplicity" in text  # per-run McNemar intervals
+    assert "no test compares them, so the rows are listed, not ranked" in text
 
     gates = _read(out / "gates.csv")
     assert len(gates) == 2 + 2 + 9  # two bridge SE blocks per Res-SE-Net run, nine residual ones in SE-ResNet-20

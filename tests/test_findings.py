@@ -1,4 +1,4 @@
-"""The findings page (experiments/findings.py) and the paired / Holm statistics it uses."""
+"""The findings page (experiments/findings.py and the modules it is built from) and the paired / Holm statistics."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,8 @@ from scipy import stats as sps
 
 from fixtures_runs import make_run
 from ressenet.cli import main as cli_main
-from ressenet.experiments.findings import fused_rate, write_findings
+from ressenet.experiments.costs import fused_rate
+from ressenet.experiments.findings import write_findings
 from ressenet.experiments.stats import holm, paired
 
 PAPER = {"optim.milestones": [32000, 48000]}
@@ -126,23 +127,23 @@ def test_a_compressed_schedule_gets_its_own_labelled_section_and_readme_block(tm
     row = next(line for line in section.splitlines() if "| Res-SE-Net over ResNet |" in line)
     assert f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]" in row and "| 5 |" in row and "yes" in row
     row = next(line for line in section.splitlines() if "| Res-SE-Net over SE-ResNet |" in line)
-    assert "no (paired, Holm)" in row
-    assert "all 3 tested comparisons of this table" in section  # Holm within the section
-    sentence = next(line for line in section.splitlines() if line.startswith("**At this schedule"))
-    assert "1 of 3 comparisons show a difference" in sentence and "no difference shown" in sentence
-    assert "paper's full protocol" in sentence  # never extended to the 64,000-iteration protocol
+    assert row.endswith("| no |")
+    assert "all 3 tested comparisons of this section" in section  # Holm within the section
+    answer = text[text.index("## The answer so far"):text.index("## Paper protocol compressed 8x")]
+    assert "1 of 3 comparisons show a difference" in answer
+    assert "nothing here carries over from the shorter schedule to the paper's protocol" in answer
     assert "res_se_net20-imagefolder-s9 (iteration 3,000)" in section
     assert (tmp_path / "docs" / "findings" / "test_top1_compressed.png").is_file()
     assert (tmp_path / "docs" / "findings" / "train_loss_compressed.png").is_file()
     block = readme.read_text()
-    assert f"**{label}, n = 2–5**" in block and "1 of 3 comparisons" in block and "old" not in block
+    assert f"**{label}, n = 2–5**" in block and "over 3 comparisons: 1 show" in block and "old" not in block
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "compressed" not in p.parts}
     write_findings(paper, tmp_path / "docs" / "findings.md", schedule_dirs=[short], readme=readme)
     assert {p: p.read_bytes() for p in before} == before
 
 
 def test_schedule_text_names_a_proportional_compression_and_nothing_else():
-    from ressenet.experiments.findings import schedule_text
+    from ressenet.experiments.schedule_page import schedule_text
 
     assert schedule_text((("optim.iters", 8000), ("optim.milestones", (4000, 6000)))) == \
         "paper protocol compressed 8x (8,000 iterations, lr ÷10 at 4,000 and 6,000)"
@@ -171,3 +172,112 @@ def test_readme_markers_count_only_as_a_pair_on_their_own_lines(tmp_path):
             write_findings(runs, tmp_path / "docs" / "findings.md", readme=readme)
         assert readme.read_text() == text
     assert not list(tmp_path.glob(".README.md.*"))
+
+
+def _compressed(root, top1s: dict[str, list[float]]):
+    for model, values in top1s.items():
+        for seed, v in enumerate(values):
+            if v is not None:
+                make_run(root, f"{model}-imagefolder-s{seed}", model=model, dataset="imagefolder", seed=seed, top1=v,
+                         overrides=COMPRESSED, iters=8000)
+
+
+def test_the_page_leads_with_the_answer_then_the_short_schedule_then_the_full_protocol_then_what_is_missing(
+        tmp_path):
+    paper, short, partial = tmp_path / "paper", tmp_path / "compressed", tmp_path / "incomplete" / "job"
+    _runs(paper, {"res_se_net20": [88.19]})
+    d = partial / "resnet20-s1"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "iter": 1000, "test_top1": 70.0}) + "\n")
+    _compressed(short, {"resnet20": [84.0, 84.2, 83.9], "res_se_net20": [83.8, 84.1, 83.7]})
+    text = write_findings(paper, tmp_path / "findings.md", schedule_dirs=[short], partial_dirs=[partial.parent],
+                          figures=False).read_text()
+    heads = ["## The answer so far", "## Paper protocol compressed 8x", "## The paper's full protocol",
+             "## GPU runs stopped before the end", "## Why our numbers sit below the paper's", "## Still missing"]
+    at = [text.index(h) for h in heads]
+    assert at == sorted(at)
+    answer = text[at[0]:at[1]].strip().split("\n\n")[1]
+    assert answer.count(". ") == 2 and answer.endswith(".")  # three sentences
+    # The paper's printed number is beside ours in the short schedule's table (SE-ResNet's too, when present).
+    assert "| Res-SE-Net | 20 | 3 |" in text and "| 91.90 (printed) |" in text
+    # What is missing names the planned runs of the compressed folder, depth 56 included.
+    missing = text[at[5]:]
+    assert "resnet56 s0-s4" in missing and "se_resnet20 s0-s4" in missing and "resnet20 s3-s4" in missing
+    assert "± –" not in text  # one seed: the value alone
+
+
+def test_the_interval_sentence_says_what_it_excludes_and_where_the_paper_falls(tmp_path):
+    short = tmp_path / "compressed"
+    base = [84.0, 84.6, 83.8, 84.3, 84.1]
+    _compressed(short, {"resnet20": base, "res_se_net20": [v - 0.2 + 0.03 * i for i, v in enumerate(base)]})
+    (tmp_path / "paper").mkdir()
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short], figures=False).read_text()
+    c = paired(dict(enumerate(v - 0.2 + 0.03 * i for i, v in enumerate(base))), dict(enumerate(base)))
+    line = next(ln for ln in text.splitlines() if ln.startswith("- Res-SE-Net over ResNet at depth 20"))
+    assert f"excludes differences below {c.ci_low:+.2f} and above {c.ci_high:+.2f}, and zero" in line
+    assert "the paper's +0.50 lies above its upper end" in line
+    # The prespecified primary test is named before any difference, and Welch's is labelled secondary.
+    assert text.index("Primary test (prespecified): the paired t-test") < text.index("| Res-SE-Net over ResNet |")
+    assert "Welch (secondary)" in text and "per-comparison 95% intervals (not simultaneous)" in text
+    assert "lies above its upper end" in text[text.index("## The answer so far"):text.index("## Paper protocol")]
+
+
+def test_holm_runs_over_every_comparison_of_the_section_ablations_included(tmp_path):
+    short = tmp_path / "compressed"
+    top1s = {"resnet20": [84.0, 84.6, 83.8, 84.3], "res_se_net20": [84.2, 84.5, 84.1, 84.2],
+             "se_resnet20": [84.5, 84.4, 84.9, 83.9], "resnet20_nobridge": [83.6, 83.6, 83.3, 83.4],
+             "res_se_net20_se_before_conv": [84.9, 83.8, 84.0, None], "res_se_net20_se_all_identity": [83.1, 83.2]}
+    _compressed(short, top1s)
+    (tmp_path / "paper").mkdir()
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short], figures=False).read_text()
+    v = {m: {s: x for s, x in enumerate(xs) if x is not None} for m, xs in top1s.items()}
+    pairs = [("res_se_net20", "resnet20"), ("res_se_net20", "se_resnet20"), ("resnet20_nobridge", "resnet20"),
+             ("res_se_net20_se_before_conv", "res_se_net20"), ("res_se_net20_se_all_identity", "res_se_net20"),
+             ("res_se_net20_se_before_conv", "resnet20"), ("res_se_net20_se_all_identity", "resnet20")]
+    tests = [paired(v[a], v[b]) for a, b in pairs]
+    adj = holm([t.p for t in tests])
+    assert "Holm's adjustment runs over all 7 tested comparisons of this section" in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| Ablation: SE on every identity connection minus "
+                                                               "ResNet |"))
+    assert f"Holm p={adj[-1]:.3f}" in row and "| 2 |" in row  # pairs only over the seeds both have
+    row = next(ln for ln in text.splitlines() if ln.startswith("| Ablation: SE before the bridge convolution minus "
+                                                               "Res-SE-Net |"))
+    assert f"Holm p={adj[3]:.3f}" in row and "| 3 |" in row
+    # Every family's seeds are shown, so the pairs can be checked.
+    assert "| res_se_net20_se_all_identity | 83.10 | 83.20 | – | – |" in text
+
+
+def test_provenance_lines_come_from_each_runs_meta(tmp_path):
+    import yaml
+
+    short = tmp_path / "compressed"
+    _compressed(short, {"resnet20": [84.0, 84.2], "res_se_net20": [83.8, 84.1]})
+    for run in ("resnet20-imagefolder-s0", "res_se_net20-imagefolder-s0"):
+        cfg = yaml.safe_load((short / run / "config.yaml").read_text())
+        cfg["meta"].update(torch="2.14.1+cu130", threads=1, precision="bf16", host="vm")
+        (short / run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "paper").mkdir()
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short], figures=False).read_text()
+    assert ("- CPU model not recorded (device cpu, host vm), 1 thread per process, bf16, torch 2.14.1+cu130: "
+            "res_se_net20 s0; resnet20 s0.") in text
+    assert "res_se_net20 s1; resnet20 s1." in text
+    assert "The runs mix 2 torch builds (2.13.0, 2.14.1+cu130)" in text
+    assert "The meta records neither the CPU model" in text
+
+
+def test_depth_56_joins_the_depth_figure_and_its_comparisons_when_its_runs_exist(tmp_path):
+    short = tmp_path / "compressed"
+    twenty = {"resnet20": [84.0, 84.2, 83.9], "res_se_net20": [83.8, 84.1, 83.7]}
+    _compressed(short, twenty)
+    (tmp_path / "paper").mkdir()
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short]).read_text()
+    assert "Depth 56: no finished run yet (planned: resnet56, res_se_net56, resnet56_nobridge)" in text
+    _compressed(short, {"resnet56": [85.0, 85.3, 84.8], "res_se_net56": [85.2, 85.2, 85.1],
+                        "resnet56_nobridge": [80.1, 80.6, 79.9]})
+    text = write_findings(tmp_path / "paper", tmp_path / "f.md", schedule_dirs=[short]).read_text()
+    assert "Depth 56: no finished run" not in text
+    row = next(ln for ln in text.splitlines() if ln.startswith("| ResNet without bridges minus ResNet (do bridges "
+                                                               "matter?) | 56 |"))
+    assert "| -15.70 |" in row  # the paper's printed difference beside ours
+    assert (tmp_path / "f" / "differences_compressed.png").is_file()
+    assert "resnet56 s3-s4" in text[text.index("## Still missing"):]

@@ -10,11 +10,12 @@ engine wrote (any family and depth, the ablations, fused members), for every SE 
   image to image (no channel's across-image std reaches ``constant_std``) is flagged: it is a learned per-channel
   scale, which the batch norm before it could carry alone.
 * **Reliance**: test top-1 with a block's gate replaced at inference by (a) its test-set mean vector (the input
-  dependence removed, the average scale kept) and (b) 1 (the block removed), one block at a time and all at once,
-  against the intact network, on the same images. The drop's 95% interval is the exact conditional (Clopper-Pearson)
-  interval on the discordant pairs, McNemar's setting: of the ``d`` images whose correctness changed, ``b`` lost
+  dependence removed, the average scale kept) and (b) 1, one block at a time and all at once, against the intact
+  network on the same images (inference-time interventions on the trained weights, BatchNorm statistics not
+  recalibrated). The drop's 95% interval is the exact conditional (Clopper-Pearson) interval on the discordant
+  pairs, McNemar's setting: of the ``d`` images whose correctness changed, ``b`` lost
   and ``c`` gained, ``b ~ Binomial(d, p)`` and drop ``= d (2p - 1) / N``; the p-value is McNemar's exact test.
-* **Across runs**: runs of one model (seeds) are aggregated per block position with mean, std and n.
+* **Across runs**: runs of one model (seeds) are aggregated per block position with mean, SD and n.
 
 Replacements are forward hooks on :class:`~ressenet.models.layers.SEBlock` (see :func:`gate_override`); gates are
 read through the blocks' own ``record`` flag. Nothing in the model code changes.

@@ -150,7 +150,8 @@ def _plot_reliance(groups: dict[tuple, list[RunAnalysis]], path: Path) -> None:
                 if lbl not in labels:
                     labels.append(lbl)
     fig, axes = _figure(9.0, max(2.4, 0.22 * len(labels) + 1.2), 1, 2)
-    for ax, how, title in zip(axes, ("mean", "one"), ("gate → its test-set mean", "gate → 1 (removed)")):
+    titles = ("gate → its test-set mean", "gate → 1 (inference time, BN not recalibrated)")
+    for ax, how, title in zip(axes, ("mean", "one"), titles):
         for g in groups.values():
             for j, r in enumerate(g):
                 color = FAMILY[r.family].color if r.family in FAMILY else "#7f7f7f"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ressenet.analysis.figures import draw_figures
 from ressenet.analysis.gates import CONSTANT_STD, QUANTILES
-from ressenet.analysis.prose import cross_findings, group_findings
+from ressenet.analysis.prose import DEAD_STD, GATE_ONE, cross_findings, group_findings
 from ressenet.analysis.reliance import RunAnalysis
 from ressenet.analysis.sites import KIND_TEXT
 from ressenet.analysis.summary import block_summary, group_title, model_groups, target_summary, whole_target
@@ -120,7 +120,9 @@ def _page(runs: Sequence[RunAnalysis], groups: dict[tuple, list[RunAnalysis]], f
     for g in groups.values():
         out += _group_blocks(g, constant_std, pct)
     if len(groups) > 1:
-        out += ["## Across models", "", _across_table(groups, constant_std), ""]
+        out += ["## Across models", "", "Mean ± SD over each model's runs. The models differ in their number of SE "
+                "blocks and of runs; no test compares them, so the rows are listed, not ranked.", "",
+                _across_table(groups, constant_std), ""]
         sent = cross_findings({k: g for k, g in groups.items() if g[0].sites})
         if sent:
             out += ["### Findings", ""] + [f"- {s}" for s in sent] + [""]
@@ -150,12 +152,13 @@ def _group_blocks(g: list[RunAnalysis], constant_std: float, pct: int) -> list[B
     r0 = g[0]
     top1 = summarize([r.intact_top1 for r in g]).fmt(2, False)
     out: list[Block] = [f"## {group_title(g)}", "", f"{n} run{'s' if n > 1 else ''} (seed{'s' if n > 1 else ''} "
-                        f"{', '.join(str(r.seed) for r in g)}); intact test top-1 {top1} %.", ""]
+                        f"{', '.join(str(r.seed) for r in g)}); intact test top-1 {top1} %"
+                        f"{' (mean ± SD over runs)' if n > 1 else ''}.", ""]
     if not r0.sites:
         return out + [f"{r0.model} has no SE blocks (placement {r0.placement}): there are no gates to analyse and "
                       f"nothing to replace.", ""]
     blocks = block_summary(g, constant_std)
-    nn_ = "" if n == 1 else f" (mean ± std over {n} runs)"
+    nn_ = "" if n == 1 else f" (mean ± SD over {n} runs)"
     exc = Table(["block", "site", "C", "mean gate", "across-image std (mean / max over channels)", "between-class var",
                  "within-class var", "ratio", "η²", "constant"], align="llrrlrrrrl")
     for b in blocks:
@@ -172,8 +175,12 @@ def _group_blocks(g: list[RunAnalysis], constant_std: float, pct: int) -> list[B
         out += ["Gate quantiles over all channels and test images:", "", qt, ""]
     targets = target_summary(g)
     if targets:
-        out += ["### Reliance (top-1 drop in points; intact minus modified)", "", _reliance_table(targets, n, pct), ""]
-    head = [] if n == 1 else [f"Figures are the mean ± sample std over the {n} runs (n = {n}).", ""]
+        k = sum(len(x["results"]) for x in targets)
+        out += ["### Reliance (top-1 drop in points; intact minus modified)", "", _reliance_table(targets, n, pct), "",
+                f"Each interval is one run's {pct}% interval on the test images (McNemar's setting), not adjusted for "
+                f"multiplicity: this table rests on {k} of them, and with no effect anywhere about "
+                f"{k * (100 - pct) / 100:.1f} would exclude zero by chance. Setting a gate to 1 is {GATE_ONE}.", ""]
+    head = [] if n == 1 else [f"± is the SD over the {n} runs (mean ± SD, n = {n}).", ""]
     sentences = group_findings(g, blocks, targets, constant_std, pct)
     return out + ["### Findings", ""] + head + [f"- {s}" for s in sentences] + [""]
 
@@ -182,10 +189,10 @@ def _reliance_table(targets: list[dict[str, Any]], n: int, pct: int) -> Table:
     """Drops per target: with interval and p for one run, mean ± std and how many intervals exclude 0 for several."""
     if n == 1:
         t = Table(["gate replaced in", f"by its test-set mean: drop [{pct}% CI]", "p",
-                   f"by 1 (removed): drop [{pct}% CI]", "p"], align="llrlr")
+                   f"by 1: drop [{pct}% CI]", "p"], align="llrlr")
     else:
-        t = Table(["gate replaced in", "by its test-set mean: drop", f"runs whose {pct}% CI excludes 0",
-                   "by 1 (removed): drop", f"runs whose {pct}% CI excludes 0"], align="llrlr")
+        t = Table(["gate replaced in", "by its test-set mean: drop (mean ± SD)", f"runs whose {pct}% CI excludes 0",
+                   "by 1: drop (mean ± SD)", f"runs whose {pct}% CI excludes 0"], align="llrlr")
     for tgt in dict.fromkeys(x["target"] for x in targets):
         cells = []
         for how in ("mean", "one"):
@@ -232,16 +239,21 @@ def _methods(constant_std: float, pct: int) -> list[str]:
             "that never moves has both at 0 and is given ratio and η² 0.",
             f"- **Constant**: no channel's across-image std of the gate reaches {constant_std:g}. Such a gate is a "
             "learned per-channel scale: in eval mode it can be folded into the batch norm (or, before the bridge "
-            "conv, the conv) before it, except on an identity path where no batch norm sits.",
+            "conv, the conv) before it, except on an identity path where no batch norm sits. A **dead** gate is the "
+            f"extreme case: zero variance over all test images (every channel's std at most {DEAD_STD:g}), the same "
+            "vector for every image.",
             f"- **Reliance**: test top-1 with the named blocks' gates replaced at inference by their test-set mean "
-            f"vector (the input dependence removed, the average scale kept) or by 1 (the block removed), through "
-            f"forward hooks, against the intact network on the same images. The drop (intact minus modified, in "
+            f"vector (the input dependence removed, the average scale kept) or by 1, through forward hooks, "
+            f"against the intact network on the same images. The drop (intact minus modified, in "
             f"points) comes with a {pct}% exact conditional interval on the discordant pairs (McNemar's setting): "
             f"of the d images whose correctness changed, b lost and c gained; b ~ Binomial(d, p) gives a "
             f"Clopper-Pearson interval for p, and drop = 100 d (2p − 1) / N maps it to points. p is McNemar's "
             f"exact test (two-sided binomial test of b against d/2). The interval treats the test images as a "
-            f"sample; it says nothing about seed-to-seed spread, which the across-run tables give as mean ± "
-            f"sample std with n.",
+            f"sample; it says nothing about seed-to-seed spread, which the across-run tables give as mean ± SD "
+            f"with n. Each run's interval stands alone: none is adjusted for the number of intervals shown. Both "
+            f"replacements are inference-time interventions on these weights (BatchNorm statistics not "
+            f"recalibrated): the drop says how far these weights are from working "
+            f"without the gates' input dependence or scale, not what the blocks contribute to training.",
             "- Channels are not aligned across seeds (any permutation of a block's channels is the same network), so "
             "per-channel and class-mean figures are per run; block-level statistics are averaged over seeds.", ""]
 

@@ -23,9 +23,10 @@ from ressenet.experiments.tables import slug
 from ressenet.models import FAMILIES, family_order
 
 if TYPE_CHECKING:
+    from ressenet.experiments.contrasts import Contrast
     from ressenet.experiments.runs import FinishedRun, Group
 
-__all__ = ["plot_protocol", "plot_curves", "metric_curve", "train_loss_curve", "FAMILY_COLORS"]
+__all__ = ["plot_protocol", "plot_curves", "plot_differences", "metric_curve", "train_loss_curve", "FAMILY_COLORS"]
 
 FAMILY_COLORS = {f.key: f.color for f in FAMILIES}  # from the families table (models/families.py)
 
@@ -159,6 +160,43 @@ def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str) -> boo
             ax.legend(fontsize=7)
     fig.suptitle(title)
     if drawn:
+        fig.savefig(path, dpi=110)
+    return drawn
+
+
+def plot_differences(contrasts: Sequence[Contrast], path: Path, title: str) -> bool:
+    """Paired differences against depth, one line per comparison with its 95% interval; the paper's printed
+    differences as hollow markers."""
+    fig, (ax,) = _new_figure(1, width=6.4, height=4.2)
+    titles = list(dict.fromkeys(c.title for c in contrasts))
+    drawn = False
+    for i, name in enumerate(titles):
+        cs = sorted((c for c in contrasts if c.title == name and not math.isnan(c.paired.diff)), key=lambda c: c.depth)
+        if not cs:
+            continue
+        color = FAMILY_COLORS.get(cs[0].family_a)
+        name = name.split(" (")[0]
+        xs = [c.depth + (i - (len(titles) - 1) / 2) * 1.5 for c in cs]
+        lo = [0 if math.isnan(c.paired.ci_low) else c.paired.diff - c.paired.ci_low for c in cs]
+        hi = [0 if math.isnan(c.paired.ci_high) else c.paired.ci_high - c.paired.diff for c in cs]
+        ax.errorbar(xs, [c.paired.diff for c in cs], yerr=[lo, hi], marker="o", capsize=3, color=color,
+                    linewidth=1.2, label=f"{name} (ours, paired 95% interval)")
+        paper = [(x, c.paper_diff) for x, c in zip(xs, cs) if c.paper_diff is not None]
+        if paper:
+            ax.plot([x for x, _ in paper], [v for _, v in paper], linestyle="none", marker="D",
+                    markerfacecolor="none", color=color, label=f"{name} (paper, printed)")
+        drawn = True
+    ax.axhline(0, color="black", linewidth=0.6)
+    depths = sorted({c.depth for c in contrasts})
+    ax.set_xticks(depths)
+    if depths:
+        ax.set_xlim(depths[0] - 8, depths[-1] + 8)
+    ax.set_xlabel("depth")
+    ax.set_ylabel("difference in test top-1 (points)")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        fig.suptitle(title, fontsize=9)
         fig.savefig(path, dpi=110)
     return drawn
 
