@@ -202,7 +202,8 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
             page += [sentence, ""]
             readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):", ""]
             readme += _table(["model", "n", "final test top-1 (%)"],
-                             [[g.model, g.n, fmt_mean_std(g.stat("test_top1"))] for g in gs]) + ["", sentence, ""]
+                             [[g.model, g.n, fmt_mean_std(g.stat("test_top1"))] for g in gs]) + [""]
+            readme += _verdict_table(mine, tag) + [""]
         if figures and groups:
             from ressenet.experiments.figures import plot_curves, plot_train_loss
 
@@ -232,31 +233,62 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
     return page, readme
 
 
-def _sentence(tests: list[Test], tag: str) -> str:
-    """One sentence that claims no more than the paired intervals allow, and stays at this schedule."""
-    tested = [(t, a) for t, a in zip(tests, holm([t[3].p for t in tests])) if t[3].tested]
-    if not tested:
+_TAIL = ("Where no difference is shown, either sign remains possible at this number of seeds; none of this carries "
+         "over to the paper's full protocol.")
+
+
+def _judged(tests: list[Test]) -> list[tuple[Test, float, str]]:
+    """The tested comparisons with their Holm-adjusted p and a verdict: "shown", "unadjusted" (the unadjusted
+    interval excludes zero, the adjusted p does not) or "none"."""
+    out = []
+    for t, a in zip(tests, holm([t[3].p for t in tests])):
+        c = t[3]
+        if c.tested:
+            out.append((t, a, "shown" if a < 0.05 else "unadjusted" if c.ci_low > 0 or c.ci_high < 0 else "none"))
+    return out
+
+
+def _headline(judged: list[tuple[Test, float, str]], tag: str) -> str:
+    shown = sum(v == "shown" for _, _, v in judged)
+    if not judged:
         return (f"**No answer yet at this schedule** ({tag}): no comparison has two seeds of both sides; the grid "
                 f"is still training.")
-    parts, shown = [], []
-    for (label, title, d, c, _), a in tested:
-        span = f"{fmt_num(c.diff, 2, True)} points [{fmt_num(c.ci_low, 2, True)}, {fmt_num(c.ci_high, 2, True)}]"
-        if a < 0.05:
-            parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}, a difference at this "
-                         f"schedule")
-            shown.append(title)
-        elif c.ci_low > 0 or c.ci_high < 0:
-            parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}: the unadjusted "
-                         f"interval excludes zero, but the difference does not survive the adjustment for "
-                         f"{len(tested)} comparisons, so no difference is shown")
-        else:
-            parts.append(f"{title} at depth {d} ({c.n_a} pairs): {span}, Holm p={fmt_p(a)}, no difference shown")
-    head = ("**At this schedule no comparison shows a difference** (paired by seed, 95% intervals, Holm-adjusted)"
-            if not shown else f"**At this schedule, {len(shown)} of {len(tested)} comparisons show a difference** "
+    return ("**At this schedule no comparison shows a difference** (paired by seed, 95% intervals, Holm-adjusted)"
+            if not shown else f"**At this schedule, {shown} of {len(judged)} comparisons show a difference** "
                               f"(paired by seed, 95% intervals, Holm-adjusted)")
-    return (f"{head}: " + "; ".join(parts) + ". Where no difference is shown, either sign remains possible at "
-            "this number of seeds; none of this carries over to the paper's full protocol.")
 
+
+def _span(c: Comparison) -> str:
+    return f"{fmt_num(c.diff, 2, True)} [{fmt_num(c.ci_low, 2, True)}, {fmt_num(c.ci_high, 2, True)}]"
+
+
+def _sentence(tests: list[Test], tag: str) -> str:
+    """One sentence that claims no more than the paired intervals allow, and stays at this schedule."""
+    judged = _judged(tests)
+    if not judged:
+        return _headline(judged, tag)
+    parts = []
+    for (label, title, d, c, _), a, verdict in judged:
+        text = f"{title} at depth {d} ({c.n_a} pairs): {_span(c).replace(' [', ' points [', 1)}, Holm p={fmt_p(a)}"
+        parts.append(text + {"shown": ", a difference at this schedule",
+                             "unadjusted": f": the unadjusted interval excludes zero, but the difference does not "
+                                           f"survive the adjustment for {len(judged)} comparisons, so no difference "
+                                           f"is shown",
+                             "none": ", no difference shown"}[verdict])
+    return f"{_headline(judged, tag)}: " + "; ".join(parts) + ". " + _TAIL
+
+
+def _verdict_table(tests: list[Test], tag: str) -> list[Block]:
+    """The sentence of :func:`_sentence` as a headline, a short table and its closing clause (for the README)."""
+    judged = _judged(tests)
+    if not judged:
+        return [_headline(judged, tag)]
+    rows = [[title, d, c.n_a, _span(c), fmt_p(a), {"shown": "yes", "unadjusted": "no (only before Holm)",
+                                                   "none": "no"}[verdict]]
+            for (_, title, d, c, _), a, verdict in judged]
+    return ([_headline(judged, tag) + ":", ""]
+            + _table(["comparison", "depth", "pairs", "difference (points) [95% CI]", "Holm p", "difference shown?"],
+                     rows) + ["", _TAIL])
 
 
 def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Sequence[str | Path] = (),
