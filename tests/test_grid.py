@@ -291,3 +291,13 @@ def test_cli_jobs_auto_says_what_it_chose(tmp_path, monkeypatch, capsys):
     assert "--jobs auto: 2 single-threaded process(es)" in out and "2 at a time" in out
     assert main(argv + ["--jobs", "zero"]) == 2
     assert "--jobs 'zero'" in capsys.readouterr().err
+
+
+def test_reproduce_emits_the_grid_commands_and_writes_no_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cmd_file = tmp_path / "cells.txt"
+    assert main(["reproduce", "quick", "--runs-dir", str(tmp_path / "runs"), "--seeds", "1",
+                 "--emit-commands", str(cmd_file)]) == 0
+    assert len(cmd_file.read_text().splitlines()) == 3 and (tmp_path / "cells.slurm").is_file()
+    assert "wrote 3 command(s)" in capsys.readouterr().out
+    assert not (tmp_path / "reports").exists()

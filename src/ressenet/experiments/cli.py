@@ -2,7 +2,7 @@
 
     ressenet grid PRESET --runs-dir DIR [--seeds 3] [--dry-run] [--gpus 0,1] [--jobs N|auto] [--emit-commands FILE]
     ressenet report RUNS_DIR --out REPORT_DIR
-    ressenet reproduce PRESET [--runs-dir runs/PRESET] [--out reports/PRESET]
+    ressenet reproduce PRESET [--runs-dir runs/PRESET] [--out reports/PRESET] [--emit-commands FILE]
 
 Grid and reproduce accept the ``ressenet train`` options (all but --model, --seed and --out) and apply them to
 every cell; precedence: the preset's values < ``--config FILE`` < flags and ``--set``. ``--dataset`` replaces the
@@ -32,9 +32,6 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("preset", help=f"a preset ({presets}) or the path of a grid YAML file")
     _add_grid_options(p)
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
-    p.add_argument("--emit-commands", metavar="FILE", default=None,
-                   help="write one `ressenet train` line per unfinished cell to FILE and a Slurm job-array script "
-                        "beside it (FILE.slurm); run nothing")
     add_train_options(p, with_model=False)
     p.set_defaults(func=cmd_grid)
 
@@ -87,6 +84,9 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
                    help="with --fuse: how a job's members train together (see ressenet train --help); default auto")
     g.add_argument("--filter", default=None, metavar="GLOB",
                    help="only the cells whose name matches, e.g. '*-cifar10-*' or 'res_se_net*'")
+    g.add_argument("--emit-commands", metavar="FILE", default=None,
+                   help="write one `ressenet train` line per unfinished cell to FILE and a Slurm job-array script "
+                        "beside it (FILE.slurm); run nothing, report nothing")
 
 
 def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from ressenet.experiments.report import write_report
 
     spec, runs_dir, code = _run(args)
-    if args.dry_run:
+    if args.dry_run or args.emit_commands:  # nothing ran, so there is nothing new to report
         return code or 0
     out = Path(args.out) if args.out else Path("reports") / spec.name
     if not runs_dir.is_dir():
