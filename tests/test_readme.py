@@ -129,3 +129,16 @@ def test_the_docs_python_blocks_run(in_checkout):
         for _, lang, code in blocks(path):
             if lang == "python":
                 exec(compile(code, path.name, "exec"), {})
+
+
+def test_eval_weights_elsewhere_names_the_recorded_data_root_and_the_flag(in_checkout, tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "r20.safetensors"
+    assert cli_main(["export", QUICK_RUN, "--out", str(weights)]) == 0
+    monkeypatch.chdir(tmp_path)  # where the recorded relative data root does not exist
+    capsys.readouterr()
+    assert cli_main(["eval", "--weights", str(weights), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"records the data root {JPEG_ARCHIVE}" in err and "--data-root" in err
+    assert "./data" not in err.replace(f"{JPEG_ARCHIVE}", "")  # no silent fallback to a path the user never typed
+    archive = in_checkout / JPEG_ARCHIVE
+    assert cli_main(["eval", "--weights", str(weights), "--device", "cpu", "--data-root", str(archive)]) == 0
