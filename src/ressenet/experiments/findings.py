@@ -35,7 +35,7 @@ from ressenet.experiments.runs import (
 from ressenet.experiments.stats import Comparison, fmt_mean_std, fmt_num, fmt_p, holm, paired, summarize, welch
 from ressenet.experiments.tables import Block, Table, render, slug
 
-__all__ = ["write_findings", "fused_rate", "load_fused_rates", "MIN_SEEDS"]
+__all__ = ["paper_comparisons", "comparison_sentence", "write_findings", "fused_rate", "load_fused_rates", "MIN_SEEDS"]
 
 MIN_SEEDS = 3  # a cell with fewer seeds is "missing"
 PAPER_FAMILIES = ("resnet", "se_resnet", "res_se_net", "resnet_nobridge")
@@ -117,7 +117,7 @@ def _paper_groups(runs: list[FinishedRun]) -> tuple[dict[tuple[str, str], Group]
 Test = tuple[str, str, int, Comparison, Comparison]  # (data label, title, depth, paired, Welch)
 
 
-def _comparisons(groups: dict[tuple[str, str], Group], labels: Sequence[str]) -> list[Test]:
+def paper_comparisons(groups: dict[tuple[str, str], Group], labels: Sequence[str]) -> list[Test]:
     """The paper's comparisons (runs.COMPARISONS) at every depth and dataset where both sides have finished runs."""
     tests: list[Test] = []
     for label in labels:
@@ -185,7 +185,7 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
                  f"seeds; a shorter schedule than the paper's, so these numbers say nothing about the paper's "
                  f"64,000-iteration protocol above.", ""]
         page += [f"Problems found while reading the runs: {'; '.join(problems)}.", ""] if problems else []
-        tests = _comparisons(groups, labels)
+        tests = paper_comparisons(groups, labels)
         for label in labels:
             gs = sorted((g for (lab, _), g in groups.items() if lab == label),
                         key=lambda g: (g.depth or 0, family_order(g.family)))
@@ -198,7 +198,7 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
             mine = [t for t in tests if t[0] == label]
             if mine:
                 page += _comparison_table(mine) + [""]
-            sentence = _sentence(mine, tag)
+            sentence = comparison_sentence(mine, tag)
             page += [sentence, ""]
             readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):", ""]
             readme += _table(["model", "n", "final test top-1 (%)"],
@@ -233,8 +233,8 @@ def _schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool
     return page, readme
 
 
-_TAIL = ("Where no difference is shown, either sign remains possible at this number of seeds; none of this carries "
-         "over to the paper's full protocol.")
+_SEEDS_TAIL = "Where no difference is shown, either sign remains possible at this number of seeds"
+_TAIL = f"{_SEEDS_TAIL}; none of this carries over to the paper's full protocol."
 
 
 def _judged(tests: list[Test]) -> list[tuple[Test, float, str]]:
@@ -262,8 +262,9 @@ def _span(c: Comparison) -> str:
     return f"{fmt_num(c.diff, 2, True)} [{fmt_num(c.ci_low, 2, True)}, {fmt_num(c.ci_high, 2, True)}]"
 
 
-def _sentence(tests: list[Test], tag: str) -> str:
-    """One sentence that claims no more than the paired intervals allow, and stays at this schedule."""
+def comparison_sentence(tests: list[Test], tag: str, *, full_protocol: bool = False) -> str:
+    """One sentence that claims no more than the paired intervals allow, and stays at this schedule (at the paper's
+    full protocol when ``full_protocol``). ``tests`` come from :func:`paper_comparisons`."""
     judged = _judged(tests)
     if not judged:
         return _headline(judged, tag)
@@ -275,11 +276,11 @@ def _sentence(tests: list[Test], tag: str) -> str:
                                            f"survive the adjustment for {len(judged)} comparisons, so no difference "
                                            f"is shown",
                              "none": ", no difference shown"}[verdict])
-    return f"{_headline(judged, tag)}: " + "; ".join(parts) + ". " + _TAIL
+    return f"{_headline(judged, tag)}: " + "; ".join(parts) + ". " + (f"{_SEEDS_TAIL}." if full_protocol else _TAIL)
 
 
 def _verdict_table(tests: list[Test], tag: str) -> list[Block]:
-    """The sentence of :func:`_sentence` as a headline, a short table and its closing clause (for the README)."""
+    """The sentence of :func:`comparison_sentence` as a headline, a short table and its closing clause (README)."""
     judged = _judged(tests)
     if not judged:
         return [_headline(judged, tag)]
@@ -333,7 +334,7 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
 
     # -- comparisons -----------------------------------------------------------------------------------------
     page += ["## Comparisons", ""]
-    tests = _comparisons(groups, labels)
+    tests = paper_comparisons(groups, labels)
     if not tests:
         page += ["No comparison is possible yet: no depth has finished runs of both families of any comparison.",
                  ""]
