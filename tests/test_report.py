@@ -259,3 +259,33 @@ def test_a_short_schedule_report_shows_no_paper_numbers_and_ends_with_its_answer
     assert f"CIFAR-10, {schedule}, n = 3" not in answer  # the tag is in the sentence only when no test ran
     assert answer.count("**At this schedule") == 1 and "Res-SE-Net over ResNet at depth 20 (3 pairs)" in answer
     assert "none of this carries over to the paper's full protocol" in answer
+
+
+def test_reproduce_compares_its_runs_with_the_kept_ones_cell_by_cell(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from ressenet.experiments.gridspec import expand_grid, load_grid
+
+    from fixtures_runs import make_cell_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(grid_mod, "_default_command", fake_trainer(fail={"anything"}))  # nothing left to train
+    over = {"optim.iters": 5, "optim.milestones": [3]}
+    tops = {"resnet20": [66.9, 65.5, 65.7], "se_resnet20": [66.0, 66.3, 65.6], "res_se_net20": [64.8, 65.2, 65.5]}
+    for where, seeds, shift, precision in (("runs", 2, {"se_resnet20": -3.0}, "bf16"), ("results/quick", 3, {}, "fp32")):
+        for cell in expand_grid(load_grid("quick"), (tmp_path / where).absolute(), seeds=seeds, overrides=over):
+            out = make_cell_run(cell, top1=tops[cell.model][cell.seed] + shift.get(cell.model, 0.0) + 0.1 * seeds)
+            tree = yaml.safe_load((out / "config.yaml").read_text())
+            tree["meta"]["precision"] = precision
+            (out / "config.yaml").write_text(yaml.safe_dump(tree))
+    argv = ["reproduce", "quick", "--runs-dir", "runs", "--out", "rep", "--seeds", "2", "--iters", "5",
+            "--milestones", "3", "--no-figures"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "against results/quick: 1 of 3 models differ from the kept runs beyond their seed spread (se_resnet20)" \
+        in out and "precision: bf16 here, fp32 in `results/quick`" in out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md[md.index("## Against the kept runs in `results/quick`"):]
+    assert "6 run(s) here have a namesake" in section
+    assert "| `resnet20-cifar10-iters=5-milestones=3-s0` | 67.10 | 67.20 | -0.10 | bf16 / fp32 |" in section
+    assert "| resnet20 |" in section and "| agree |" in section and "| differ |" in section

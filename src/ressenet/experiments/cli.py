@@ -242,6 +242,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if not runs_dir.is_dir() or not (result.succeeded or result.skipped):
         print(f"no run of grid {spec.name!r} finished under {runs_dir}: no report written", file=sys.stderr)
         return code or 1
-    res = write_report(runs_dir, out, figures=args.figures)
+    kept = Path("results") / spec.name  # the same grid's runs kept in the repository, when run from its root
+    kept_dir = kept if kept.is_dir() and kept.resolve() != runs_dir.resolve() else None
+    res = write_report(runs_dir, out, figures=args.figures, kept_dir=kept_dir)
     print(f"report of {res.n_runs} finished run(s) -> {res.report}")
+    if res.kept_summary:
+        print(f"against {kept}: {res.kept_summary.replace('**', '')}")
     return code or 0

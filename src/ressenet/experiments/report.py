@@ -32,6 +32,7 @@ from typing import Any
 from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.errors import not_a_folder
 from ressenet.experiments.findings import PRECISION_KEYS, comparison_sentence, paper_comparisons, schedule_text
+from ressenet.experiments.kept import kept_comparison
 from ressenet.experiments.report_paper import paper_improvement_section, params_section
 from ressenet.experiments.report_results import (
     GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections, without_constant_columns,
@@ -57,15 +58,17 @@ class ReportResult:
     n_runs: int
     n_unfinished: int
     problems: list[str]
+    kept_summary: str | None = None  # with kept_dir: whether the runs agree with the kept ones, in one sentence
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = True,
-                 title: str = "Res-SE-Net reproduction report") -> ReportResult:
+                 title: str = "Res-SE-Net reproduction report", kept_dir: str | Path | None = None) -> ReportResult:
     """Read every run under ``runs_dir`` and write ``report.md``, CSV files and figures to ``out_dir``.
 
     Files: ``report.md``; ``runs.csv`` (one row per finished run), ``groups.csv`` (mean/std per protocol, dataset
     and model, with the paper's numbers), ``paper_tables.csv``, ``improvements.csv`` (ours, with 95% CI and Welch
     p-values), ``paper_improvements.csv`` (printed vs recomputed, slips flagged), ``params.csv``; ``figures/*.png``.
+    With ``kept_dir`` (the same grid's runs kept in the repository), a section compares the runs with them.
 
     Raises:
         FileNotFoundError: ``runs_dir`` does not exist.
@@ -122,6 +125,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
                 for f, caption in figs:
                     page += [f"![{caption}](figures/{f.name})", "", f"*{caption}*", ""]
 
+    kept = kept_comparison(runs, kept_dir) if kept_dir is not None and runs else []
+    page += kept
     page += paper_improvement_section()
     page += params_section(runs)
     page += _provenance(runs, unfinished)
@@ -131,7 +136,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
     report = out / "report.md"
     atomic_write_text(report, "\n".join(render(page.blocks)).rstrip() + "\n")
     csvs = [page.table(name, columns).write_csv(out / name) for name, columns in CSV_COLUMNS.items()]
-    return ReportResult(out, report, csvs, fig_paths, len(runs), len(unfinished), problems + dup_notes)
+    return ReportResult(out, report, csvs, fig_paths, len(runs), len(unfinished), problems + dup_notes,
+                        kept[-2] if kept else None)
 
 
 def _answers(gs: list[Group], schedule: str, paper: bool) -> list[Block]:
