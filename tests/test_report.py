@@ -272,7 +272,8 @@ def test_reproduce_compares_its_runs_with_the_kept_ones_cell_by_cell(tmp_path, m
     monkeypatch.setattr(grid_mod, "_default_command", fake_trainer(fail={"anything"}))  # nothing left to train
     over = {"optim.iters": 5, "optim.milestones": [3]}
     tops = {"resnet20": [66.9, 65.5, 65.7], "se_resnet20": [66.0, 66.3, 65.6], "res_se_net20": [64.8, 65.2, 65.5]}
-    for where, seeds, shift, precision in (("runs", 2, {"se_resnet20": -3.0}, "bf16"), ("results/quick", 3, {}, "fp32")):
+    sides = (("runs", 2, {"se_resnet20": -3.0}, "bf16"), ("results/quick", 3, {}, "fp32"))
+    for where, seeds, shift, precision in sides:
         for cell in expand_grid(load_grid("quick"), (tmp_path / where).absolute(), seeds=seeds, overrides=over):
             out = make_cell_run(cell, top1=tops[cell.model][cell.seed] + shift.get(cell.model, 0.0) + 0.1 * seeds)
             tree = yaml.safe_load((out / "config.yaml").read_text())
