@@ -11,6 +11,7 @@ from cifar_fakes import write_image_folder
 from PIL import Image
 
 from ressenet.data import DataError, imagefolder, load_datasets, load_split
+from ressenet.data.archive import extract
 
 
 def _check(splits, expected, classes=("cat", "dog", "frog")):
@@ -134,3 +135,18 @@ def test_missing_layout_errors(tmp_path):
     (tmp_path / "bad.tar.gz").write_bytes(b"\x1f\x8b garbage")
     with pytest.raises(DataError, match="truncated or corrupt"):
         load_split("imagefolder", "train", tmp_path / "bad.tar.gz", cache_dir=tmp_path / "cache")
+
+
+def test_an_image_folder_read_as_cifar_says_to_pass_dataset_imagefolder(tmp_path):
+    write_image_folder(tmp_path / "src" / "set")
+    archive = tmp_path / "set.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(tmp_path / "src" / "set", arcname="set")
+    for root in (tmp_path / "src", archive):
+        with pytest.raises(DataError, match=r"image folder .*not CIFAR-10's official files; read it with --dataset "
+                                            r"imagefolder") as e:
+            load_datasets("cifar10", root, cache_dir=tmp_path / "cache")
+        assert str(root) in str(e.value)
+    # An archive of an image folder too large to unpack as an official CIFAR archive says what it is.
+    with pytest.raises(DataError, match=r"set.tar.gz is an image-folder archive .*read it with --dataset imagefolder"):
+        extract(archive, tmp_path / "cache", max_members=20)

@@ -136,7 +136,11 @@ def test_a_compressed_schedule_gets_its_own_labelled_section_and_readme_block(tm
     assert (tmp_path / "docs" / "findings" / "test_top1_compressed.png").is_file()
     assert (tmp_path / "docs" / "findings" / "train_loss_compressed.png").is_file()
     block = readme.read_text()
-    assert f"**{label}, n = 2–5**" in block and "over 3 comparisons: 1 show" in block and "old" not in block
+    assert f"**{label}, n = 2–5**" in block and "old" not in block
+    # The README's verdict table: the depth comparison with its verdict, Holm over the page's 3 comparisons.
+    assert "comparisons show a difference** (paired by seed" in block and "all 3 comparisons of the findings" in block
+    row = next(line for line in block.splitlines() if "| Res-SE-Net over ResNet |" in line)
+    assert f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]" in row and row.endswith("| yes |")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "compressed" not in p.parts}
     write_findings(paper, tmp_path / "docs" / "findings.md", schedule_dirs=[short], readme=readme)
     assert {p: p.read_bytes() for p in before} == before

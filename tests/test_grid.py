@@ -15,7 +15,7 @@ from ressenet.experiments import runner as grid_mod
 from ressenet.experiments.cells import cell_state
 from ressenet.experiments.gridspec import expand_grid, list_presets, load_grid, parse_seeds
 from ressenet.experiments.jobs import emit_commands, train_command
-from ressenet.experiments.runner import run_grid
+from ressenet.experiments.runner import failure_line, run_grid
 
 DEPTHS = (20, 32, 44, 56, 110)
 
@@ -291,3 +291,46 @@ def test_cli_jobs_auto_says_what_it_chose(tmp_path, monkeypatch, capsys):
     assert "--jobs auto: 2 single-threaded process(es)" in out and "2 at a time" in out
     assert main(argv + ["--jobs", "zero"]) == 2
     assert "--jobs 'zero'" in capsys.readouterr().err
+
+
+def test_reproduce_emits_the_grid_commands_and_writes_no_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cmd_file = tmp_path / "cells.txt"
+    assert main(["reproduce", "quick", "--runs-dir", str(tmp_path / "runs"), "--seeds", "1",
+                 "--emit-commands", str(cmd_file)]) == 0
+    assert len(cmd_file.read_text().splitlines()) == 3 and (tmp_path / "cells.slurm").is_file()
+    assert "wrote 3 command(s)" in capsys.readouterr().out
+    assert not (tmp_path / "reports").exists()
+
+
+def test_grid_failures_say_why_once_when_alike_and_reproduce_writes_no_empty_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--runs-dir", str(tmp_path / "runs"), "--seeds", "1", "--iters", "4", "--milestones", "2"]
+    names = [f"{m}-cifar10-iters=4-milestones=2-s0" for m in ("resnet20", "se_resnet20", "res_se_net20")]
+    monkeypatch.setattr(grid_mod, "_default_command", fake_trainer(fail=set(names)))
+    assert main(["reproduce", "quick", *argv]) == 1
+    captured = capsys.readouterr()
+    assert "the same error as" in captured.out and "simulated failure" in captured.out
+    assert captured.err.count("simulated failure") == 1 and "all 3 failed cells: simulated failure" in captured.err
+    assert "no report written" in captured.err and not (tmp_path / "reports").exists()
+    monkeypatch.setattr(grid_mod, "_default_command", fake_trainer(fail={names[1]}))
+    assert main(["grid", "quick", *argv]) == 1
+    assert f"FAILED {names[1]}: exit code 3: simulated failure; log" in capsys.readouterr().err
+
+
+def test_a_grid_with_nothing_left_to_train_says_the_data_was_not_read(tmp_path, monkeypatch, capsys):
+    argv = ["grid", "quick", "--runs-dir", str(tmp_path / "runs"), "--seeds", "1", "--iters", "4", "--milestones", "2"]
+    monkeypatch.setattr(grid_mod, "_default_command", fake_trainer())
+    assert main(argv) == 0
+    assert "was not read" not in capsys.readouterr().out
+    assert main([*argv, "--data-root", str(tmp_path / "nowhere")]) == 0
+    assert f"the data at {tmp_path / 'nowhere'} was not read" in capsys.readouterr().out
+
+
+def test_failure_line_is_the_last_attempts_error(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("# ressenet grid 1: a\nressenet train: error: old problem\n# ressenet grid 2: a\nstep 1\n"
+                   "ressenet train: error: image folder data does not exist; pass --data-root\n")
+    assert failure_line(log) == "image folder data does not exist; pass --data-root"
+    log.write_text("# ressenet grid 1: a\nTraceback (most recent call last):\n  ...\nKeyError: 'x'\n")
+    assert failure_line(log) == "KeyError: 'x'"

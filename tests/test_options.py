@@ -178,3 +178,22 @@ def test_yaml_config_with_flags_on_top(tmp_path):
     assert cfg.optim.batch_size == 128  # untouched: the dataclass default
     args = build_parser().parse_args(["train", "--config", str(yml), "--iters", "700"])
     assert load_config(args.config, train_overrides(args)).optim.iters == 700  # flags override the file
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from ressenet.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(f"ressenet {' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), [])
+    assert not missing, f"options without help text: {missing}"

@@ -93,19 +93,23 @@ def test_model_names_and_dataset_labels():
     assert dataset_label({"dataset": "synthetic", "data": DATA["synthetic"]}, {}) == ("synthetic data", None)
 
 
+# The paper's protocol (its numbers are shown only beside runs of it).
+PAPER = {"iters": 64000, "overrides": {"optim.milestones": [32000, 48000]}}
+
+
 @pytest.fixture
 def runs(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     for seed, (a, b) in enumerate(zip(RESNET, RSN)):
         make_run(root, f"resnet20-cifar10-s{seed}", model="resnet20", seed=seed, top1=a, top5=99.5 + seed / 10,
-                 best_top1=a + 0.3, params=272474)
+                 best_top1=a + 0.3, params=272474, **PAPER)
         make_run(root, f"res_se_net20-cifar10-s{seed}", model="res_se_net20", seed=seed, top1=b, top5=99.6,
-                 best_top1=b + 0.2, params=272810)
-    make_run(root, "se_resnet20-cifar10-s0", model="se_resnet20", top1=92.2, best_top1=92.4, params=274000)
+                 best_top1=b + 0.2, params=272810, **PAPER)
+    make_run(root, "se_resnet20-cifar10-s0", model="se_resnet20", top1=92.2, best_top1=92.4, params=274000, **PAPER)
     for seed, v in enumerate([88.0, 88.4]):
         make_run(root, f"resnet20-imagefolder-s{seed}", model="resnet20", dataset="imagefolder", seed=seed, top1=v,
-                 params=272474)
-    make_run(root, "resnet20-synthetic-s0", model="resnet20", dataset="synthetic", top1=12.0, params=272474)
+                 params=272474, **PAPER)
+    make_run(root, "resnet20-synthetic-s0", model="resnet20", dataset="synthetic", top1=12.0, params=272474, **PAPER)
     make_run(root, "nested/resnet20-cifar10-iters=50-s0", model="resnet20", iters=50, top1=60.0, params=272474)
     make_run(root, "res_se_net20-cifar100-s0", model="res_se_net20", dataset="cifar100", finished=False, last_iter=40)
     return root
@@ -230,3 +234,59 @@ def test_reproduce_runs_grid_then_report(tmp_path, monkeypatch, capsys):
     assert all(float(g["final_top1_mean"]) == pytest.approx(50.5) for g in groups)  # fake: 50 + seed
     assert "optim.iters=5" in (rep / "report.md").read_text()
     assert main(argv) == 0 and "6 already done" in capsys.readouterr().out
+
+
+def test_a_short_schedule_report_shows_no_paper_numbers_and_ends_with_its_answer(tmp_path, monkeypatch):
+    from ressenet.experiments import figures
+
+    root = tmp_path / "quick"
+    quick = {"iters": 1000, "overrides": {"optim.milestones": [500, 750]}}
+    for seed, (a, b) in enumerate(zip(RESNET, RSN)):  # one evaluation, at the end: best-on-test is the final number
+        make_run(root, f"resnet20-cifar10-s{seed}", model="resnet20", seed=seed, top1=a - 25, **quick)
+        make_run(root, f"res_se_net20-cifar10-s{seed}", model="res_se_net20", seed=seed, top1=b - 25, **quick)
+    titles: list[tuple[str, bool]] = []
+    monkeypatch.setattr(figures, "plot_train_loss", lambda gs, path, title: titles.append((title, False)) or False)
+    monkeypatch.setattr(figures, "plot_top1_vs", lambda gs, path, x, title, paper=True: titles.append((title, paper)))
+    md = (write_report(root, tmp_path / "report").report).read_text()
+    schedule = "paper protocol compressed 64x (1,000 iterations, lr ÷10 at 500 and 750)"
+    results = md[md.index("## Results"):md.index("## The paper's improvement tables")]
+    assert "Paper" not in results and "91.40" not in results and "91.90" not in results
+    assert results.count("not comparable") == 1 and schedule in results
+    assert "best-on-test" not in results and "Top-1 best-on-test" not in md  # a copy of final here
+    assert "val-selected" not in results  # no run has a validation split
+    assert titles and all(schedule in title and not paper for title, paper in titles)
+    answer = md[md.index("## What the comparisons show"):]
+    assert f"CIFAR-10, {schedule}, n = 3" not in answer  # the tag is in the sentence only when no test ran
+    assert answer.count("**At this schedule") == 1 and "Res-SE-Net over ResNet at depth 20 (3 pairs)" in answer
+    assert "none of this carries over to the paper's full protocol" in answer
+
+
+def test_reproduce_compares_its_runs_with_the_kept_ones_cell_by_cell(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from ressenet.experiments.gridspec import expand_grid, load_grid
+
+    from fixtures_runs import make_cell_run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(grid_mod, "_default_command", fake_trainer(fail={"anything"}))  # nothing left to train
+    over = {"optim.iters": 5, "optim.milestones": [3]}
+    tops = {"resnet20": [66.9, 65.5, 65.7], "se_resnet20": [66.0, 66.3, 65.6], "res_se_net20": [64.8, 65.2, 65.5]}
+    sides = (("runs", 2, {"se_resnet20": -3.0}, "bf16"), ("results/quick", 3, {}, "fp32"))
+    for where, seeds, shift, precision in sides:
+        for cell in expand_grid(load_grid("quick"), (tmp_path / where).absolute(), seeds=seeds, overrides=over):
+            out = make_cell_run(cell, top1=tops[cell.model][cell.seed] + shift.get(cell.model, 0.0) + 0.1 * seeds)
+            tree = yaml.safe_load((out / "config.yaml").read_text())
+            tree["meta"]["precision"] = precision
+            (out / "config.yaml").write_text(yaml.safe_dump(tree))
+    argv = ["reproduce", "quick", "--runs-dir", "runs", "--out", "rep", "--seeds", "2", "--iters", "5",
+            "--milestones", "3", "--no-figures"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "against results/quick: 1 of 3 models differ from the kept runs beyond their seed spread (se_resnet20)" \
+        in out and "precision: bf16 here, fp32 in `results/quick`" in out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    section = md[md.index("## Against the kept runs in `results/quick`"):]
+    assert "6 run(s) here have a namesake" in section
+    assert "| `resnet20-cifar10-iters=5-milestones=3-s0` | 67.10 | 67.20 | -0.10 | bf16 / fp32 |" in section
+    assert "| resnet20 |" in section and "| agree |" in section and "| differ |" in section

@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models with their costs")
     p.add_argument("filter", nargs="?", help="substring or shell pattern, e.g. 'res_se_net*'")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--num-classes", type=int, default=10,
+                   help="classes of the head the parameters are counted with (default 10; CIFAR-100: 100)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("data", help="inspect or download datasets")
@@ -44,12 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, hlp in (("info", _cmd_data_info, "formats, counts and statistics per split"),
                             ("download", _cmd_data_download, "download and verify the official archive")):
         q = dsub.add_parser(name, help=hlp)
-        q.add_argument("--dataset", required=True, choices=DATASETS if name == "info" else DOWNLOADABLE)
+        q.add_argument("--dataset", required=True, choices=DATASETS if name == "info" else DOWNLOADABLE,
+                       help="which dataset")
         q.add_argument("--data-root", default=None, help="folder (or image-folder archive); default ./data")
-        q.add_argument("--cache-dir", default=None)
+        q.add_argument("--cache-dir", default=None,
+                       help="where archives are decoded once (default: $RESSENET_CACHE or ~/.cache/ressenet)")
         if name == "info":
             q.add_argument("--download", action="store_true", help="download when missing")
-            q.add_argument("--json", action="store_true")
+            q.add_argument("--json", action="store_true", help="print JSON")
         else:
             q.add_argument("--url", default=None, help="mirror URL of the archive (default: the official one)")
             q.add_argument("--variant", default="python", choices=("python", "binary"),
@@ -81,14 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "without #sha256=HEX; the model card lists it)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
     p.add_argument("--data-root", default=None, help="default: the checkpoint's")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--cache-dir", default=None,
+                   help="where archives are decoded once (default: $RESSENET_CACHE or ~/.cache/ressenet)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"),
+                   help="which split to evaluate: test (default), val (the run's held-out validation images; needs a "
+                        "run trained with --val-split) or train")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch (default: 1000 on CUDA, 100 on the CPU)")
     p.add_argument("--allow-other-classes", action="store_true",
                    help="evaluate on data whose classes (names or order) differ from the checkpoint's")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("export", help="a finished run's weights as a .safetensors file with a model card")

@@ -21,7 +21,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for analysis.md, the CSVs and figures")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data-root", default=None, help="default: each checkpoint's")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None,
+                   help="where archives are decoded once (default: $RESSENET_CACHE or ~/.cache/ressenet)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="evaluation batch (default: 1000 on CUDA, 100 on the CPU)")
     p.add_argument("--block", dest="blocks", action="append", default=None, metavar="NAME",

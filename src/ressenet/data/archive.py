@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from ressenet.data.base import DataError, os_error_text
+from ressenet.data.constants import IMAGE_SUFFIXES
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -353,11 +354,16 @@ def extract(archive: Path, dest: Path, *, where: str | None = None,
     """
     root = dest.resolve()
     where = where or str(dest)
-    total = count = 0
+    total = count = images = 0
     why = "the largest official CIFAR file is about 155 MB"
     for m in iter_members(archive):
         count += 1
+        images += PurePosixPath(m.name).suffix.lower() in IMAGE_SUFFIXES
         if count > max_members:
+            if images > count // 2:
+                raise DataError(f"{archive} is an image-folder archive ({images} of its first {count} entries are "
+                                f"images, e.g. {m.name}), not an official CIFAR archive; read it with --dataset "
+                                f"imagefolder")
             raise DataError(f"{archive} holds more than {max_members} entries, far more than an official CIFAR "
                             f"archive (under 10); refusing to unpack it")
         if m.kind == "link":

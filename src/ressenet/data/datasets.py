@@ -117,9 +117,16 @@ def _read_cifar(name: str, splits: tuple[str, ...], root: str | os.PathLike[str]
         found = locate(name, root_path)
     if found is None:
         python_folder = ARCHIVES[(name, "python")].folder
+        if any((d / "train").is_dir() and (d / "test").is_dir() for d in (search, *_subfolders(search))):
+            raise DataError(f"{root_path} holds an image folder (train/<class>/, test/<class>/), not "
+                            f"{DATASET_INFO[name].title}'s official files; read it with --dataset imagefolder")
         raise DataError(f"no {DATASET_INFO[name].title} found: looked for {describe_expected(name, search)}; "
                         f"pass --download to fetch it, or --data-root pointing at a folder holding {python_folder}/")
     return {split: load_cifar_split(name, split, *found) for split in splits}
+
+
+def _subfolders(path: Path) -> list[Path]:
+    return sorted(d for d in path.iterdir() if d.is_dir()) if path.is_dir() else []
 
 
 # The readers the dataset table names (constants.py ``DatasetInfo.reader``): (name, splits, root, cache_dir,

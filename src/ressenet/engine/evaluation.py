@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.config import Config, config_from_dict
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
@@ -55,15 +56,24 @@ def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, dev
     return evaluate(model, batches, amp=amp, dist_info=dist_info)
 
 
-def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None) -> Config:
+def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None, source: str | Path = "the run",
+                  other_data: bool = False) -> Config:
     """A checkpoint's data settings as data, not instructions: no download, no cache it names (only the caller's
-    ``cache_dir`` or the default), and its recorded ``data_root`` only when that folder exists here (else the
-    default ./data); the caller's ``data_root`` wins. Changes ``cfg`` in place and returns it."""
+    ``cache_dir`` or the default). The caller's ``data_root`` wins; else the recorded one, which must exist here,
+    unless ``other_data`` (the caller asked for another dataset: the default root). Changes ``cfg`` in place.
+
+    Raises:
+        RessenetError: If the recorded data root does not exist here and the caller gave none.
+    """
     cfg.data.download = False
     cfg.data.cache_dir = cache_dir
     if data_root is not None:
         cfg.data.data_root = data_root
     elif cfg.data.data_root is not None and not Path(cfg.data.data_root).exists():
+        if not other_data and not DATASET_INFO[cfg.data.dataset].generated:
+            raise RessenetError(f"{source} records the data root {cfg.data.data_root}, which does not exist here "
+                                f"({Path.cwd()}); pass --data-root with the folder or archive of its "
+                                f"{cfg.data.dataset} data")
         cfg.data.data_root = None
     return cfg
 
@@ -85,9 +95,10 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
         raise RessenetError(f"--batch-size {batch_size}: expected a positive number of images per batch")
     ckpt = open_checkpoint(path, fix=EVAL_FIX)
     state, cfg = ckpt.state, ckpt.config
+    other_data = dataset is not None and dataset != cfg.data.dataset
     if dataset is not None:
         cfg.data.dataset = dataset
-    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
+    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir, source=path, other_data=other_data)
     cfg.run.eval_batch_size = batch_size
     dev = resolve_device(device)
     data = load_data(cfg)
@@ -178,10 +189,11 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
         cfg = config_from_dict(header.get("config") or {}, where=f"{local} (its header's config)")
     except (ValueError, TypeError, AttributeError) as e:
         raise RessenetError(f"{local}: unreadable config in its header ({e})") from None
-    if dataset is not None and dataset != cfg.data.dataset:
+    other_data = dataset is not None and dataset != cfg.data.dataset
+    if other_data:
         # The run's subset sizes belong to its own data (a smoke test's synthetic images), not to another dataset.
         cfg.data.dataset, cfg.data.train_limit, cfg.data.test_limit = dataset, 0, 0
-    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
+    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir, source=local, other_data=other_data)
     cfg.run.eval_batch_size = batch_size
     dev = resolve_device(device)
     data = load_data(cfg)

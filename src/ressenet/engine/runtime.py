@@ -5,9 +5,7 @@
 by one SGD step each; the loop decides when a run's interval ends (log, evaluation, checkpoint: ``Run.due``), has
 the run do its boundary work (``Run.boundary``), reports progress, and stops cleanly on SIGINT/SIGTERM.
 
-One step of ``ressenet train``, file by file: cli.py ``cmd_train`` -> engine/train.py ``train`` -> this module's
-``run_loop`` -> ``Sequential.step`` -> engine/run.py ``Run.step`` -> ``train_step`` (forward, loss, backward,
-``optimizer.step()``).
+One step of ``ressenet train``, file by file: docs/design.md, section 7.
 
 Steppers (the table ``STEPPERS`` in engine/steppers.py picks one by ``--fused-mechanism``):
 

@@ -2,7 +2,7 @@
 
     ressenet grid PRESET --runs-dir DIR [--seeds 3] [--dry-run] [--gpus 0,1] [--jobs N|auto] [--emit-commands FILE]
     ressenet report RUNS_DIR --out REPORT_DIR
-    ressenet reproduce PRESET [--runs-dir runs/PRESET] [--out reports/PRESET]
+    ressenet reproduce PRESET [--runs-dir runs/PRESET] [--out reports/PRESET] [--emit-commands FILE]
 
 Grid and reproduce accept the ``ressenet train`` options (all but --model, --seed and --out) and apply them to
 every cell; precedence: the preset's values < ``--config FILE`` < flags and ``--set``. ``--dataset`` replaces the
@@ -32,9 +32,6 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("preset", help=f"a preset ({presets}) or the path of a grid YAML file")
     _add_grid_options(p)
     p.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
-    p.add_argument("--emit-commands", metavar="FILE", default=None,
-                   help="write one `ressenet train` line per unfinished cell to FILE and a Slurm job-array script "
-                        "beside it (FILE.slurm); run nothing")
     add_train_options(p, with_model=False)
     p.set_defaults(func=cmd_grid)
 
@@ -87,6 +84,9 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
                    help="with --fuse: how a job's members train together (see ressenet train --help); default auto")
     g.add_argument("--filter", default=None, metavar="GLOB",
                    help="only the cells whose name matches, e.g. '*-cifar10-*' or 'res_se_net*'")
+    g.add_argument("--emit-commands", metavar="FILE", default=None,
+                   help="write one `ressenet train` line per unfinished cell to FILE and a Slurm job-array script "
+                        "beside it (FILE.slurm); run nothing, report nothing")
 
 
 def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,8 +163,9 @@ def _gpus(text: str | None) -> list[str] | None:
     return gpus
 
 
-def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
-    """Shared by grid and reproduce: dry run, emit, or run. Returns (spec, runs_dir, exit code or None)."""
+def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None, Any]:
+    """Shared by grid and reproduce: dry run, emit, or run. Returns (spec, runs_dir, exit code or None, the
+    ``GridResult`` or None when nothing ran)."""
     from ressenet.experiments.cells import format_plan
     from ressenet.experiments.jobs import emit_commands
     from ressenet.experiments.runner import run_grid
@@ -173,7 +174,7 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
     fuse = _fuse(args)
     if args.dry_run:
         print(format_plan(spec, cells, runs_dir))
-        return spec, runs_dir, 0
+        return spec, runs_dir, 0, None
     if getattr(args, "emit_commands", None):
         path, script, conflicts = emit_commands(cells, args.emit_commands, job_name=f"ressenet-{spec.name}",
                                                 log_dir=Path(runs_dir) / "slurm-logs", fuse=fuse,
@@ -183,17 +184,26 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None]:
                                                     if script else " (nothing left to run)"))
         for c in conflicts:
             print(f"left out {c.name}: its directory holds another configuration", file=sys.stderr)
-        return spec, runs_dir, 1 if conflicts else 0
+        return spec, runs_dir, 1 if conflicts else 0, None
     print(f"grid {spec.name!r}: {spec.description}" if spec.description else f"grid {spec.name!r}")
     result = run_grid(cells, gpus=_gpus(args.gpus), jobs=_jobs(args), fuse=fuse, mechanism=args.fused_mechanism)
     print(f"grid {spec.name!r}: {len(result.skipped)} already done, {len(result.succeeded)} finished now, "
           f"{len(result.failed)} failed, {len(result.conflicts)} in conflict"
           + (f", {len(result.elsewhere)} taken by another runner" if result.elsewhere else ""))
+    errors = {result.errors.get(name, "") for name, _, _ in result.failed}
+    alike = len(result.failed) > 1 and len(errors) == 1
+    if alike:
+        print(f"  all {len(result.failed)} failed cells: {errors.pop()}", file=sys.stderr)
     for name, rc, log in result.failed:
-        print(f"  FAILED {name}: exit code {rc}; log {log}", file=sys.stderr)
+        why = "" if alike else f": {result.errors.get(name, '')}"
+        print(f"  FAILED {name}: exit code {rc}{why}; log {log}", file=sys.stderr)
     for name, detail in result.conflicts:
         print(f"  CONFLICT {name}: {detail}", file=sys.stderr)
-    return spec, runs_dir, 0 if result.ok else 1
+    if result.skipped and not result.succeeded and not result.failed:
+        root = getattr(args, "data.data_root", None)
+        print(f"note: every cell to run here was already finished, so nothing trained and the data"
+              f"{f' at {root}' if root else ''} was not read (nor checked)")
+    return spec, runs_dir, 0 if result.ok else 1, result
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
@@ -225,13 +235,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ressenet.experiments.report import write_report
 
-    spec, runs_dir, code = _run(args)
-    if args.dry_run:
+    spec, runs_dir, code, result = _run(args)
+    if result is None:  # a dry run or emitted commands: nothing ran, so there is nothing new to report
         return code or 0
     out = Path(args.out) if args.out else Path("reports") / spec.name
-    if not runs_dir.is_dir():
-        print(f"no runs under {runs_dir}: nothing to report", file=sys.stderr)
+    if not runs_dir.is_dir() or not (result.succeeded or result.skipped):
+        print(f"no run of grid {spec.name!r} finished under {runs_dir}: no report written", file=sys.stderr)
         return code or 1
-    res = write_report(runs_dir, out, figures=args.figures)
+    kept = Path("results") / spec.name  # the same grid's runs kept in the repository, when run from its root
+    kept_dir = kept if kept.is_dir() and kept.resolve() != runs_dir.resolve() else None
+    res = write_report(runs_dir, out, figures=args.figures, kept_dir=kept_dir)
     print(f"report of {res.n_runs} finished run(s) -> {res.report}")
+    if res.kept_summary:
+        print(f"against {kept}: {res.kept_summary.replace('**', '')}")
     return code or 0

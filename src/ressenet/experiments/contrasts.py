@@ -16,8 +16,8 @@ from ressenet.experiments.runs import COMPARISONS, FAMILY_TITLES, Group
 from ressenet.experiments.stats import Comparison, Summary, fmt_mean_std, fmt_num, fmt_p, holm, paired, welch
 from ressenet.experiments.tables import Block, Table
 
-__all__ = ["Contrast", "contrasts", "with_holm", "contrast_table", "interval_sentence", "seed_values", "table",
-           "mean_sd", "title_of", "PRIMARY_TEST", "ALPHA"]
+__all__ = ["Contrast", "contrasts", "with_holm", "contrast_table", "interval_sentence", "comparison_sentence",
+           "verdict_table", "seed_values", "table", "mean_sd", "title_of", "PRIMARY_TEST", "ALPHA"]
 
 ALPHA = 0.05
 PRIMARY_TEST = ("Primary test (prespecified): the paired t-test of the difference over the seeds both sides "
@@ -151,3 +151,52 @@ def interval_sentence(c: Contrast) -> str:
 def title_of(family: str | None) -> str:
     """A family's title (the families table), or the key itself."""
     return FAMILY_TITLES.get(family or "", family or "?")
+
+
+_SEEDS_TAIL = "Where no difference is shown, either sign remains possible at this number of seeds"
+_TAIL = f"{_SEEDS_TAIL}; none of this carries over to the paper's full protocol."
+
+
+def _verdict(c: Contrast) -> str:
+    """"shown" (after Holm), "unadjusted" (only the unadjusted interval excludes zero) or "none"."""
+    return "shown" if c.shown else "unadjusted" if c.paired.ci_low > 0 or c.paired.ci_high < 0 else "none"
+
+
+def _headline(tested: Sequence[Contrast], tag: str) -> str:
+    if not tested:
+        return (f"**No answer yet at this schedule** ({tag}): no comparison has two seeds of both sides; the grid "
+                f"is still training.")
+    shown = sum(c.shown for c in tested)
+    return ("**At this schedule no comparison shows a difference** (paired by seed, 95% intervals, Holm-adjusted)"
+            if not shown else f"**At this schedule, {shown} of {len(tested)} comparisons show a difference** "
+                              f"(paired by seed, 95% intervals, Holm-adjusted)")
+
+
+def comparison_sentence(cs: Sequence[Contrast], tag: str, *, full_protocol: bool = False) -> str:
+    """One sentence that claims no more than the paired intervals allow, and stays at this schedule (at the paper's
+    full protocol when ``full_protocol``). ``cs`` come from :func:`contrasts` (Holm-adjusted together)."""
+    tested = [c for c in cs if c.tested]
+    if not tested:
+        return _headline(tested, tag)
+    parts = []
+    for c in tested:
+        text = f"{c.title} at depth {c.depth} ({c.paired.n_a} pairs): {_span(c.paired).replace(' [', ' points [', 1)}"
+        parts.append(f"{text}, Holm p={fmt_p(c.holm_p)}" + {
+            "shown": ", a difference at this schedule",
+            "unadjusted": f": the unadjusted interval excludes zero, but the difference does not survive the "
+                          f"adjustment for {len(tested)} comparisons, so no difference is shown",
+            "none": ", no difference shown"}[_verdict(c)])
+    return f"{_headline(tested, tag)}: " + "; ".join(parts) + ". " + (f"{_SEEDS_TAIL}." if full_protocol else _TAIL)
+
+
+def verdict_table(cs: Sequence[Contrast], tag: str) -> list[Block]:
+    """:func:`comparison_sentence` as a headline, a short table and its closing clause (the README's block)."""
+    tested = [c for c in cs if c.tested]
+    if not tested:
+        return [_headline(tested, tag)]
+    rows = [[c.title, c.depth, c.paired.n_a, _span(c.paired), fmt_p(c.holm_p),
+             "–" if c.paper_diff is None else fmt_num(c.paper_diff, 2, True),
+             {"shown": "yes", "unadjusted": "no (only before Holm)", "none": "no"}[_verdict(c)]] for c in tested]
+    return ([_headline(tested, tag) + ":", ""]
+            + table(["comparison", "depth", "pairs", "difference (points) [95% CI]", "Holm p", "paper (printed)",
+                     "difference shown?"], rows) + ["", _TAIL])

@@ -119,8 +119,9 @@ def plot_curves(groups: Sequence[Group], path: Path, title: str, key: str, kind:
     return drawn
 
 
-def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str) -> bool:
-    """Final test top-1 (mean ± std) against depth or parameters per family, one panel per dataset."""
+def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str, paper: bool = True) -> bool:
+    """Final test top-1 (mean ± std) against depth or parameters per family, one panel per dataset; the paper's
+    printed numbers beside them when ``paper`` (the runs follow its protocol)."""
     labels = sorted({g.label for g in groups}, key=label_order)
     fig, axes = _new_figure(len(labels))
     drawn = False
@@ -142,7 +143,7 @@ def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str) -> boo
                 for xi, g, s in zip(xs, gs, stats):
                     ax.annotate(str(g.depth), (xi, s.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
             compare = gs[0].compare_to
-            if compare and x == "depth":
+            if compare and paper and x == "depth":
                 paper = [(g.depth, paper_result(fam, g.depth, compare)) for g in gs]
                 paper = [(d, p.top1) for d, p in paper if p is not None]
                 if paper:
@@ -201,21 +202,25 @@ def plot_differences(contrasts: Sequence[Contrast], path: Path, title: str) -> b
     return drawn
 
 
-def plot_protocol(groups: Sequence[Group], fig_dir: Path, suffix: str = "") -> list[tuple[Path, str]]:
-    """All figures for the groups of one protocol; returns (path, caption) of each file written."""
+def plot_protocol(groups: Sequence[Group], fig_dir: Path, suffix: str = "", schedule: str = "",
+                  paper: bool = True) -> list[tuple[Path, str]]:
+    """All figures for the groups of one protocol, each titled with its ``schedule``; the paper's numbers only when
+    ``paper``. Returns (path, caption) of each file written."""
+    sched = f", {schedule}" if schedule else ""
     fig_dir.mkdir(parents=True, exist_ok=True)
     sfx = f"_{suffix}" if suffix else ""
     out: list[tuple[Path, str]] = []
     for label in sorted({g.label for g in groups}, key=label_order):
         path = fig_dir / f"train_loss_{slug(label)}{sfx}.png"
-        caption = f"Training loss against iteration on {label} (mean over seeds; faint lines: single seeds)."
-        if plot_train_loss([g for g in groups if g.label == label], path, f"Training loss — {label}"):
+        caption = f"Training loss against iteration on {label}{sched} (mean over seeds; faint lines: single seeds)."
+        if plot_train_loss([g for g in groups if g.label == label], path, f"Training loss — {label}{sched}"):
             out.append((path, caption))
     path = fig_dir / f"top1_vs_depth{sfx}.png"
-    if plot_top1_vs(groups, path, "depth", "Test top-1 against depth"):
-        out.append((path, "Final test top-1 against depth, mean ± std over seeds; hollow dashed: the paper's printed "
-                          "(best-on-test, single-run) numbers where the data is comparable."))
+    if plot_top1_vs(groups, path, "depth", f"Test top-1 against depth{sched}", paper):
+        out.append((path, "Final test top-1 against depth, mean ± std over seeds" + (
+            "; hollow dashed: the paper's printed (best-on-test, single-run) numbers where the data is comparable."
+            if paper else f"{sched} (the paper's numbers, from its full protocol, are not drawn).")))
     path = fig_dir / f"top1_vs_params{sfx}.png"
-    if plot_top1_vs(groups, path, "params", "Test top-1 against parameters"):
+    if plot_top1_vs(groups, path, "params", f"Test top-1 against parameters{sched}", paper):
         out.append((path, "Final test top-1 against parameters, mean ± std over seeds; labels are depths."))
     return out

@@ -31,8 +31,14 @@ from typing import Any
 
 from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.errors import not_a_folder
+from ressenet.experiments.contrasts import comparison_sentence, contrasts
+from ressenet.experiments.findings import PRECISION_KEYS
+from ressenet.experiments.schedule_page import schedule_text
+from ressenet.experiments.kept import kept_comparison
 from ressenet.experiments.report_paper import paper_improvement_section, params_section
-from ressenet.experiments.report_results import GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections
+from ressenet.experiments.report_results import (
+    GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections, without_constant_columns,
+)
 from ressenet.experiments.runs import (
     FinishedRun, Group, collect_runs, group_runs, label_order, protocol_text,
 )
@@ -54,15 +60,17 @@ class ReportResult:
     n_runs: int
     n_unfinished: int
     problems: list[str]
+    kept_summary: str | None = None  # with kept_dir: whether the runs agree with the kept ones, in one sentence
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = True,
-                 title: str = "Res-SE-Net reproduction report") -> ReportResult:
+                 title: str = "Res-SE-Net reproduction report", kept_dir: str | Path | None = None) -> ReportResult:
     """Read every run under ``runs_dir`` and write ``report.md``, CSV files and figures to ``out_dir``.
 
     Files: ``report.md``; ``runs.csv`` (one row per finished run), ``groups.csv`` (mean/std per protocol, dataset
     and model, with the paper's numbers), ``paper_tables.csv``, ``improvements.csv`` (ours, with 95% CI and Welch
     p-values), ``paper_improvements.csv`` (printed vs recomputed, slips flagged), ``params.csv``; ``figures/*.png``.
+    With ``kept_dir`` (the same grid's runs kept in the repository), a section compares the runs with them.
 
     Raises:
         FileNotFoundError: ``runs_dir`` does not exist.
@@ -97,6 +105,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
     page += Section(records={"runs.csv": _runs_rows(runs, pid)})
 
     fig_paths: list[Path] = []
+    answers: list[Block] = []
     if not runs:
         page += ["## Results", "", f"No finished runs under `{runs_dir}` yet: only the paper's own numbers and the "
                  "parameter counts follow. `ressenet grid PRESET --runs-dir DIR` trains them.", ""]
@@ -104,25 +113,45 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
         gs = [g for g in groups.values() if g.protocol == p]
         heading = f"## Results{f' — protocol {pid[p]}' if multi else ''}"
         page += [heading, "", f"Protocol: {protocol_text(p)}.", ""]
-        page += protocol_sections(gs, pid[p])
+        paper = all(k in PRECISION_KEYS for k, _ in p)
+        schedule = schedule_text(p)
+        page += protocol_sections(gs, pid[p], schedule=None if paper else schedule)
+        answers += _answers(gs, schedule, paper)
         if figures:
             from ressenet.experiments.figures import plot_protocol
 
-            figs = plot_protocol(gs, out / "figures", suffix=pid[p])
+            figs = plot_protocol(gs, out / "figures", suffix=pid[p], schedule=schedule, paper=paper)
             fig_paths += [f for f, _ in figs]
             if figs:
                 page += ["### Figures", ""]
                 for f, caption in figs:
                     page += [f"![{caption}](figures/{f.name})", "", f"*{caption}*", ""]
 
+    kept = kept_comparison(runs, kept_dir) if kept_dir is not None and runs else []
+    page += kept
     page += paper_improvement_section()
     page += params_section(runs)
     page += _provenance(runs, unfinished)
+    if answers:
+        page += ["## What the comparisons show", "", *answers]
 
     report = out / "report.md"
     atomic_write_text(report, "\n".join(render(page.blocks)).rstrip() + "\n")
     csvs = [page.table(name, columns).write_csv(out / name) for name, columns in CSV_COLUMNS.items()]
-    return ReportResult(out, report, csvs, fig_paths, len(runs), len(unfinished), problems + dup_notes)
+    return ReportResult(out, report, csvs, fig_paths, len(runs), len(unfinished), problems + dup_notes,
+                        kept[-2] if kept else None)
+
+
+def _answers(gs: list[Group], schedule: str, paper: bool) -> list[Block]:
+    """One sentence per dataset of a protocol, as the findings page words it: paired by seed, Holm-adjusted."""
+    out: list[Block] = []
+    for label in sorted({g.label for g in gs}, key=label_order):
+        tests = contrasts([g for g in gs if g.label == label])
+        if tests:
+            ns = sorted({g.n for g in gs if g.label == label})
+            n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+            out += [comparison_sentence(tests, f"{label}, {schedule}, n = {n}", full_protocol=paper), ""]
+    return out
 
 
 def _reading_notes() -> list[str]:
@@ -218,9 +247,10 @@ def _provenance(runs: list[FinishedRun], unfinished: list[tuple[str, str]]) -> l
                          _fmt_seconds(wall), r.meta.get("device_name") or r.meta.get("device") or "–",
                          r.meta.get("precision") or (r.config.get("run") or {}).get("precision") or "–",
                          str(r.meta.get("git_commit") or "–")[:10]])
-        md.append(Table(["Run directory", "Model", "Dataset", "Seed", "Iterations", "Top-1 final",
-                         "Top-1 best-on-test @ iter", "Wall time", "Device", "Precision", "Commit"], rows,
-                        "lllrrrrrlll"))
+        best_is_final = all(r.value("best_test_top1") == r.value("test_top1") for r in runs)
+        md.append(without_constant_columns(Table(
+            ["Run directory", "Model", "Dataset", "Seed", "Iterations", "Top-1 final", "Top-1 best-on-test @ iter",
+             "Wall time", "Device", "Precision", "Commit"], rows, "lllrrrrrlll"), best_is_final))
         md.append("")
     if unfinished:
         md += ["Unfinished (no `summary.json`; re-run the grid to resume them; not used above): " +

@@ -17,16 +17,40 @@ from ressenet.experiments.runs import (
 from ressenet.experiments.stats import Comparison, Summary, fmt_comparison, fmt_mean_std, fmt_num, welch
 from ressenet.experiments.tables import Block, Section, Table
 
-__all__ = ["protocol_sections", "GROUP_COLUMNS", "TABLE_COLUMNS", "IMP_COLUMNS"]
+__all__ = ["protocol_sections", "without_constant_columns", "GROUP_COLUMNS", "TABLE_COLUMNS", "IMP_COLUMNS"]
 
 
-def protocol_sections(gs: list[Group], pid: str) -> Section:
-    """Every results section of one protocol's groups, in page order."""
-    sec = _paper_tables(gs, pid)
-    sec += _comparison_tables(gs, pid)
-    sec += _claim_accuracy(gs)
-    sec += _all_groups(gs, pid)
+def protocol_sections(gs: list[Group], pid: str, *, schedule: str | None = None) -> Section:
+    """Every results section of one protocol's groups, in page order. The paper's numbers appear only without a
+    ``schedule`` (the groups follow its protocol; else the schedule in words); columns that cannot differ here are
+    left out."""
+    paper = schedule is None
+    sec = Section() if paper else Section([
+        f"**The paper's numbers are not shown beside these runs:** they come from its 64,000-iteration protocol, not "
+        f"this one ({schedule}), so they are not comparable.", ""])
+    sec += _paper_tables(gs, pid, paper)
+    sec += _comparison_tables(gs, pid, paper)
+    sec += _claim_accuracy(gs, paper)
+    sec += _all_groups(gs, pid, paper)
+    same = all(r.value("best_test_top1") == r.value("test_top1") for g in gs for r in g.runs)
+    if same:
+        sec.blocks[:0] = ["Best-on-test equals final in every run here (the last evaluation was the best), so only "
+                          "final is shown.", ""]
+    sec.blocks = [without_constant_columns(b, same) if isinstance(b, Table) else b for b in sec.blocks]
     return sec
+
+
+def without_constant_columns(table: Table, best_is_final: bool) -> Table:
+    """``table`` without the columns that hold nothing ("–" in every row) and, when ``best_is_final``, without the
+    best-on-test columns (each a copy of its final twin)."""
+    keep = [i for i, h in enumerate(table.header)
+            if not (best_is_final and "best-on-test" in h and "paper" not in h)
+            and not (table.rows and all(str(row[i]) in ("–", "", "None") for row in table.rows))]
+    if len(keep) == len(table.header):
+        return table
+    align = table.align or "l" + "r" * (len(table.header) - 1)
+    return Table([table.header[i] for i in keep], [[row[i] for i in keep] for row in table.rows],
+                 "".join(align[i] for i in keep))
 
 
 def _stat_cols(prefix: str, s: Summary) -> dict[str, Any]:
@@ -39,7 +63,7 @@ def _cmp_cols(prefix: str, c: Comparison) -> dict[str, Any]:
 
 
 
-def _paper_tables(gs: list[Group], pid: str) -> Section:
+def _paper_tables(gs: list[Group], pid: str, paper: bool) -> Section:
     """The paper's tables beside ours, one per family; records for paper_tables.csv."""
     md: list[Block] = []
     table_rows: list[dict[str, Any]] = []
@@ -55,7 +79,7 @@ def _paper_tables(gs: list[Group], pid: str) -> Section:
         headers.append("Note")
         rows = []
         for g in rows_g:
-            pr = paper_result(family, g.depth, g.compare_to) if g.compare_to else None
+            pr = paper_result(family, g.depth, g.compare_to) if g.compare_to and paper else None
             f1, f5 = g.stat("test_top1"), g.stat("test_top5")
             b1, b5 = g.stat("best_test_top1"), g.stat("best_test_top5")
             v1, v5 = g.stat("selected_test_top1"), g.stat("selected_test_top5")
@@ -112,7 +136,7 @@ def _fmt_paper_delta(printed: float | None, recomputed: float | None, slip: bool
     return f"{printed:+.2f}"
 
 
-def _comparison_tables(gs: list[Group], pid: str) -> Section:
+def _comparison_tables(gs: list[Group], pid: str, paper_protocol: bool) -> Section:
     """The paper's comparisons with Welch's tests, per depth and averaged; records for improvements.csv."""
     md: list[Block] = []
     imp_rows: list[dict[str, Any]] = []
@@ -130,7 +154,8 @@ def _comparison_tables(gs: list[Group], pid: str) -> Section:
         for ga, gb in pairs:
             cmps = {f"{kind}_{k}": welch(ga.values(key), gb.values(key))
                     for kind, keys in METRICS.items() for k, key in zip(("top1", "top5"), keys)}
-            paper = {m: _paper_delta(fa, fb, ga.depth, ga.compare_to, m, over) for m in ("top1", "top5")}
+            paper = {m: _paper_delta(fa, fb, ga.depth, ga.compare_to if paper_protocol else None, m, over)
+                     for m in ("top1", "top5")}
             rows.append([ga.label, ga.depth, f"{ga.n} / {gb.n}", fmt_comparison(cmps["final_top1"]),
                          fmt_comparison(cmps["best_on_test_top1"]), _fmt_paper_delta(*paper["top1"]),
                          fmt_comparison(cmps["final_top5"]), fmt_comparison(cmps["best_on_test_top5"]),
@@ -153,7 +178,7 @@ def _comparison_tables(gs: list[Group], pid: str) -> Section:
             depths = [g.depth for g, _ in items]
             mean = {k: _mean([c[k].diff for _, c in items]) for k in items[0][1]}
             paper_cells = []
-            compare_to = items[0][0].compare_to
+            compare_to = items[0][0].compare_to if paper_protocol else None
             for m in ("top1", "top5"):
                 rec = [_paper_delta(fa, fb, d, compare_to, m, over)[1] for d in depths]
                 recomputed = _mean(rec) if compare_to and all(v is not None for v in rec) else None
@@ -167,10 +192,12 @@ def _comparison_tables(gs: list[Group], pid: str) -> Section:
                          fmt_num(mean["final_top5"], signed=True), fmt_num(mean["best_on_test_top5"], signed=True),
                          paper_cells[1]])
         md += [f"### {title}", "", Table(headers, rows), ""]
-    if md:
+    if md and paper_protocol:
         md = ["Differences are the first model minus the second, in percentage points; \"Paper Δ\" is the printed "
               "improvement where the paper prints one (recomputed from its own numbers where that differs), else "
               "the difference of its printed accuracies.", ""] + md
+    elif md:
+        md = ["Differences are the first model minus the second, in percentage points.", ""] + md
     return Section(md, {"improvements.csv": imp_rows})
 
 
@@ -189,7 +216,7 @@ def _mean(values: Sequence[float | None]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
-def _claim_accuracy(gs: list[Group]) -> list[Block]:
+def _claim_accuracy(gs: list[Group], paper_protocol: bool) -> list[Block]:
     """The accuracy side of the paper's claim: Res-SE-Net-44 beats ResNet-110 and SE-ResNet-110."""
     index = {(g.label, g.model): g for g in gs}
     rows = []
@@ -201,8 +228,9 @@ def _claim_accuracy(gs: list[Group]) -> list[Block]:
                 continue
             c1 = welch(a.values("test_top1"), b.values("test_top1"))
             c2 = welch(a.values("best_test_top1"), b.values("best_test_top1"))
-            pa = paper_result("res_se_net", 44, a.compare_to) if a.compare_to else None
-            pb = paper_result(parse_model(other)[0] or "", 110, a.compare_to) if a.compare_to else None
+            compare = a.compare_to if paper_protocol else None
+            pa = paper_result("res_se_net", 44, compare) if compare else None
+            pb = paper_result(parse_model(other)[0] or "", 110, compare) if compare else None
             paper = fmt_num(pa.top1 - pb.top1, signed=True) if pa and pb else "–"
             rows.append([label, f"Res-SE-Net-44 − {FAMILY_TITLES[parse_model(other)[0] or '']}-110",
                          fmt_comparison(c1), fmt_comparison(c2), paper])
@@ -216,13 +244,14 @@ def _claim_accuracy(gs: list[Group]) -> list[Block]:
 _GROUP_STATS = [(f"{kind}_{k}", key) for kind, keys in METRICS.items() for k, key in zip(("top1", "top5"), keys)]
 
 
-def _all_groups(gs: list[Group], pid: str) -> Section:
+def _all_groups(gs: list[Group], pid: str, paper: bool) -> Section:
     """Every model and dataset of a protocol; records for groups.csv."""
     rows = []
     group_rows: list[dict[str, Any]] = []
     for g in sorted(gs, key=lambda g: (label_order(g.label), family_order(g.family), g.depth or 0, g.model)):
         s = {name: g.stat(key) for name, key in _GROUP_STATS}
-        pr = paper_result(g.family, g.depth, g.compare_to) if g.family and g.depth and g.compare_to else None
+        pr = paper_result(g.family, g.depth, g.compare_to) if g.family and g.depth and g.compare_to and paper \
+            else None
         iters = sorted({r.summary.get("iters") for r in g.runs if r.summary.get("iters") is not None})
         rows.append([g.label, g.model, g.n, ",".join(map(str, g.seeds)), fmt_mean_std(s["final_top1"]),
                      fmt_mean_std(s["best_on_test_top1"]), fmt_mean_std(s["val_selected_top1"]),

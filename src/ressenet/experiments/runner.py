@@ -26,7 +26,7 @@ from ressenet.experiments.cells import _read_json, cell_state
 from ressenet.experiments.gridspec import Cell
 from ressenet.experiments.jobs import Job, _positive_count, job_command, plan_jobs, train_command
 
-__all__ = ["GridResult", "GridRunner", "run_grid", "resolve_jobs", "usable_cores"]
+__all__ = ["GridResult", "GridRunner", "run_grid", "resolve_jobs", "usable_cores", "failure_line"]
 
 
 def usable_cores() -> int:
@@ -63,6 +63,7 @@ class GridResult:
     skipped: list[str] = field(default_factory=list)
     succeeded: list[str] = field(default_factory=list)
     failed: list[tuple[str, int, str]] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # failed cell -> the one-line error its log ends with
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     elsewhere: list[str] = field(default_factory=list)  # locked by another runner: skipped here
 
@@ -312,9 +313,28 @@ class GridRunner:
             self.echo(f"{at} skip {cell.name}: taken by another runner")
         else:
             why = f"exit code {rc}" if rc != 0 else "exit code 0 but no summary.json"
+            error = failure_line(log_path)
             with self._lock:
+                same = next((name for name, e in self.result.errors.items() if e == error), None)
                 self.result.failed.append((cell.name, rc if rc != 0 else 1, str(log_path)))
-            self.echo(f"{at} FAILED {cell.name} ({why}) after {seconds:.0f} s; log {log_path}")
+                self.result.errors[cell.name] = error
+            said = f"the same error as {same}" if same else error
+            self.echo(f"{at} FAILED {cell.name} ({why}) after {seconds:.0f} s: {said}; log {log_path}")
+
+
+def failure_line(log_path: Path) -> str:
+    """The one-line error of a trainer's last attempt in its log: its ``ressenet ...: error:`` line (prefix dropped),
+    else the last line it printed (a traceback's last line)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError as e:
+        return f"its log {log_path} cannot be read ({e.strerror or e})"
+    attempt = text[text.rfind("\n# ressenet grid ") + 1:].splitlines()[1:]
+    lines = [line.strip() for line in attempt if line.strip() and not line.startswith("#")]
+    for line in reversed(lines):
+        if line.startswith("ressenet ") and ": error: " in line:
+            return line.split(": error: ", 1)[1]
+    return lines[-1] if lines else "it printed nothing"
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from typing import Any
 
 from ressenet.engine.config import Config
 from ressenet.experiments.contrasts import (PRIMARY_TEST, Contrast, contrast_table, contrasts, interval_sentence,
-                                            mean_sd, seed_values, table, title_of)
+                                            mean_sd, seed_values, table, title_of, verdict_table)
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.readme_block import rel
 from ressenet.experiments.runs import (FinishedRun, Group, collect_runs, family_order, group_runs, parse_model,
@@ -213,11 +213,11 @@ def schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool)
             out.readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):", ""]
             out.readme += table(["model", "n", "final test top-1 (%), mean ± SD"],
                                 [[g.model, g.n, mean_sd(g.stat("test_top1"))] for g in gs])
-            tested = [c for c in mine if c.tested]
-            out.readme += ["", f"Primary test, paired by seed, Holm-adjusted over {len(tested)} comparisons: "
-                               f"{sum(c.shown for c in tested)} show a difference at this schedule"
-                           + "".join(f". {interval_sentence(c)}" for c in tested
-                                     if (c.family_a, c.family_b) in DEPTH_FIGURE) + ".", ""]
+            # The README keeps the depth comparisons and each ablation against Res-SE-Net; the page has the rest.
+            key = [c for c in mine if (c.family_a, c.family_b) in DEPTH_FIGURE or c.family_b == "res_se_net"]
+            out.readme += [""] + verdict_table(key, tag) + [""]
+            out.readme += [f"Holm's adjustment runs over all {sum(c.tested for c in mine)} comparisons of the findings "
+                           f"page; the others are there.", ""] if len(key) < len(mine) else []
         out.page += provenance(rs) + curves
     analysis = fig_dir.parent / f"analysis-{runs_dir.name}" / "analysis.md"
     if by_protocol and analysis.is_file():
