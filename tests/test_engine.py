@@ -121,6 +121,7 @@ def test_precision_auto_follows_the_cpus_bf16_arithmetic(monkeypatch):
 def test_cpu_compile_default_follows_the_precision_and_a_resumed_choice(monkeypatch):
     cpu, long = torch.device("cpu"), CPU_COMPILE_MIN_ITERS
     monkeypatch.setattr(engine_setup, "cpu_compiler_found", lambda: True)
+    monkeypatch.setattr(engine_setup, "cpu_bf16_compile_pays", lambda: False)  # AMX: tests/test_measured.py
     assert resolve_compile(None, "auto", cpu, iters=long, precision="fp32") == (True, "default")
     assert resolve_compile(None, "auto", cpu, iters=long, precision="bf16") == (False, "default")
     assert resolve_compile(True, "auto", cpu, iters=long, precision="bf16") == (True, "default")
