@@ -157,8 +157,8 @@ def main() -> int:
              or "none")
           + (f"; ONEDNN_MAX_CPU_ISA={measured._onednn_isa_cap()}" if measured._onednn_isa_cap() else ""))
     print("compile auto for bf16 here follows: "
-          + (f"{fact.cpu}, depth {fact.depth}, compiled/eager {fact.ratio:.2f}x ({'compiles' if fact.pays else 'eager'})"
-             if fact else "no measurement on such a CPU (eager)"))
+          + (f"{fact.cpu}, depth {fact.depth}, compiled/eager {fact.ratio:.2f}x "
+             f"({'compiles' if fact.pays else 'eager'})" if fact else "no measurement on such a CPU (eager)"))
     flags["features"] = sorted(features)  # type: ignore[assignment]
     models = [args.model] if args.model else common.parse_list(args.models)
     if args.compare_compile:

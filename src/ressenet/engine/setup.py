@@ -18,8 +18,8 @@ from ressenet.engine.config import Config
 from ressenet.errors import RessenetError
 
 __all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "resolve_compile", "cpu_compiler_found",
-           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last", "resolve_eval_batch_size",
-           "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
+           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last",
+           "resolve_eval_batch_size", "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
