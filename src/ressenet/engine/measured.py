@@ -6,7 +6,8 @@ than running it eager, by the CPU features it was measured on. ``resolve_compile
 long bf16 CPU run when the first fact that matches this CPU says compiling pays, and keeps it eager when a fact says
 it does not or none matches (nothing measured: no change from eager). A new measurement
 (``python benchmarks/cpu_grid.py --model MODEL --compare-compile``) becomes a new row here; the most specific
-features first, since the first row that matches wins.
+features first, since the first row that matches wins. ``depth`` says what was measured; the resolver does not
+see the model, so a row holds for every depth until a measurement at another depth disagrees with it.
 """
 from __future__ import annotations
 
