@@ -15,6 +15,13 @@ alternate old and new, so the machine's drift hits both; the ratio is the median
 
     python benchmarks/cpu_grid.py --data-root ../shared/data/cifar10-jpeg.tar.gz   # ~5 min on 2 cores, quiet
     python benchmarks/cpu_grid.py --new-switch fp32+cl+compile   # the default of a CPU without native bf16
+    python benchmarks/cpu_grid.py --model res_se_net56 --compare-compile   # compiled bf16 against eager bf16
+
+``--compare-compile`` times another pair in the grid's own layout (one single-threaded process per core, both
+sides): **eager** bf16 channels-last against **compiled** bf16 channels-last, and prints compiled / eager (the
+median of the per-round ratios), each side's median images/s, the compilation's extra warm-up and what compiling
+saves or costs over a run of ``--run-iters`` iterations (8,000: the compressed presets) per process. The figure
+that decides a preset's ``compile:`` and the resolver's table of measured facts (``engine/measured.py``).
 
 Stop a running grid first (SIGTERM to it and its trainers): a figure timed beside it is void.
 """
@@ -105,10 +112,19 @@ def main() -> int:
     common.add_data_args(p)
     p.add_argument("--models", default="res_se_net20",
                    help="comma list; the processes of a setting cycle through it (default res_se_net20)")
+    p.add_argument("--model", default=None,
+                   help="one model for every process (e.g. res_se_net56); overrides --models")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="time eager against compiled (both --precision, channels-last, one 1-thread process per "
+                        "core) instead of the grid default against fp32 compiled")
+    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                   help="with --compare-compile: the precision of both sides (default bf16)")
+    p.add_argument("--run-iters", type=int, default=8000,
+                   help="with --compare-compile: the run length the compilation's cost is spread over (8,000)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=8, help="steps before the window (compilation happens here)")
     p.add_argument("--seconds", type=float, default=30.0, help="the timed window of each setting, each round")
-    p.add_argument("--rounds", type=int, default=3, help="old/new rounds, alternating")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the two settings, alternating")
     p.add_argument("--cores", type=int, default=0, help="cores to use (default: the usable ones, as --jobs auto)")
     p.add_argument("--new-switch", default=None, metavar="SWITCH",
                    help="the one-process-per-core setting's switch instead of the grid default's, e.g. "
@@ -117,7 +133,9 @@ def main() -> int:
     from ressenet.experiments.runner import usable_cores
 
     device = torch.device("cpu")
-    info = common.header("CPU grid: aggregate training images/s, grid default against fp32 compiled", device)
+    info = common.header("CPU grid: aggregate training images/s, "
+                         + (f"{args.precision} compiled against eager" if args.compare_compile
+                            else "grid default against fp32 compiled"), device)
     t_start = time.perf_counter()
     cores = args.cores or usable_cores()
     import torch.cpu as tcpu
@@ -130,30 +148,72 @@ def main() -> int:
     shown = ", ".join(k.removeprefix("_is_").removesuffix("_supported") for k, v in flags.items() if v)
     print(f"cpu flags: {shown}"
           f"; native bf16: {cpu_has_native_bf16()}; {cores} usable cores")
-    new = common.parse_switch(args.new_switch) if args.new_switch else common.Switch().resolved(device)
-    old = common.Switch("fp32", True, True, "default")
-    settings = {"old": (old, 1, cores), "new": (new, cores, 1)}
-    print(f"old: 1 process x {cores} threads, {old.name};  new: {cores} processes x 1 thread, {new.name} "
-          + ("(as given)" if args.new_switch else "(the grid default resolved for a full-length run)"))
-    models = common.parse_list(args.models)
-    rows: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    from ressenet.engine import measured
+
+    features = measured.cpu_features()
+    fact = measured.bf16_compile_fact(features)
+    print("bf16 features (/proc/cpuinfo, oneDNN cap applied): "
+          + (", ".join(sorted(f for f in features if "bf16" in f or f.startswith(("amx", "avx512f", "avx2"))))
+             or "none")
+          + (f"; ONEDNN_MAX_CPU_ISA={measured._onednn_isa_cap()}" if measured._onednn_isa_cap() else ""))
+    print("compile auto for bf16 here follows: "
+          + (f"{fact.cpu}, depth {fact.depth}, compiled/eager {fact.ratio:.2f}x "
+             f"({'compiles' if fact.pays else 'eager'})" if fact else "no measurement on such a CPU (eager)"))
+    flags["features"] = sorted(features)  # type: ignore[assignment]
+    models = [args.model] if args.model else common.parse_list(args.models)
+    if args.compare_compile:
+        precision = args.precision
+        a_sw, b_sw = common.Switch(precision, True, False, "default"), common.Switch(precision, True, True, "default")
+        settings = {"eager": (a_sw, cores, 1), "compiled": (b_sw, cores, 1)}
+        print(f"eager: {cores} processes x 1 thread, {a_sw.name};  compiled: {cores} processes x 1 thread, "
+              f"{b_sw.name} (torch.compile, Inductor's C++ kernels); models {', '.join(models)}")
+    else:
+        new = common.parse_switch(args.new_switch) if args.new_switch else common.Switch().resolved(device)
+        old = common.Switch("fp32", True, True, "default")
+        settings = {"old": (old, 1, cores), "new": (new, cores, 1)}
+        print(f"old: 1 process x {cores} threads, {old.name};  new: {cores} processes x 1 thread, {new.name} "
+              + ("(as given)" if args.new_switch else "(the grid default resolved for a full-length run)"))
+    (a, b) = settings
+    rows: dict[str, list[dict[str, Any]]] = {a: [], b: []}
     ratios = []
     for r in range(args.rounds):
-        order = ("old", "new") if r % 2 == 0 else ("new", "old")
+        order = (a, b) if r % 2 == 0 else (b, a)
         for name in order:
             sw, procs, threads = settings[name]
             rows[name].append(measure(name, sw, procs, threads, args, models, r))
-        ratios.append(rows["new"][-1]["aggregate"] / rows["old"][-1]["aggregate"])
+        ratios.append(rows[b][-1]["aggregate"] / rows[a][-1]["aggregate"])
     agg = {k: [m["aggregate"] for m in v] for k, v in rows.items()}
-    print(f"old ({old.name}, 1 x {cores} threads): {common.fmt_rate(agg['old'])} images/s (median (min..max))")
-    print(f"new ({new.name}, {cores} x 1 thread):  {common.fmt_rate(agg['new'])} images/s")
-    print(f"new / old: {statistics.median(ratios):.2f}x (median of {len(ratios)} rounds; "
-          f"{', '.join(f'{x:.2f}' for x in ratios)})")
-    return common.finish(info, args.json, {"info": info, "cpu_flags": flags, "cores": cores, "models": models,
-                                           "old": {"switch": old.name, "rounds": rows["old"]},
-                                           "new": {"switch": new.name, "rounds": rows["new"]},
-                                           "ratios": ratios, "ratio_median": statistics.median(ratios)}, t_start)
+    for name in (a, b):
+        sw, procs, threads = settings[name]
+        print(f"{name} ({sw.name}, {procs} x {threads} thread(s)): {common.fmt_rate(agg[name])} images/s "
+              "(median (min..max))")
+    ratio = statistics.median(ratios)
+    print(f"{b} / {a}: {ratio:.2f}x (median of {len(ratios)} rounds; {', '.join(f'{x:.2f}' for x in ratios)})")
+    payload: dict[str, Any] = {"info": info, "cpu_flags": flags, "cores": cores, "models": models,
+                               a: {"switch": settings[a][0].name, "rounds": rows[a]},
+                               b: {"switch": settings[b][0].name, "rounds": rows[b]},
+                               "ratios": ratios, "ratio_median": ratio}
+    if args.compare_compile:
+        payload["run_cost"] = run_cost(rows, args.run_iters, args.batch_size)
+        c = payload["run_cost"]
+        print(f"compilation: {c['extra_warmup_seconds']:.0f} s more warm-up per process (median); over a "
+              f"{args.run_iters:,}-iteration run a process spends {c['eager_seconds'] / 60:.1f} min eager against "
+              f"{c['compiled_seconds'] / 60:.1f} min compiled: compiling {'pays' if c['pays'] else 'does not pay'} "
+              f"({c['saved_seconds'] / 60:+.1f} min saved)")
+    return common.finish(info, args.json, payload, t_start)
 
+
+def run_cost(rows: dict[str, list[dict[str, Any]]], iters: int, batch_size: int) -> dict[str, Any]:
+    """What one process spends on ``iters`` training steps eager against compiled: the steps at each side's median
+    per-process rate, plus the compiled side's extra warm-up (compilation; the warm-up steps themselves cost both)."""
+    per_proc = {k: statistics.median(r for m in v for r in m["per_process"]) for k, v in rows.items()}
+    warm = {k: statistics.median(w for m in v for w in m["warmup_seconds"]) for k, v in rows.items()}
+    extra = max(0.0, warm["compiled"] - warm["eager"])
+    eager = iters * batch_size / per_proc["eager"]
+    compiled = iters * batch_size / per_proc["compiled"] + extra
+    return {"iters": iters, "per_process_images_per_second": per_proc, "extra_warmup_seconds": extra,
+            "eager_seconds": eager, "compiled_seconds": compiled, "saved_seconds": eager - compiled,
+            "pays": compiled < eager}
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,7 +21,8 @@ DEPTHS = (20, 32, 44, 56, 110)
 
 
 def test_presets_are_shipped_and_load():
-    assert {"paper", "ablations", "quick"} <= set(list_presets())
+    assert {"paper", "ablations", "quick", "compressed", "compressed-ablations", "compressed-depth56"} <= set(
+        list_presets())
     for name in list_presets():
         spec = load_grid(name)
         assert spec.description and spec.models and spec.datasets
@@ -250,18 +251,40 @@ def test_cli_grid_runs_cells_and_exits_nonzero_on_failure(tmp_path, monkeypatch,
     assert "2 already done, 1 finished now" in capsys.readouterr().out
 
 
-def test_compressed_preset_is_the_shared_grid_cell_for_cell(tmp_path, shared_data_dir):
-    # The shipped preset and ../shared/experiments/compressed.yaml are one grid: runs made with either are the
+COMPRESSED_MODELS = {"compressed": {"resnet20", "res_se_net20", "se_resnet20", "resnet20_nobridge"},
+                     "compressed-ablations": {"res_se_net20_se_before_conv", "res_se_net20_se_all_identity"}}
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSED_MODELS))
+def test_compressed_presets_are_the_shared_grids_cell_for_cell(tmp_path, shared_data_dir, name):
+    # A shipped preset and ../shared/experiments/<name>.yaml are one grid: runs made with either are the
     # other's cells (same names, same configs), so imported runs count as done under the preset.
-    shared = shared_data_dir.parent / "experiments" / "compressed.yaml"
+    shared = shared_data_dir.parent / "experiments" / f"{name}.yaml"
     if not shared.is_file():
         pytest.skip(f"{shared} not found")
-    preset, from_file = (expand_grid(load_grid(g), tmp_path) for g in ("compressed", str(shared)))
-    assert len(preset) == 20 and [c.name for c in preset] == [c.name for c in from_file]
+    preset, from_file = (expand_grid(load_grid(g), tmp_path) for g in (name, str(shared)))
+    assert len(preset) == 5 * len(COMPRESSED_MODELS[name]) and [c.name for c in preset] == [c.name for c in from_file]
     assert [c.config for c in preset] == [c.config for c in from_file]
-    assert {c.model for c in preset} == {"resnet20", "res_se_net20", "se_resnet20", "resnet20_nobridge"}
+    assert {c.model for c in preset} == COMPRESSED_MODELS[name]
     assert all((c.config.optim.iters, c.config.optim.milestones, c.config.run.precision, c.config.run.compile)
                == (8000, [4000, 6000], "bf16", False) for c in preset)
+
+
+def test_compressed_depth56_preset_is_the_compressed_config_at_depth_56(tmp_path):
+    base = expand_grid(load_grid("compressed"), tmp_path)
+    deep = expand_grid(load_grid("compressed-depth56"), tmp_path)
+    assert len(deep) == 15 and len({c.name for c in deep}) == 15
+    assert {c.model for c in deep} == {"resnet56", "res_se_net56", "resnet56_nobridge"}
+    assert sorted({c.seed for c in deep}) == [0, 1, 2, 3, 4]
+    assert all(c.out == tmp_path / c.name for c in deep)  # beside the depth-20 runs in one runs folder
+    # The same config as the compressed grid's, model aside (compile included until it is measured at depth 56).
+    same = {"resnet56": "resnet20", "res_se_net56": "res_se_net20", "resnet56_nobridge": "resnet20_nobridge"}
+    by_name = {c.name: c for c in base}
+    for c in deep:
+        twin = by_name[c.name.replace(c.model, same[c.model], 1)]
+        assert c.config.optim == twin.config.optim and c.config.run.precision == twin.config.run.precision
+        assert (c.config.run.eval_every, c.config.run.log_every, c.config.run.ckpt_every) == (2000, 100, 500)
+        assert c.config.model.name == c.model
 
 
 def test_jobs_auto_is_one_single_threaded_process_per_core_on_the_cpu(tmp_path, monkeypatch):

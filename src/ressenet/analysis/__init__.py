@@ -32,15 +32,31 @@ statistics), ``inputs`` (which checkpoints, opened), ``reliance`` (one run analy
 """
 from __future__ import annotations
 
-from ressenet.analysis.cli import add_parser, cmd_analyze
-from ressenet.analysis.gates import CONSTANT_STD, HIST_BINS, QUANTILES, GateAccumulator, GateStats, hist_quantiles
-from ressenet.analysis.hooks import gate_override, record_gates
-from ressenet.analysis.pipeline import analyze
-from ressenet.analysis.reliance import RelianceRow, RunAnalysis, analyze_run
-from ressenet.analysis.render import write_outputs
-from ressenet.analysis.sites import SESite, se_modules, se_sites_of
-from ressenet.experiments.stats import PairedDrop, paired_drop
+import importlib
+from typing import Any
+
+# Each public name is imported from its module when first used, so that the CLI (which registers `analyze`) does
+# not load the statistics (scipy) for every `ressenet train`.
+_PUBLIC = {
+    "add_parser": "cli", "cmd_analyze": "cli",
+    "CONSTANT_STD": "gates", "HIST_BINS": "gates", "QUANTILES": "gates", "GateAccumulator": "gates",
+    "GateStats": "gates", "hist_quantiles": "gates",
+    "gate_override": "hooks", "record_gates": "hooks",
+    "analyze": "pipeline",
+    "RelianceRow": "reliance", "RunAnalysis": "reliance", "analyze_run": "reliance",
+    "write_outputs": "render",
+    "SESite": "sites", "se_modules": "sites", "se_sites_of": "sites",
+}
+_STATS = ("PairedDrop", "paired_drop")  # re-exported from ressenet.experiments.stats
 
 __all__ = ["analyze", "add_parser", "cmd_analyze", "SESite", "se_modules", "se_sites_of", "gate_override",
            "record_gates", "GateAccumulator", "GateStats", "hist_quantiles", "PairedDrop", "paired_drop",
            "RunAnalysis", "analyze_run", "RelianceRow", "write_outputs", "CONSTANT_STD", "HIST_BINS", "QUANTILES"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f"ressenet.analysis.{_PUBLIC[name]}"), name)
+    if name in _STATS:
+        return getattr(importlib.import_module("ressenet.experiments.stats"), name)
+    raise AttributeError(f"module 'ressenet.analysis' has no attribute {name!r}")

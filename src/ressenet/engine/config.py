@@ -170,7 +170,8 @@ class RunConfig:
         None, default_text="auto",
         help="torch.compile. auto (engine.setup.resolve_compile): on for a single CUDA device (CUDA graphs); on "
              "the CPU in fp32 for runs of engine.setup.CPU_COMPILE_MIN_ITERS iterations or more when a C++ compiler "
-             "is found, eager in bf16, where compiling gained nothing; off under DDP (BatchNorm + CUDA graphs + DDP "
+             "is found, in bf16 likewise where compiling it was measured to pay on such a CPU (engine/measured.py: "
+             "AMX-BF16), else eager; off under DDP (BatchNorm + CUDA graphs + DDP "
              "is a known slow path, pytorch#139207). Measured in BENCHMARKS.md; a resumed run keeps its choice")
     compile_mode: str = option("auto", choices=COMPILE_MODES,
                                help="torch.compile mode; auto = reduce-overhead (CUDA graphs) on CUDA, default "

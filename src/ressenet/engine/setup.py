@@ -18,8 +18,8 @@ from ressenet.engine.config import Config
 from ressenet.errors import RessenetError
 
 __all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "resolve_compile", "cpu_compiler_found",
-           "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last", "resolve_eval_batch_size",
-           "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
+           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last",
+           "resolve_eval_batch_size", "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -72,9 +72,19 @@ def resolve_precision(precision: str, device: torch.device, recorded: str | None
 
 # A CPU run in fp32 compiles by default from this many iterations on: compiling costs a minute or two and then
 # each step is faster (BENCHMARKS.md, "CPU precision and compilation"), which pays for itself after about 1,200
-# iterations; 2,000 keeps short runs (tests, the `quick` preset's 1,000) eager. bf16 on the CPU stays eager:
-# compiling it gained nothing there.
+# iterations; 2,000 keeps short runs (tests, the `quick` preset's 1,000) eager. bf16 on the CPU compiles from the
+# same length only where a measurement on such a CPU says it pays (engine/measured.py: with AMX-BF16); elsewhere it
+# stays eager (with AVX-512 BF16 alone compiling it gained nothing).
 CPU_COMPILE_MIN_ITERS = 2_000
+
+
+def cpu_bf16_compile_pays() -> bool:
+    """Whether compiling the bf16 step was measured faster than eager on a CPU like this one
+    (:data:`ressenet.engine.measured.CPU_BF16_COMPILE`); False where nothing was measured."""
+    from ressenet.engine import measured
+
+    fact = measured.bf16_compile_fact()
+    return fact is not None and fact.pays
 
 
 def cpu_compiler_found() -> bool:
@@ -102,8 +112,8 @@ def resolve_compile(flag: bool | None, mode: str, device: torch.device, world_si
 
     Auto (``flag`` None): on a single CUDA device, compiled with CUDA graphs (these launch-bound nets train several
     times faster so: BENCHMARKS.md). On the CPU, compiled (Inductor's C++ kernels) in fp32 when the run has at least
-    ``CPU_COMPILE_MIN_ITERS`` iterations and a C++ compiler is found; eager in bf16, where compiling gained nothing.
-    Eager under DDP.
+    ``CPU_COMPILE_MIN_ITERS`` iterations and a C++ compiler is found; in bf16 likewise where compiling it was
+    measured to pay on such a CPU (:func:`cpu_bf16_compile_pays`), eager elsewhere. Eager under DDP.
     """
     if flag is None and recorded is not None:
         flag = recorded is not False
@@ -115,7 +125,8 @@ def resolve_compile(flag: bool | None, mode: str, device: torch.device, world_si
         elif device.type == "cuda":
             flag = True
         else:
-            flag = (device.type == "cpu" and precision == "fp32" and iters >= CPU_COMPILE_MIN_ITERS
+            flag = (device.type == "cpu" and iters >= CPU_COMPILE_MIN_ITERS
+                    and (precision == "fp32" or (precision == "bf16" and cpu_bf16_compile_pays()))
                     and cpu_compiler_found())
     if mode == "auto":
         mode = "reduce-overhead" if device.type == "cuda" else "default"

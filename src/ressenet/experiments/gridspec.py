@@ -67,7 +67,7 @@ class GridSpec:
 
 
 def list_presets() -> list[str]:
-    """Names of the presets shipped with the package (``paper``, ``ablations``, ``quick``)."""
+    """Names of the presets shipped with the package (``paper``, ``ablations``, ``quick``, ``compressed``, ...)."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
