@@ -12,6 +12,7 @@ from typing import Any
 
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
+from ressenet.files import atomic_write_text
 
 __all__ = ["export_run", "card_path"]
 
@@ -137,8 +138,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         "run": run.resolve().name, "config": cfg.to_dict(),
     }
     digest = write_weights(weights, model.state_dict(), header)
-    from ressenet.engine.checkpoint import atomic_write_text
-
     atomic_write_text(card, model_card(header, weights.name, digest))
     return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
 

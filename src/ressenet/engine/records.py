@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.checkpoint import atomic_write_text
+from ressenet.files import atomic_write_text
 
 __all__ = ["MetricsLog", "Progress"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
-from ressenet.engine.checkpoint import atomic_write_text
+from ressenet.files import atomic_write_text
 from ressenet.engine.config import Config
 from ressenet.engine.rundir import RunDir
 from ressenet.experiments.paper import paper_result

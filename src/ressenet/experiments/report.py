@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.checkpoint import atomic_write_text
 from ressenet.errors import not_a_folder
+from ressenet.files import atomic_write_text
 from ressenet.experiments.report_paper import paper_improvement_section, params_section
 from ressenet.experiments.report_results import GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections
 from ressenet.experiments.runs import (
