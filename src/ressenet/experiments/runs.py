@@ -33,12 +33,17 @@ METRICS: dict[str, tuple[str, str]] = {
     "val_selected": ("selected_test_top1", "selected_test_top5"),
 }
 METRIC_TITLES = {"final": "final", "best_on_test": "best-on-test", "val_selected": "val-selected"}
-# Titles and the paper's comparisons come from the families table (models/families.py).
-FAMILY_TITLES: dict[str, str] = {f.key: f.title for f in FAMILIES}
+FAMILY_TITLES: dict[str, str] = {f.key: f.title for f in FAMILIES}  # the families table's (models/families.py)
 PAPER_DEPTHS = (20, 32, 44, 56, 110)
 # (family a, family b, title, printed paper table "over" or None): a minus b at the same depth and dataset.
-COMPARISONS: tuple[tuple[str, str, str, str | None], ...] = tuple(
-    (f.key, other, title, other if printed else None) for f in FAMILIES for other, title, printed in f.versus)
+# The paper's comparisons (Tables 1-4 print the first two) and its ablations, in the report's order.
+COMPARISONS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("res_se_net", "resnet", "Res-SE-Net over ResNet", "resnet"),
+    ("res_se_net", "se_resnet", "Res-SE-Net over SE-ResNet", "se_resnet"),
+    ("resnet_nobridge", "resnet", "ResNet without bridges minus ResNet (do bridges matter?)", None),
+    ("res_se_net_se_before_conv", "res_se_net", "Ablation: SE before the bridge convolution minus Res-SE-Net", None),
+    ("res_se_net_se_all_identity", "res_se_net", "Ablation: SE on every identity connection minus Res-SE-Net", None),
+)
 # Config keys that do not split runs into different protocols (besides the result-neutral ones): the cell axes,
 # the head size (set by the dataset), the memory format, and how often the test set is looked at.
 GROUPING_IGNORED = RESULT_NEUTRAL_KEYS | {"model.name", "data.dataset", "run.seed", "model.num_classes",

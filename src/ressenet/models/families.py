@@ -1,7 +1,8 @@
-"""Model families as one table: where the SE blocks go, whether bridges exist, how a family is named and shown.
+"""Model families as one table: where the SE blocks go, whether bridges exist, how a family is named.
 
-Everything else reads this table: the registry generates one factory per (family, depth) from it, the report and
-the figures take titles, colours and the paper's comparisons from it, and the tests iterate over it. Adding an SE
+Everything else reads this table: the registry generates one factory per (family, depth) from it, the report
+takes titles from it, and the tests iterate over it. How a family is drawn (its colour) and which families the
+paper compares belong to the reporting layer (experiments/figures.py, experiments/runs.py). Adding an SE
 placement is one :class:`SEPlacement` value, one branch in :func:`se_sites` and one :data:`FAMILIES` row.
 
 Placements (Varshaneya et al., arXiv:1902.06066; docs/design.md, "Architectures"):
@@ -59,9 +60,6 @@ class Family:
         bridge: ``False`` removes the bridge shortcuts (output = ReLU of the residual branch there).
         prefix: Model names are ``f"{prefix}{depth}{suffix}"``.
         suffix: See ``prefix``.
-        color: Matplotlib colour of the family in every figure.
-        versus: The paper's comparisons with this family as the first term: (other family key, title of
-            "this minus other", whether the paper prints this improvement in its tables).
     """
 
     key: str
@@ -70,26 +68,20 @@ class Family:
     bridge: bool
     prefix: str
     suffix: str
-    color: str
-    versus: tuple[tuple[str, str, bool], ...] = ()
 
     def model_name(self, depth: int) -> str:
         return f"{self.prefix}{depth}{self.suffix}"
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("resnet", "ResNet", SEPlacement.NONE, True, "resnet", "", "#1f77b4"),
-    Family("se_resnet", "SE-ResNet", SEPlacement.RESIDUAL, True, "se_resnet", "", "#2ca02c"),
-    Family("res_se_net", "Res-SE-Net", SEPlacement.BRIDGE_AFTER, True, "res_se_net", "", "#d62728",
-           versus=(("resnet", "Res-SE-Net over ResNet", True), ("se_resnet", "Res-SE-Net over SE-ResNet", True))),
-    Family("resnet_nobridge", "ResNet without bridges", SEPlacement.NONE, False, "resnet", "_nobridge", "#7f7f7f",
-           versus=(("resnet", "ResNet without bridges minus ResNet (do bridges matter?)", False),)),
+    Family("resnet", "ResNet", SEPlacement.NONE, True, "resnet", ""),
+    Family("se_resnet", "SE-ResNet", SEPlacement.RESIDUAL, True, "se_resnet", ""),
+    Family("res_se_net", "Res-SE-Net", SEPlacement.BRIDGE_AFTER, True, "res_se_net", ""),
+    Family("resnet_nobridge", "ResNet without bridges", SEPlacement.NONE, False, "resnet", "_nobridge"),
     Family("res_se_net_se_before_conv", "Res-SE-Net, SE before the bridge conv", SEPlacement.BRIDGE_BEFORE, True,
-           "res_se_net", "_se_before_conv", "#ff7f0e",
-           versus=(("res_se_net", "Ablation: SE before the bridge convolution minus Res-SE-Net", False),)),
+           "res_se_net", "_se_before_conv"),
     Family("res_se_net_se_all_identity", "Res-SE-Net, SE on every identity connection",
-           SEPlacement.BRIDGE_AND_IDENTITY, True, "res_se_net", "_se_all_identity", "#9467bd",
-           versus=(("res_se_net", "Ablation: SE on every identity connection minus Res-SE-Net", False),)),
+           SEPlacement.BRIDGE_AND_IDENTITY, True, "res_se_net", "_se_all_identity"),
 )
 FAMILY: dict[str, Family] = {f.key: f for f in FAMILIES}
 
