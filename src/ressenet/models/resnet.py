@@ -19,11 +19,11 @@ from ressenet.models.families import FAMILIES, Family, ModelInfo, SEPlacement, d
 from ressenet.models.layers import SEBlock, Shortcut, conv1x1, conv3x3
 from ressenet.models.registry import register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "DEPTHS"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "DEPTHS", "SHORTCUTS", "LAYOUTS"]
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
-SHORTCUTS = ("A", "B")
-LAYOUTS = ("basic", "released")
+SHORTCUTS = ("A", "B")  # the bridge shortcut: A zero-pads (He et al.), B is conv1x1 + BN (the paper's)
+LAYOUTS = ("basic", "released")  # "released": the released code's bottleneck blocks
 
 
 def _shortcut(inplanes: int, outplanes: int, stride: int, *, shortcut: str, placement: SEPlacement, bridge: bool,
