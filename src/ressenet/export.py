@@ -67,7 +67,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
             run's model, or an existing ``out`` or card (unless ``overwrite``).
     """
     from ressenet.engine.checkpoint import open_checkpoint
-    from ressenet.experiments.runs import dataset_label, protocol_text, _protocol
+    from ressenet.experiments.runs import dataset_label, protocol_text, config_protocol
     from ressenet.models import count_params, model_info
     from ressenet.weights import write_weights
 
@@ -130,7 +130,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         "data": {k: data.get(k) for k in ("description", "fingerprint", "lossless", "classes", "train_size",
                                           "test_size", "val_size")},
         "finished": finished, "iters": it, "planned_iters": planned, "seed": cfg.run.seed, **acc,
-        "protocol": protocol_text(_protocol(cfg.to_dict())),
+        "protocol": protocol_text(config_protocol(cfg.to_dict())),
         "trained_with": {"ressenet": meta.get("ressenet"), "git_commit": meta.get("git_commit"),
                          "torch": meta.get("torch"), "device": meta.get("device"),
                          # the arithmetic its accuracy was measured in, which `eval --weights` repeats

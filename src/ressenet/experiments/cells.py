@@ -16,7 +16,7 @@ from ressenet.errors import RessenetError
 from ressenet.experiments.gridspec import Cell, GridSpec
 from ressenet.experiments.runs import last_iteration
 
-__all__ = ["CellState", "cell_state", "format_plan"]
+__all__ = ["CellState", "cell_state", "format_plan", "read_json_object"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -32,7 +32,8 @@ class CellState:
         return self.state in ("pending", "partial")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -98,7 +99,7 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     holder = lock_holder(out)
     if holder is not None and not summary_path.is_file():
         return CellState("running", f"trained by {describe_holder(holder)}")
-    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary = read_json_object(summary_path) if summary_path.is_file() else None
     if summary_path.is_file() and summary is None:
         return CellState("conflict", "summary.json is unreadable")
     if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is

@@ -22,7 +22,8 @@ from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
 
 __all__ = ["FinishedRun", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
-           "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
+           "protocol_text", "config_protocol", "label_order", "family_order", "METRICS", "METRIC_TITLES",
+           "FAMILY_TITLES", "COMPARISONS",
            "PAPER_DEPTHS", "GROUPING_IGNORED"]
 
 
@@ -119,7 +120,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return tree if isinstance(tree, dict) else {}
 
 
-def _protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+def config_protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The result-relevant differences from the defaults (the paper's protocol), as sorted (key, value) pairs."""
     try:
         tree = config_from_dict({k: v for k, v in config.items() if k != "meta"}).to_dict()
@@ -194,7 +195,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[FinishedRun], list[tuple[st
         seed = summary.get("seed", (config.get("run") or {}).get("seed"))
         runs.append(FinishedRun(path=d, rel=rel, summary=summary, config=config, meta=meta, model=model, family=family,
                         depth=depth, label=label, compare_to=compare_to,
-                        seed=int(seed) if isinstance(seed, int) else None, protocol=_protocol(config)))
+                        seed=int(seed) if isinstance(seed, int) else None, protocol=config_protocol(config)))
     unfinished = []
     seen = set()
     for marker in (RunDir.METRICS, RunDir.LAST):
