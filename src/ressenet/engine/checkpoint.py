@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ressenet.engine.config import Config, config_from_dict
+from ressenet.engine.setup import build_model
 from ressenet.errors import RessenetError
 from ressenet.files import atomic_write
 
@@ -56,8 +57,6 @@ class Checkpoint:
     def model(self, num_classes: int | None = None) -> nn.Module:
         """The checkpoint's model with its weights (eval mode off: as built). ``num_classes`` defaults to the
         checkpoint's own classifier's."""
-        from ressenet.engine.setup import build_model
-
         cfg = self.config
         if num_classes is None:
             fc = self.state["model"].get("fc.weight") if isinstance(self.state["model"], dict) else None

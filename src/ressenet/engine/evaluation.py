@@ -10,12 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ressenet.data import eval_batches
 from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.config import Config, config_from_dict
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
-from ressenet.engine.setup import (autocast_context, load_data, resolve_channels_last, resolve_device,
-                                   resolve_eval_batch_size, resolve_precision)
+from ressenet.engine.rundir import RunDir
+from ressenet.engine.setup import (
+    autocast_context, load_data, resolve_channels_last, resolve_device, resolve_eval_batch_size, resolve_precision,
+)
 from ressenet.errors import RessenetError
+from ressenet.models import load_pretrained
+from ressenet.weights import fetch_weights, read_header
 
 __all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "evaluate_weights", "data_as_given"]
 
@@ -47,8 +52,6 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
 
 def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, device: torch.device,
                 channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
-    from ressenet.data import eval_batches
-
     batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"],
                            std=data["std"], device=device, channels_last=channels_last, rank=dist_info.rank,
                            world_size=dist_info.world_size)
@@ -108,8 +111,6 @@ def run_precision(recorded: Any, run_dir: Path | None, cfg: Config, device: torc
     """The arithmetic a run evaluated in while training, so that evaluating its weights again reproduces its
     numbers: as recorded (the checkpoint's, else its run directory's ``config.yaml``), else what the run's
     ``--precision`` resolves to here. fp16 has no CPU kernels: fp32 there."""
-    from ressenet.engine.rundir import RunDir
-
     if recorded not in PRECISION_NAMES and run_dir is not None:
         recorded = RunDir(run_dir).recorded_choices().get("precision")
     precision = cfg.run.precision
@@ -169,9 +170,6 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
     ``dataset``. The inputs are normalised as the weights were trained (the header's mean and std), whatever the
     data. As with checkpoints, the header's data settings are data: no download, no cache or folder it names.
     """
-    from ressenet.models import load_pretrained
-    from ressenet.weights import fetch_weights, read_header
-
     local, digest = fetch_weights(path, sha256=sha256, cache_dir=cache_dir)
     header = read_header(local)
     try:

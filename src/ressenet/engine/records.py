@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ressenet.engine.tensorboard import EventLog, read_metrics
 from ressenet.files import atomic_write_text
 
 __all__ = ["MetricsLog", "Progress"]
@@ -25,8 +26,6 @@ class MetricsLog:
         elif enabled and resume_iter is None:
             path.unlink(missing_ok=True)
         if enabled and tensorboard:
-            from ressenet.engine.tensorboard import EventLog, read_metrics
-
             # On resume, the events are rewritten from the lines kept above, then appended to: the same steps.
             self.events = EventLog(path.parent, read_metrics(path) if path.exists() else [])
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 
 __all__ = ["TAGS", "EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
@@ -101,7 +102,6 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
         raise FileNotFoundError(f"runs directory {root} not found; pass the folder holding run directories")
     require_tensorboard()
     done = []
-    from ressenet.engine.rundir import RunDir
 
     for found in RunDir.with_metrics_below(root):
         run, metrics = found.path, found.metrics_file

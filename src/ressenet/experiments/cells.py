@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.engine.config import ConfigError, diff_configs, flatten_config, load_yaml
-from ressenet.engine.lock import describe as describe_holder
-from ressenet.engine.lock import lock_holder
+from ressenet.engine.lock import describe as describe_holder, lock_holder
 from ressenet.engine.rundir import RunDir, missing_results
+from ressenet.engine.setup import load_data
 from ressenet.errors import RessenetError
 from ressenet.experiments.gridspec import Cell, GridSpec
 from ressenet.experiments.runs import last_iteration
@@ -72,8 +72,6 @@ def _conflicts(cell: Cell, existing: dict[str, Any]) -> list[str]:
 def _fingerprint_for(cell: Cell, cache: dict[tuple, str | None]) -> str | None:
     """The content fingerprint of the data ``cell`` would train on (engine/setup.py), loaded once per data
     configuration; None when the data cannot be loaded here (then a finished cell is trusted as it is)."""
-    from ressenet.engine.setup import load_data
-
     d = cell.config.data
     key = (d.dataset, d.data_root, d.cache_dir, d.train_limit, d.test_limit, d.val_split)
     if key not in cache:

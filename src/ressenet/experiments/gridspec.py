@@ -34,6 +34,7 @@ from typing import Any
 
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, flatten_config, load_yaml
 from ressenet.errors import quote
+from ressenet.models import is_model
 
 __all__ = ["GridSpec", "Cell", "PRESET_DIR", "AXIS_KEYS", "MAX_SEEDS", "MAX_CELLS", "list_presets", "load_grid",
            "parse_seeds", "expand_grid", "value_text"]
@@ -159,8 +160,6 @@ def load_grid(preset: str | Path) -> GridSpec:
 
 
 def _expand_models(models: Any, depths: Any, where: str) -> tuple[str, ...]:
-    from ressenet.models import is_model
-
     if isinstance(models, str):
         models = [models]
     if not isinstance(models, list) or not models:

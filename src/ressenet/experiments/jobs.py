@@ -11,6 +11,7 @@ from pathlib import Path
 from ressenet.engine.config import Config, ConfigError, flatten_config
 from ressenet.experiments.cells import cell_state
 from ressenet.experiments.gridspec import AXIS_KEYS, Cell, value_text
+from ressenet.models import model_info
 
 __all__ = ["FLAG_KEYS", "FUSE_AUTO_CUDA", "Job", "train_command", "member_template", "resolve_fuse", "plan_jobs",
            "job_command", "emit_commands", "positive_count"]
@@ -89,8 +90,6 @@ def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
     fused job is a product of models x seeds (what ``ressenet train --model a,b --seed 1,2`` expresses): seeds
     that miss the same models are packed together, as many seeds per job as ``fuse`` allows.
     """
-    from ressenet.models import model_info
-
     if fuse <= 1:
         return [Job((c,)) for c in cells]
     groups: dict[tuple, list[Cell]] = {}

@@ -29,15 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ressenet import __version__
 from ressenet.errors import not_a_folder
-from ressenet.files import atomic_write_text
 from ressenet.experiments.report_paper import paper_improvement_section, params_section
 from ressenet.experiments.report_results import GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections
-from ressenet.experiments.runs import (
-    FinishedRun, Group, collect_runs, group_runs, label_order, protocol_text,
-)
+from ressenet.experiments.runs import FinishedRun, Group, collect_runs, group_runs, label_order, protocol_text
 from ressenet.experiments.stats import fmt_num
 from ressenet.experiments.tables import Block, Section, Table, render
+from ressenet.files import atomic_write_text
 
 __all__ = ["write_report", "ReportResult"]
 
@@ -67,8 +66,6 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
     Raises:
         FileNotFoundError: ``runs_dir`` does not exist.
     """
-    from ressenet import __version__
-
     runs, unfinished, problems = collect_runs(runs_dir)
     out = Path(out_dir)
     try:
@@ -106,7 +103,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
         page += [heading, "", f"Protocol: {protocol_text(p)}.", ""]
         page += protocol_sections(gs, pid[p])
         if figures:
-            from ressenet.experiments.figures import plot_protocol
+            from ressenet.experiments.figures import plot_protocol  # Matplotlib loads only when figures are drawn
 
             figs = plot_protocol(gs, out / "figures", suffix=pid[p])
             fig_paths += [f for f, _ in figs]

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 
-from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config,
-                                    load_yaml)
+from ressenet.data.constants import DATASET_INFO
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config, load_yaml
 from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
@@ -63,8 +63,6 @@ def dataset_label(summary: dict[str, Any], config: dict[str, Any]) -> tuple[str,
     From the dataset registry (data/constants.py ``DATASET_INFO``) and the structured fields a run records
     (``data.classes``, ``data.test_size``, ``data.lossless``), never from prose.
     """
-    from ressenet.data.constants import DATASET_INFO
-
     ds = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "?"
     data = summary.get("data") or {}
     info = DATASET_INFO.get(str(ds))

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
-__all__ = ["SEPlacement", "Family", "FAMILIES", "FAMILY", "ModelInfo", "se_sites", "family_order",
-           "default_pretrained_cfg"]
+__all__ = ["SEPlacement", "Family", "FAMILIES", "FAMILY", "ModelInfo", "se_sites", "family_order"]
 
 
 class SEPlacement(str, Enum):
@@ -106,20 +104,3 @@ class ModelInfo:
     @property
     def bridge(self) -> bool:
         return self.family.bridge
-
-
-def default_pretrained_cfg(name: str | None, num_classes: int) -> dict[str, Any]:
-    """A model's ``pretrained_cfg`` (timm's name): what it takes and predicts, from the families table and the data
-    layer's constants. Untrained models expect the paper's normalisation (the default ``data.normalization``);
-    ``ressenet.load_pretrained`` replaces mean, std, dataset and classes with those the weights were trained on."""
-    from ressenet.data.constants import INPUT_SIZE, PAPER_MEAN, PAPER_STD  # the data package loads only when asked
-
-    fam = None
-    if name is not None:
-        from ressenet.models.registry import model_info
-
-        info = model_info(name)
-        fam = info.family.key if info is not None else None
-    return {"architecture": name, "family": fam, "input_size": INPUT_SIZE, "mean": PAPER_MEAN, "std": PAPER_STD,
-            "normalization": "paper", "num_classes": num_classes, "classifier": "fc", "dataset": None,
-            "classes": None, "file": None, "sha256": None}
