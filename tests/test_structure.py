@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle between its modules (imports inside functions count too)."""
+"""The package's shape: no import circle between files (in-function imports and names taken from a package's face count
+too), the model layer below the engine, files.py at the bottom, imports at the top, no private name shared."""
 from __future__ import annotations
 
 import ast
