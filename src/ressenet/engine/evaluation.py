@@ -71,6 +71,15 @@ def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None) 
     return cfg
 
 
+def _eval_data(cfg: Config, *, data_root: str | None, cache_dir: str | None, batch_size: int | None,
+               device: str) -> tuple[torch.device, dict[str, Any]]:
+    """The device and the data an evaluation of ``cfg`` (a checkpoint's or a weights header's) reads, its data
+    settings taken as given (:func:`data_as_given`) and its batch size the caller's."""
+    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
+    cfg.run.eval_batch_size = batch_size
+    return resolve_device(device), load_data(cfg)
+
+
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                         cache_dir: str | None = None, split: str = "test", device: str = "auto",
                         batch_size: int | None = None, allow_other_classes: bool = False) -> dict[str, Any]:
@@ -90,10 +99,7 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     state, cfg = ckpt.state, ckpt.config
     if dataset is not None:
         cfg.data.dataset = dataset
-    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
-    cfg.run.eval_batch_size = batch_size
-    dev = resolve_device(device)
-    data = load_data(cfg)
+    dev, data = _eval_data(cfg, data_root=data_root, cache_dir=cache_dir, batch_size=batch_size, device=device)
     same_data = _check_eval_data(path, state, cfg, data, allow_other_classes)
     num_classes = len(data["train"].classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
@@ -179,10 +185,7 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
     if dataset is not None and dataset != cfg.data.dataset:
         # The run's subset sizes belong to its own data (a smoke test's synthetic images), not to another dataset.
         cfg.data.dataset, cfg.data.train_limit, cfg.data.test_limit = dataset, 0, 0
-    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir)
-    cfg.run.eval_batch_size = batch_size
-    dev = resolve_device(device)
-    data = load_data(cfg)
+    dev, data = _eval_data(cfg, data_root=data_root, cache_dir=cache_dir, batch_size=batch_size, device=device)
     n = len(data["train"].classes)
     if n != header["num_classes"]:
         raise RessenetError(f"{local} predicts {header['num_classes']} classes and {cfg.data.dataset} at "
