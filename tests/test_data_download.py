@@ -114,11 +114,11 @@ def test_missing_member(tmp_path):
 
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(fake.folder, arcname="cifar-100-python")
-    from ressenet.data.fetch import file_md5
+    from ressenet.files import file_hash
 
     root = tmp_path / "data"
     with pytest.raises(DataError, match="lacks the member cifar-100-python/meta"):
-        download("cifar100", root, url=archive.as_uri(), md5=file_md5(archive), member_md5=fake.member_md5,
+        download("cifar100", root, url=archive.as_uri(), md5=file_hash(archive, "md5"), member_md5=fake.member_md5,
                  progress=False)
     assert_nothing_left(root, "cifar100")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from ressenet.experiments.palette import FAMILY_COLORS, OTHER_COLOR, family_color
 from ressenet.experiments.runs import COMPARISONS, FAMILY_TITLES, parse_model
 from ressenet.models import (
     DEPTHS, FAMILIES, FAMILY, SEPlacement, count_bridges, count_se_blocks, create_model, list_models, model_info,
@@ -52,3 +53,8 @@ def test_report_titles_and_comparisons_come_from_the_table():
         ("res_se_net_se_before_conv", "res_se_net"), ("res_se_net_se_all_identity", "res_se_net")]
     assert all(b in FAMILY for _, b, _, _ in COMPARISONS)
     assert {p for p in SEPlacement} == {f.placement for f in FAMILIES}
+
+
+def test_every_family_has_a_colour_in_the_reporting_layer():
+    assert set(FAMILY_COLORS) == set(FAMILY)
+    assert family_color(None) == family_color("wide_resnet") == OTHER_COLOR

@@ -32,6 +32,7 @@ from ressenet.cli import main
 from ressenet.data import DataError, archive, download, fetch, imagefolder, load_datasets, load_pickle, load_split
 from ressenet.data.archive import MAX_MEMBER_BYTES, MAX_TAR_HEADER_BYTES
 from ressenet.data.imagefolder import MAX_IMAGE_BYTES
+from ressenet.files import file_hash
 
 BOMB_BYTES = 300 << 20  # "several hundred MB" of zeros, a few hundred KB once gzipped
 
@@ -340,7 +341,7 @@ def test_official_archive_member_above_any_cifar_file_is_refused_before_extracti
     # The download path refuses it the same way, and leaves nothing in the data root.
     root = tmp_path / "data"
     with pytest.raises(DataError) as e:
-        download("cifar10", root, url=bomb.as_uri(), variant="binary", md5=fetch.file_md5(bomb), progress=False)
+        download("cifar10", root, url=bomb.as_uri(), variant="binary", md5=file_hash(bomb, "md5"), progress=False)
     assert "data_batch_1.bin" in one_line(e) and str(MAX_MEMBER_BYTES) in str(e.value)
     assert not root.exists()
 

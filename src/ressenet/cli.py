@@ -20,15 +20,26 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ressenet import __version__
+from ressenet.analysis import add_parser as add_analyze_command
+from ressenet.data import dataset_info, download, format_info
+from ressenet.data.constants import DATASETS, DOWNLOADABLE
+from ressenet.engine.config import FUSED_MECHANISMS, check_choice, load_config
+from ressenet.engine.evaluation import evaluate_checkpoint, evaluate_weights
+from ressenet.engine.fused import fused_configs, train_fused
+from ressenet.engine.lock import EXIT_LOCKED, LockHeld
+from ressenet.engine.tensorboard import convert_runs
+from ressenet.engine.train import train
+from ressenet.errors import USER_ERRORS, RessenetError
+from ressenet.experiments.cli import add_experiment_commands
+from ressenet.export import export_run
+from ressenet.models import describe_model, list_models
 from ressenet.options import TRAIN_FLAGS, TRAIN_SWITCHES, add_train_options, train_overrides
 
 __all__ = ["main", "build_parser", "train_overrides", "TRAIN_FLAGS", "TRAIN_SWITCHES"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ressenet import __version__
-    from ressenet.data.constants import DATASETS, DOWNLOADABLE
-
     parser = argparse.ArgumentParser(prog="ressenet", description="ResNet / SE-ResNet / Res-SE-Net on CIFAR.")
     parser.add_argument("--version", action="version", version=f"ressenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,8 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model with the paper's protocol (resumes an existing --out)")
     add_train_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace a run directory holding another configuration")
-    from ressenet.engine.config import FUSED_MECHANISMS
-
     p.add_argument("--fused-mechanism", default="auto", choices=FUSED_MECHANISMS,
                    help="how several members (--model a,b --seed 1,2) train together: sequential (one after another "
                         "in one process), graphs (CUDA graphs replayed on parallel streams), grouped (one network "
@@ -115,17 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tensorboard)
 
     # --- experiments (grid / report / reproduce) -------------------------------------------------------
-    from ressenet.analysis import add_parser as add_analyze_command
-    from ressenet.experiments.cli import add_experiment_commands
-
     add_experiment_commands(sub)
     add_analyze_command(sub)
     return parser
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from ressenet.models import describe_model, list_models
-
     names = list_models(args.filter)
     if not names:
         print(f"no model matches {args.filter!r}; run `ressenet models` for all names", file=sys.stderr)
@@ -142,25 +146,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
-    from ressenet.data import dataset_info, format_info
-
     info = dataset_info(args.dataset, args.data_root, download=args.download, cache_dir=args.cache_dir)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
 def _cmd_data_download(args: argparse.Namespace) -> int:
-    from ressenet.data import download
-
     path = download(args.dataset, args.data_root or "./data", url=args.url, variant=args.variant)
     print(f"{args.dataset} verified at {path}")
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ressenet.engine.config import check_choice, load_config
-    from ressenet.engine.train import train
-
     overrides = train_overrides(args)
     models = [m.strip() for m in str(overrides.get("model.name") or "").split(",") if m.strip()]
     seeds = [s.strip() for s in str(overrides.get("run.seed") or "").split(",") if s.strip()]
@@ -178,10 +175,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train_fused(args: argparse.Namespace, overrides: dict[str, Any], models: list[str], seeds: list[str]) -> int:
     """``--model a,b --seed 1,2,3``: the product of models and seeds, trained together (engine/fused.py)."""
-    from ressenet.engine.config import load_config
-    from ressenet.engine.fused import fused_configs, train_fused
-    from ressenet.errors import RessenetError
-
     out = overrides.pop("run.out", None)
     if not out:
         raise RessenetError("several members (--model a,b or --seed 1,2) need --out DIR; each member trains in "
@@ -201,15 +194,10 @@ def _train_fused(args: argparse.Namespace, overrides: dict[str, Any], models: li
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ressenet.engine.config import check_choice
-    from ressenet.engine.evaluation import evaluate_checkpoint
-
     check_choice("data.dataset", args.dataset)  # None: the checkpoint's
     check_choice("run.device", args.device)
 
     if args.weights is not None:
-        from ressenet.engine.evaluation import evaluate_weights
-
         res = evaluate_weights(args.weights, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
                                split=args.split, device=args.device, batch_size=args.batch_size, sha256=args.sha256)
     else:
@@ -227,8 +215,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ressenet.export import export_run
-
     res = export_run(args.run_dir, args.out, allow_unfinished=args.allow_unfinished, overwrite=args.overwrite)
     h = res["header"]
     acc = (f"test top-1 {h['test_top1']:.2f}% top-5 {h['test_top5']:.2f}% on {h['data_label']}"
@@ -239,8 +225,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> int:
-    from ressenet.engine.tensorboard import convert_runs
-
     for rel, what in convert_runs(args.runs_dir, out=args.out, overwrite=args.overwrite):
         print(f"{rel}: {what}")
     print(f"view them with: tensorboard --logdir {args.out or args.runs_dir}")
@@ -266,14 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.formatwarning = one_line
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ressenet.errors import USER_ERRORS
 
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         if os.environ.get("RESSENET_DEBUG"):
             raise
-        from ressenet.engine.lock import EXIT_LOCKED, LockHeld
 
         print(f"ressenet {args.command}: error: {e}", file=sys.stderr)
         return EXIT_LOCKED if isinstance(e, LockHeld) else 2

@@ -10,8 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ressenet.data import DataError, normalization
+from ressenet.data.constants import DATASET_INFO
+from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
+from ressenet.experiments.runs import config_protocol, dataset_label, protocol_text
+from ressenet.files import atomic_write_text
+from ressenet.models import FAMILY, count_params, model_info
+from ressenet.weights import write_weights
 
 __all__ = ["export_run", "card_path"]
 
@@ -44,7 +51,6 @@ def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[fl
     dataset and mode (what it trained with)."""
     if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
         return [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
-    from ressenet.data import DataError, normalization
 
     try:
         mean, std = normalization(cfg.data.dataset, cfg.data.normalization)
@@ -65,11 +71,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         RessenetError: no run there, an unfinished run (unless ``allow_unfinished``), weights that do not fit the
             run's model, or an existing ``out`` or card (unless ``overwrite``).
     """
-    from ressenet.engine.checkpoint import open_checkpoint
-    from ressenet.experiments.runs import dataset_label, protocol_text, _protocol
-    from ressenet.models import count_params, model_info
-    from ressenet.weights import write_weights
-
     files = RunDir(run_dir)
     run, ckpt_path = files.path, files.last
     if not run.is_dir():
@@ -113,7 +114,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         acc = ({"test_top1": rec["test_top1"], "test_top5": rec["test_top5"], "test_iter": it} if rec else
                {"test_top1": None, "test_top5": None, "test_iter": None})
         data = {"description": meta.get("data"), "fingerprint": state.get("data_fingerprint")}
-    from ressenet.data.constants import DATASET_INFO
 
     info = DATASET_INFO.get(cfg.data.dataset)
     if data.get("classes") is None and info is not None and info.classes is not None:
@@ -129,7 +129,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         "data": {k: data.get(k) for k in ("description", "fingerprint", "lossless", "classes", "train_size",
                                           "test_size", "val_size")},
         "finished": finished, "iters": it, "planned_iters": planned, "seed": cfg.run.seed, **acc,
-        "protocol": protocol_text(_protocol(cfg.to_dict())),
+        "protocol": protocol_text(config_protocol(cfg.to_dict())),
         "trained_with": {"ressenet": meta.get("ressenet"), "git_commit": meta.get("git_commit"),
                          "torch": meta.get("torch"), "device": meta.get("device"),
                          # the arithmetic its accuracy was measured in, which `eval --weights` repeats
@@ -137,8 +137,6 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         "run": run.resolve().name, "config": cfg.to_dict(),
     }
     digest = write_weights(weights, model.state_dict(), header)
-    from ressenet.engine.checkpoint import atomic_write_text
-
     atomic_write_text(card, model_card(header, weights.name, digest))
     return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
 
@@ -149,8 +147,6 @@ def _pct(v: Any) -> str:
 
 def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
     """The Markdown card of a weights file, from its header."""
-    from ressenet.models import FAMILY
-
     title = FAMILY[h["family"]].title if h.get("family") in FAMILY else h["model"]
     o, tw, d = h["options"], h["trained_with"], h["data"]
     lines = [f"# {h['model']} trained on {h['data_label']}", ""]

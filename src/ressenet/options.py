@@ -9,6 +9,8 @@ import typing
 from dataclasses import MISSING, Field, fields
 from typing import Any
 
+from ressenet.engine.config import SECTIONS, ConfigError, field_choices
+
 __all__ = ["TRAIN_FLAGS", "TRAIN_SWITCHES", "add_train_options", "train_overrides"]
 
 
@@ -16,8 +18,6 @@ def _train_options() -> list[tuple[str, str, Field, bool]]:
     """(flag, "section.key", field, is a --flag/--no-flag switch) for every config field that has a flag, in the
     config's order: generated from the fields' metadata (engine/config.py ``option``), the one source of the flags,
     their help, defaults and choices."""
-    from ressenet.engine.config import SECTIONS
-
     out = []
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
@@ -62,8 +62,6 @@ def _flag_help(key: str, f: Field, *, in_grid: bool = False) -> str:
 
 
 def _metavar(key: str, f: Field) -> str:
-    from ressenet.engine.config import field_choices
-
     if f.metadata.get("metavar"):
         return f.metadata["metavar"]
     choices = None if f.metadata.get("choices_text") else field_choices(f)  # choices_text: too many to show
@@ -103,8 +101,6 @@ def add_train_options(p: argparse.ArgumentParser, *, with_model: bool = True) ->
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config overrides given on the command line, as {"section.key": value}."""
-    from ressenet.engine.config import ConfigError
-
     out = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     for item in getattr(args, "sets", []) or []:
         key, sep, value = item.partition("=")

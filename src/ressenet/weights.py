@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ressenet.errors import RessenetError
+from ressenet.files import atomic_write_bytes, default_cache_dir, sha256_file
 
 __all__ = ["HEADER_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "sha256_file", "write_weights", "read_header",
            "fetch_weights", "check_expected", "read_tensors"]
@@ -30,7 +31,6 @@ HEADER_KEY = "ressenet"  # the safetensors metadata entry holding this package's
 FORMAT_VERSION = 1
 MODEL_OPTIONS = ("shortcut", "se_reduction", "layout")  # create_model options a weights file pins
 _REQUIRED = ("format_version", "model", "options", "num_classes", "mean", "std")
-_CHUNK = 1 << 20
 _EXPORT_FIX = "export a run with `ressenet export RUN_DIR`"
 
 
@@ -44,19 +44,8 @@ def _need_safetensors() -> Any:
     return safetensors
 
 
-def sha256_file(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_weights(path: str | Path, state_dict: dict[str, torch.Tensor], header: dict[str, Any]) -> str:
     """Atomically writes ``state_dict`` with ``header`` as a safetensors file; returns the file's sha256."""
-    from ressenet.engine.checkpoint import atomic_write_bytes
-
     _need_safetensors()
     from safetensors.torch import save
 
@@ -127,8 +116,6 @@ def _is_url(source: str) -> bool:
 
 
 def _weights_cache(cache_dir: str | Path | None) -> Path:
-    from ressenet.data.constants import default_cache_dir
-
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "weights"
 
 

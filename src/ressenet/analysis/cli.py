@@ -5,6 +5,8 @@ import argparse
 from typing import Any
 
 from ressenet.analysis.gates import CONSTANT_STD
+from ressenet.analysis.pipeline import analyze
+from ressenet.engine.config import check_choice
 
 __all__ = ["add_parser", "cmd_analyze"]
 
@@ -39,9 +41,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     import sys
-
-    from ressenet.analysis.pipeline import analyze
-    from ressenet.engine.config import check_choice
 
     check_choice("run.device", args.device)
 

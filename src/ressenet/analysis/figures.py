@@ -10,6 +10,7 @@ import numpy as np
 from ressenet.analysis.gates import hist_quantiles
 from ressenet.analysis.reliance import RunAnalysis
 from ressenet.analysis.sites import KIND_TEXT
+from ressenet.experiments.palette import family_color
 from ressenet.experiments.tables import slug
 
 __all__ = ["draw_figures", "SITE_COLORS", "SITE_MARKERS"]
@@ -112,15 +113,13 @@ def _plot_class_means(r: RunAnalysis, path: Path) -> list[str]:
 
 
 def _plot_selectivity(runs: Sequence[RunAnalysis], path: Path) -> None:
-    from ressenet.models import FAMILY
-
     fig, (ax,) = _figure(4.6, 3.8)
     pts = [(r, s, r.stats[s.name]) for r in runs for s in r.sites]
     vals = [v for _, _, st in pts for v in (st.within_block, st.between_block) if v > 0]
     floor = (min(vals) / 3) if vals else 1e-8
     seen: set[tuple[str, str]] = set()
     for r, s, st in pts:
-        color = FAMILY[r.family].color if r.family in FAMILY else "#7f7f7f"
+        color = family_color(r.family)
         lbl = f"{r.family_title}, {KIND_TEXT.get(s.kind, s.kind)}"
         ax.scatter(max(st.within_block, floor), max(st.between_block, floor), c=color,
                    marker=SITE_MARKERS.get(s.kind, "x"), s=22, alpha=0.8,
@@ -140,8 +139,6 @@ def _plot_selectivity(runs: Sequence[RunAnalysis], path: Path) -> None:
 
 
 def _plot_reliance(groups: dict[tuple, list[RunAnalysis]], path: Path) -> None:
-    from ressenet.models import FAMILY
-
     labels: list[str] = []
     for g in groups.values():
         for r in g:
@@ -154,7 +151,7 @@ def _plot_reliance(groups: dict[tuple, list[RunAnalysis]], path: Path) -> None:
     for ax, how, title in zip(axes, ("mean", "one"), titles):
         for g in groups.values():
             for j, r in enumerate(g):
-                color = FAMILY[r.family].color if r.family in FAMILY else "#7f7f7f"
+                color = family_color(r.family)
                 for row in r.reliance:
                     if row.replacement != how:
                         continue

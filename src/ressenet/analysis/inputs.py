@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 
@@ -58,8 +59,6 @@ def resolve_checkpoints(run_dirs: Sequence[str | Path]) -> list[tuple[Path, Path
 
 def open_run(run: Path, ckpt: Path) -> Opened:
     """The checkpoint of one run, opened (engine/checkpoint.open_checkpoint) with its config and model."""
-    from ressenet.engine.checkpoint import open_checkpoint
-
     opened = open_checkpoint(ckpt, fix="analyze reads checkpoints written by `ressenet train`")
     cfg, state = opened.config, opened.state
     model = opened.model()  # its own classifier's class count

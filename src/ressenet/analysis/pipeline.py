@@ -12,7 +12,10 @@ from ressenet.analysis.inputs import open_run, resolve_checkpoints
 from ressenet.analysis.reliance import RunAnalysis, analyze_run
 from ressenet.analysis.render import write_outputs
 from ressenet.analysis.sites import missing_blocks_message, se_modules
+from ressenet.engine.evaluation import data_as_given
+from ressenet.engine.setup import load_data, resolve_device
 from ressenet.errors import RessenetError
+from ressenet.gradflow import grad_flow_section
 
 __all__ = ["analyze"]
 
@@ -42,9 +45,6 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
     Raises:
         RessenetError: no checkpoint, a damaged one, or a ``blocks`` name that a checkpoint's model has no SE block of.
     """
-    from ressenet.engine.evaluation import data_as_given
-    from ressenet.engine.setup import load_data, resolve_device
-
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if not constant_std > 0:
@@ -74,7 +74,6 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
     out.mkdir(parents=True, exist_ok=True)
     path = write_outputs(runs, out, constant_std=constant_std, confidence=confidence, figures=figures)
     # Gradient flow over training, for runs trained with --log-grad-stats (engine/run.py; ressenet/gradflow.py).
-    from ressenet.gradflow import grad_flow_section
 
     dirs = [Path(o.path) if Path(o.path).is_dir() else Path(o.path).parent for o in opened]
     extra = grad_flow_section(dirs, out)

@@ -16,8 +16,11 @@ from ressenet.analysis.gates import GateAccumulator, GateStats
 from ressenet.analysis.hooks import gate_override, record_gates
 from ressenet.analysis.inputs import Opened
 from ressenet.analysis.sites import KIND_TEXT, SESite, se_sites_of
+from ressenet.data import eval_batches
+from ressenet.engine.setup import resolve_channels_last, resolve_eval_batch_size
 from ressenet.errors import RessenetError
 from ressenet.experiments.stats import PairedDrop, paired_drop
+from ressenet.models import model_info
 
 __all__ = ["RelianceRow", "RunAnalysis", "analyze_run"]
 
@@ -81,10 +84,6 @@ def analyze_run(opened: Opened, data: dict[str, Any], device: torch.device, *, b
                 blocks: Sequence[str] | None = None, reliance: bool = True,
                 confidence: float = 0.95) -> RunAnalysis:
     """Excitation statistics and reliance of one opened checkpoint on its test split (``data`` from load_data)."""
-    from ressenet.data import eval_batches
-    from ressenet.engine.setup import resolve_channels_last, resolve_eval_batch_size
-    from ressenet.models import model_info
-
     cfg, model = opened.cfg, opened.model
     test = data["test"]
     classes = list(data["train"].classes)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ressenet.models.layers import SEBlock
+
 __all__ = ["SESite", "se_modules", "se_sites_of", "missing_blocks_message", "KIND_TEXT"]
 
 KIND_TEXT = {"bridge_after": "bridge (after conv)", "bridge_before": "bridge (before conv)",
@@ -43,8 +45,6 @@ _NAME_RE = re.compile(r"^layer(\d+)\.(\d+)\.(se|shortcut\.se_after|shortcut\.se_
 
 def se_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every SE block of ``model`` by module name, in module order."""
-    from ressenet.models.layers import SEBlock
-
     return {n: m for n, m in model.named_modules() if isinstance(m, SEBlock)}
 
 

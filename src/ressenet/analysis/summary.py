@@ -6,13 +6,12 @@ from typing import Any
 
 from ressenet.analysis.reliance import RunAnalysis
 from ressenet.experiments.stats import summarize
+from ressenet.models import family_order, natural_key
 
 __all__ = ["model_groups", "group_title", "block_summary", "target_summary", "whole_target"]
 
 
 def model_groups(runs: Sequence[RunAnalysis]) -> dict[tuple, list[RunAnalysis]]:
-    from ressenet.models import family_order, natural_key
-
     out: dict[tuple, list[RunAnalysis]] = {}
     for r in runs:
         out.setdefault(r.group, []).append(r)

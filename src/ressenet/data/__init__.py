@@ -13,10 +13,11 @@ Typical use::
 """
 from ressenet.data.base import DataError, ImageDataset, channel_stats, train_val_split
 from ressenet.data.cifar import load_pickle, read_binary_batch
-from ressenet.data.constants import DATASETS, default_cache_dir
+from ressenet.data.constants import DATASETS
 from ressenet.data.datasets import dataset_info, format_info, load_datasets, load_split, normalization
 from ressenet.data.fetch import download
 from ressenet.data.loader import TrainLoader, eval_batches
+from ressenet.files import default_cache_dir
 
 __all__ = [
     "DATASETS",

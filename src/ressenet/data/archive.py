@@ -30,6 +30,7 @@ from typing import IO
 
 from ressenet.data.base import DataError, os_error_text
 from ressenet.data.constants import IMAGE_SUFFIXES
+from ressenet.files import CHUNK, file_hash
 
 ARCHIVE_SUFFIXES: tuple[str, ...] = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -47,7 +48,6 @@ MAX_MEMBERS = 10_000
 # tarfile reads one whole into memory, so a larger one is refused before it is read.
 MAX_TAR_HEADER_BYTES = 1 << 20
 
-_CHUNK = 1 << 20
 
 # Errors that mean the archive's bytes are bad (as opposed to an OSError with an errno: unreadable, I/O error).
 # zipfile raises NotImplementedError for an unknown compression method and RuntimeError for an encrypted member.
@@ -185,7 +185,7 @@ class Member:
             with src:
                 while True:
                     try:
-                        chunk = src.read(_CHUNK)
+                        chunk = src.read(CHUNK)
                     except _CORRUPT + (OSError,) as e:
                         raise read_error(archive, e) from e
                     if not chunk:
@@ -297,7 +297,7 @@ def _check_tar_end(archive: Path, tf: tarfile.TarFile) -> None:
     else:
         raise DataError(f"{archive} is corrupt (byte {at} of the tar data holds no valid member header nor the "
                         f"end-of-archive marker); fetch it again")
-    while stream.read(_CHUNK):  # record padding; for a compressed archive, to its end-of-stream marker and checksum
+    while stream.read(CHUNK):  # record padding; for a compressed archive, to its end-of-stream marker and checksum
         pass
 
 
@@ -307,14 +307,10 @@ def file_digest(path: Path, salt: str) -> str:
     Raises:
         DataError: If the file cannot be read.
     """
-    h = hashlib.sha256(salt.encode())
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
+        return file_hash(path, "sha256", salt.encode())
     except OSError as e:
         raise read_error(path, e) from e
-    return h.hexdigest()
 
 
 # ---- unpacking -------------------------------------------------------------------------------------------------

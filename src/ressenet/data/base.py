@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +27,14 @@ def os_error_text(e: OSError) -> str:
     if e.errno is not None and e.strerror:
         return f"[Errno {e.errno}] {e.strerror}"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def unreadable_root(what: str, root: Path, e: OSError, chmod: str) -> DataError:
+    """The one-line error for a data root that cannot be read: ``what`` names it (``"the data root"``), ``e``'s
+    file is added when it is not the root itself, and ``chmod`` is the suggested permission fix (``"u+rx"``)."""
+    where = f" ({e.filename})" if e.filename and str(e.filename) != str(root) else ""
+    return DataError(f"cannot read {what} {root}{where}: {os_error_text(e)}; make it readable (e.g. chmod {chmod}), "
+                     f"or pass --data-root to a folder you can read")
 
 
 @dataclass

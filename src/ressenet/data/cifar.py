@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ressenet.data.archive import MAX_MEMBER_BYTES
-from ressenet.data.base import DataError, ImageDataset, os_error_text
+from ressenet.data.base import DataError, ImageDataset, os_error_text, unreadable_root
 from ressenet.data.constants import (
     DATASET_INFO,
     ARCHIVES,
@@ -228,9 +228,7 @@ def locate(name: str, root: Path) -> tuple[str, Path] | None:
 
 
 def _root_error(root: Path, e: OSError) -> DataError:
-    where = f" ({e.filename})" if e.filename and str(e.filename) != str(root) else ""
-    return DataError(f"cannot read the data root {root}{where}: {os_error_text(e)}; make it readable (e.g. chmod "
-                     f"u+rx), or pass --data-root to a folder you can read")
+    return unreadable_root("the data root", root, e, "u+rx")
 
 
 def describe_expected(name: str, root: Path) -> str:

@@ -5,10 +5,8 @@ md5 table, and the Res-SE-Net released code for the paper's normalisation (docs/
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -96,7 +94,6 @@ def join_names(names: Sequence[str]) -> str:
 
 OFFICIAL_URL_BASE = "https://www.cs.toronto.edu/~kriz"
 URL_BASE_ENV = "RESSENET_CIFAR_URL_BASE"
-CACHE_ENV = "RESSENET_CACHE"
 
 
 @dataclass(frozen=True)
@@ -186,10 +183,3 @@ CIFAR100_RECORD_BYTES = 2 + PIXELS_PER_IMAGE
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
 
-def default_cache_dir() -> Path:
-    """Cache directory: ``$RESSENET_CACHE``, else ``$XDG_CACHE_HOME/ressenet``, else ``~/.cache/ressenet``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "ressenet"
-    return Path.home() / ".cache" / "ressenet"

@@ -21,12 +21,12 @@ from ressenet.data.constants import (
     PAPER_MEAN,
     PAPER_STD,
     SPLITS,
-    default_cache_dir,
     join_names,
 )
 from ressenet.data.fetch import download as download_archive
 from ressenet.data.imagefolder import load_imagefolder
 from ressenet.data.synthetic import load_synthetic_split
+from ressenet.files import default_cache_dir
 
 _SYNTHETIC_OPTIONS = ("num_classes", "train_size", "test_size", "seed", "image_size")
 

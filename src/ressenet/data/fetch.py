@@ -19,23 +19,14 @@ from pathlib import Path
 from ressenet.data.archive import extract, write_error
 from ressenet.data.base import DataError, os_error_text
 from ressenet.data.constants import ARCHIVES, DOWNLOADABLE, OFFICIAL_URL_BASE, URL_BASE_ENV, ArchiveSpec, join_names
+from ressenet.files import CHUNK, file_hash
 
-_CHUNK = 1 << 20
 
 # The official archives are 163 to 171 MB (cifar-10-python.tar.gz, 170,498,071 bytes, is the largest); a server
 # sending more than 250 MB is not sending one, so the transfer stops there instead of filling the disk.
 MAX_DOWNLOAD_BYTES = 250 * 10**6
 
 _WRITE_FIX = "pass --data-root to a writable folder"
-
-
-def file_md5(path: Path) -> str:
-    """md5 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def archive_url(spec: ArchiveSpec) -> str:
@@ -68,7 +59,7 @@ def _fetch(url: str, dest: Path, progress: bool) -> str:
                 except OSError as e:
                     raise write_error(where, e, _WRITE_FIX, f"downloading {Path(url).name}") from e
                 with f:
-                    while chunk := resp.read(_CHUNK):
+                    while chunk := resp.read(CHUNK):
                         got += len(chunk)
                         if got > MAX_DOWNLOAD_BYTES:
                             raise DataError(too_big)
@@ -156,7 +147,7 @@ def download(name: str, root: str | Path, *, url: str | None = None, progress: b
             if not path.is_file():
                 raise DataError(f"archive {spec.filename} from {url} lacks the member {spec.folder}/{member}; it is "
                                 f"not the official archive, fetch it again")
-            if want is not None and (got := file_md5(path)) != want:
+            if want is not None and (got := file_hash(path, "md5")) != want:
                 raise DataError(f"member {spec.folder}/{member} of {spec.filename} has md5 {got}, expected {want}; "
                                 f"the archive is corrupt, fetch it again")
         try:

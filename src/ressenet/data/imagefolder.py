@@ -34,7 +34,7 @@ from PIL import Image
 
 from ressenet.data.archive import archive_stem, file_digest, is_archive, iter_members
 from ressenet.names import natural_key
-from ressenet.data.base import DataError, ImageDataset, os_error_text
+from ressenet.data.base import DataError, ImageDataset, os_error_text, unreadable_root
 from ressenet.data.constants import IMAGE_SUFFIXES, SPLITS
 
 # Bump when the cache file's content or layout changes, so old entries are never misread.
@@ -489,6 +489,4 @@ def load_imagefolder(root: Path, splits: tuple[str, ...], cache_dir: Path) -> di
 
 
 def _unreadable(root: Path, e: OSError) -> DataError:
-    where = f" ({e.filename})" if e.filename and str(e.filename) != str(root) else ""
-    return DataError(f"cannot read the image folder {root}{where}: {os_error_text(e)}; make it readable (e.g. chmod "
-                     f"-R u+rX), or pass --data-root to a folder you can read")
+    return unreadable_root("the image folder", root, e, "-R u+rX")

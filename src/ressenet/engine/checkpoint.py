@@ -1,9 +1,6 @@
-"""Atomic checkpoint and file writes: a crash at any moment leaves the previous good file in place."""
+"""Training checkpoints: atomic saves (a crash leaves the previous good file in place) and validated loads."""
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,69 +10,16 @@ import torch
 from torch import nn
 
 from ressenet.engine.config import Config, config_from_dict
+from ressenet.engine.setup import build_model
 from ressenet.errors import RessenetError
+from ressenet.files import atomic_write
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "save_checkpoint", "load_checkpoint",
-           "open_checkpoint", "Checkpoint", "remove_orphans"]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write: Any) -> None:
-    """Write through ``write(fileobj)`` into a temporary file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # full disk, read-only folder, no permission: one line; the previous file is untouched
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise RessenetError(f"cannot write {path}: {e.strerror or e}; the previous {path.name}, if any, is kept; "
-                            f"free space or make the folder writable, then run the same command again") from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_orphans(folder: str | Path, names: tuple[str, ...]) -> None:
-    """Deletes temporary files a killed writer left beside ``names`` (``.last.pt.*.tmp`` and the like)."""
-    for name in names:
-        for tmp in Path(folder).glob(f".{name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+__all__ = ["save_checkpoint", "load_checkpoint", "open_checkpoint", "Checkpoint"]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` to a temporary file, fsync, rename: the old checkpoint survives until the new one is whole."""
-    _atomic(Path(path), lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 RESUME_FIX = "restore it from a backup, or delete it (or pass --overwrite) to start the run again"
@@ -113,8 +57,6 @@ class Checkpoint:
     def model(self, num_classes: int | None = None) -> nn.Module:
         """The checkpoint's model with its weights (eval mode off: as built). ``num_classes`` defaults to the
         checkpoint's own classifier's."""
-        from ressenet.engine.setup import build_model
-
         cfg = self.config
         if num_classes is None:
             fc = self.state["model"].get("fc.weight") if isinstance(self.state["model"], dict) else None

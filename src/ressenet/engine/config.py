@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ressenet.errors import quote
+from ressenet.models.resnet import LAYOUTS, SHORTCUTS
 from ressenet.names import suggest
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config", "load_yaml",
@@ -80,8 +81,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 NORMALIZATIONS = ("paper", "dataset")
-SHORTCUTS = ("A", "B")
-LAYOUTS = ("basic", "released")
 # How several members of one command train together (engine/fused.py); a flag of train and grid, not a config field
 # (it changes the arithmetic's order, not what is computed).
 FUSED_MECHANISMS = ("auto", "sequential", "graphs", "grouped")

@@ -10,13 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ressenet.data import eval_batches
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.config import Config, config_from_dict
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
-from ressenet.engine.setup import (autocast_context, load_data, resolve_channels_last, resolve_device,
-                                   resolve_eval_batch_size, resolve_precision)
+from ressenet.engine.rundir import RunDir
+from ressenet.engine.setup import (
+    autocast_context, load_data, resolve_channels_last, resolve_device, resolve_eval_batch_size, resolve_precision,
+)
 from ressenet.errors import RessenetError
+from ressenet.models import load_pretrained
+from ressenet.weights import fetch_weights, read_header
 
 __all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "evaluate_weights", "data_as_given"]
 
@@ -48,8 +53,6 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
 
 def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, device: torch.device,
                 channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
-    from ressenet.data import eval_batches
-
     batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"],
                            std=data["std"], device=device, channels_last=channels_last, rank=dist_info.rank,
                            world_size=dist_info.world_size)
@@ -78,6 +81,15 @@ def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None, 
     return cfg
 
 
+def _eval_data(cfg: Config, *, data_root: str | None, cache_dir: str | None, batch_size: int | None,
+               device: str, source: str | Path, other_data: bool) -> tuple[torch.device, dict[str, Any]]:
+    """The device and the data an evaluation of ``cfg`` (a checkpoint's or a weights header's) reads, its data
+    settings taken as given (:func:`data_as_given`) and its batch size the caller's."""
+    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir, source=source, other_data=other_data)
+    cfg.run.eval_batch_size = batch_size
+    return resolve_device(device), load_data(cfg)
+
+
 def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                         cache_dir: str | None = None, split: str = "test", device: str = "auto",
                         batch_size: int | None = None, allow_other_classes: bool = False) -> dict[str, Any]:
@@ -98,10 +110,8 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     other_data = dataset is not None and dataset != cfg.data.dataset
     if dataset is not None:
         cfg.data.dataset = dataset
-    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir, source=path, other_data=other_data)
-    cfg.run.eval_batch_size = batch_size
-    dev = resolve_device(device)
-    data = load_data(cfg)
+    dev, data = _eval_data(cfg, data_root=data_root, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                           source=path, other_data=other_data)
     same_data = _check_eval_data(path, state, cfg, data, allow_other_classes)
     num_classes = len(data["train"].classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
@@ -119,8 +129,6 @@ def run_precision(recorded: Any, run_dir: Path | None, cfg: Config, device: torc
     """The arithmetic a run evaluated in while training, so that evaluating its weights again reproduces its
     numbers: as recorded (the checkpoint's, else its run directory's ``config.yaml``), else what the run's
     ``--precision`` resolves to here. fp16 has no CPU kernels: fp32 there."""
-    from ressenet.engine.rundir import RunDir
-
     if recorded not in PRECISION_NAMES and run_dir is not None:
         recorded = RunDir(run_dir).recorded_choices().get("precision")
     precision = cfg.run.precision
@@ -180,9 +188,6 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
     ``dataset``. The inputs are normalised as the weights were trained (the header's mean and std), whatever the
     data. As with checkpoints, the header's data settings are data: no download, no cache or folder it names.
     """
-    from ressenet.models import load_pretrained
-    from ressenet.weights import fetch_weights, read_header
-
     local, digest = fetch_weights(path, sha256=sha256, cache_dir=cache_dir)
     header = read_header(local)
     try:
@@ -193,10 +198,8 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
     if other_data:
         # The run's subset sizes belong to its own data (a smoke test's synthetic images), not to another dataset.
         cfg.data.dataset, cfg.data.train_limit, cfg.data.test_limit = dataset, 0, 0
-    data_as_given(cfg, data_root=data_root, cache_dir=cache_dir, source=local, other_data=other_data)
-    cfg.run.eval_batch_size = batch_size
-    dev = resolve_device(device)
-    data = load_data(cfg)
+    dev, data = _eval_data(cfg, data_root=data_root, cache_dir=cache_dir, batch_size=batch_size, device=device,
+                           source=local, other_data=other_data)
     n = len(data["train"].classes)
     if n != header["num_classes"]:
         raise RessenetError(f"{local} predicts {header['num_classes']} classes and {cfg.data.dataset} at "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.errors import RessenetError, not_a_folder
+from ressenet.files import atomic_write_text
 
 __all__ = ["RunLock", "LockHeld", "lock_holder", "describe", "LOCK_NAME", "REFRESH_SECONDS", "STALE_SECONDS",
            "EXIT_LOCKED", "PARENT_ENV"]
@@ -191,8 +192,6 @@ class RunLock:
         return self._hold()
 
     def _write(self, holder: dict[str, Any]) -> None:
-        from ressenet.engine.checkpoint import atomic_write_text  # torch only for the processes that train
-
         atomic_write_text(self.path, json.dumps(holder))
 
     def _break_stale(self) -> None:

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.checkpoint import atomic_write_text
+from ressenet.engine.rundir import RunDir
+from ressenet.engine.tensorboard import EventLog, read_metrics
+from ressenet.files import atomic_write_text
 
 __all__ = ["MetricsLog", "Progress"]
 
@@ -25,10 +27,8 @@ class MetricsLog:
         elif enabled and resume_iter is None:
             path.unlink(missing_ok=True)
         if enabled and tensorboard:
-            from ressenet.engine.tensorboard import EventLog, read_metrics
-
             # On resume, the events are rewritten from the lines kept above, then appended to: the same steps.
-            self.events = EventLog(path.parent, read_metrics(path) if path.exists() else [])
+            self.events = EventLog(path.parent, read_metrics(RunDir(path.parent)))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:

@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from ressenet.engine.checkpoint import atomic_write_json, atomic_write_text, remove_orphans
 from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.errors import RessenetError
+from ressenet.files import atomic_write_json, atomic_write_text, remove_orphans
 
 __all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
 

@@ -10,12 +10,12 @@ TensorBoard is an optional extra (``pip install 'ressenet[tensorboard]'``); noth
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 
 __all__ = ["TAGS", "EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
@@ -49,17 +49,10 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
             and math.isfinite(record[key])}
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (a torn or damaged line is skipped, as resume skips it)."""
-    out = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("iter"), int):
-            out.append(rec)
-    return out
+def read_metrics(run: RunDir) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl that carry an iteration (read by :meth:`RunDir.metrics`, which skips a
+    torn or damaged line, as resume skips it)."""
+    return [rec for rec in run.metrics() if isinstance(rec.get("iter"), int)]
 
 
 class EventLog:
@@ -101,17 +94,16 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
         raise FileNotFoundError(f"runs directory {root} not found; pass the folder holding run directories")
     require_tensorboard()
     done = []
-    from ressenet.engine.rundir import RunDir
 
     for found in RunDir.with_metrics_below(root):
-        run, metrics = found.path, found.metrics_file
+        run = found.path
         rel = str(run.relative_to(root)) if run != root else "."
         target = run if out is None else Path(out) / run.relative_to(root)
         if any(target.glob(EVENTS_GLOB)) and not overwrite:
             done.append((rel, "has event files already; skipped (--overwrite rewrites them)"))
             continue
         try:
-            records = read_metrics(metrics)
+            records = read_metrics(found)
         except OSError as e:
             done.append((rel, f"metrics.jsonl unreadable ({e.strerror or e}); skipped"))
             continue

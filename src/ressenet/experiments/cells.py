@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.engine.config import ConfigError, diff_configs, flatten_config, load_yaml
-from ressenet.engine.lock import describe as describe_holder
-from ressenet.engine.lock import lock_holder
+from ressenet.engine.lock import describe as describe_holder, lock_holder
 from ressenet.engine.rundir import RunDir, missing_results
+from ressenet.engine.setup import load_data
 from ressenet.errors import RessenetError
 from ressenet.experiments.gridspec import Cell, GridSpec
 from ressenet.experiments.runs import last_iteration
 
-__all__ = ["CellState", "cell_state", "format_plan"]
+__all__ = ["CellState", "cell_state", "format_plan", "read_json_object"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -32,7 +32,8 @@ class CellState:
         return self.state in ("pending", "partial")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or ``None`` when the file is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -71,8 +72,6 @@ def _conflicts(cell: Cell, existing: dict[str, Any]) -> list[str]:
 def _fingerprint_for(cell: Cell, cache: dict[tuple, str | None]) -> str | None:
     """The content fingerprint of the data ``cell`` would train on (engine/setup.py), loaded once per data
     configuration; None when the data cannot be loaded here (then a finished cell is trusted as it is)."""
-    from ressenet.engine.setup import load_data
-
     d = cell.config.data
     key = (d.dataset, d.data_root, d.cache_dir, d.train_limit, d.test_limit, d.val_split)
     if key not in cache:
@@ -98,7 +97,7 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     holder = lock_holder(out)
     if holder is not None and not summary_path.is_file():
         return CellState("running", f"trained by {describe_holder(holder)}")
-    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary = read_json_object(summary_path) if summary_path.is_file() else None
     if summary_path.is_file() and summary is None:
         return CellState("conflict", "summary.json is unreadable")
     if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is

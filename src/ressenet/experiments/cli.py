@@ -16,15 +16,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ressenet.options import add_train_options
+from ressenet.engine.config import FUSED_MECHANISMS, ConfigError, flatten_config, read_config_file
+from ressenet.experiments.cells import format_plan
+from ressenet.experiments.findings import write_findings
+from ressenet.experiments.gridspec import expand_grid, list_presets, load_grid
+from ressenet.experiments.jobs import emit_commands, resolve_fuse
+from ressenet.experiments.report import write_report
+from ressenet.experiments.runner import GridResult, resolve_jobs, run_grid
+from ressenet.options import add_train_options, train_overrides
 
 __all__ = ["add_experiment_commands", "grid_overrides"]
 
 
 def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     """Register grid/report/reproduce on the top-level sub-parsers."""
-    from ressenet.experiments.gridspec import list_presets
-
     presets = ", ".join(list_presets())
     p = sub.add_parser("grid", help="run (or list, or emit) the cells of an experiment grid",
                        description="Run every unfinished cell of a grid as its own `ressenet train` process: finished "
@@ -66,8 +71,6 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_grid_options(p: argparse.ArgumentParser) -> None:
-    from ressenet.engine.config import FUSED_MECHANISMS
-
     g = p.add_argument_group("grid")
     g.add_argument("--runs-dir", metavar="DIR", default=None, help="one directory per cell (default: runs/<preset>)")
     g.add_argument("--seeds", default=None, metavar="N|LIST",
@@ -91,10 +94,6 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 
 def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Overrides for every cell: the ``--config`` file's values, then the flags and ``--set`` (which win)."""
-    from ressenet.options import train_overrides
-    from ressenet.engine.config import read_config_file
-    from ressenet.engine.config import flatten_config
-
     out: dict[str, Any] = {}
     if getattr(args, "config", None):
         tree = read_config_file(args.config)
@@ -104,9 +103,6 @@ def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cells(args: argparse.Namespace):
-    from ressenet.engine.config import ConfigError
-    from ressenet.experiments.gridspec import expand_grid, load_grid
-
     spec = load_grid(args.preset)
     runs_dir = Path(args.runs_dir or Path("runs") / spec.name)
     cells = expand_grid(spec, runs_dir.absolute(), seeds=args.seeds, overrides=grid_overrides(args))
@@ -120,8 +116,6 @@ def _cells(args: argparse.Namespace):
 
 def _fuse(args: argparse.Namespace) -> int:
     """``--fuse N|auto`` as a member count; auto says what it chose and why."""
-    from ressenet.experiments.jobs import resolve_fuse
-
     value = str(getattr(args, "fuse", "1"))
     if value != "auto":
         return resolve_fuse(value, cuda=False)
@@ -137,8 +131,6 @@ def _fuse(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     """``--jobs N|auto`` as a process count; auto on the CPU says what it chose."""
-    from ressenet.experiments.runner import resolve_jobs
-
     value = str(getattr(args, "jobs", "auto") or "auto")
     gpus = _gpus(args.gpus) or []
     if value != "auto":
@@ -157,19 +149,13 @@ def _gpus(text: str | None) -> list[str] | None:
         return None
     gpus = [g.strip() for g in text.split(",") if g.strip()]
     if not gpus:
-        from ressenet.engine.config import ConfigError
-
         raise ConfigError(f"--gpus {text!r}: expected GPU ids such as 0,1,2,3")
     return gpus
 
 
-def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None, Any]:
+def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None, GridResult | None]:
     """Shared by grid and reproduce: dry run, emit, or run. Returns (spec, runs_dir, exit code or None, the
     ``GridResult`` or None when nothing ran)."""
-    from ressenet.experiments.cells import format_plan
-    from ressenet.experiments.jobs import emit_commands
-    from ressenet.experiments.runner import run_grid
-
     spec, runs_dir, cells = _cells(args)
     fuse = _fuse(args)
     if args.dry_run:
@@ -211,18 +197,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ressenet.experiments.report import write_report
-
     if args.findings:
-        from ressenet.experiments.findings import write_findings
-
         page = write_findings(args.runs_dir, args.findings, partial_dirs=args.partial, schedule_dirs=args.schedule,
                               readme=args.readme, figures=args.figures)
         print(f"findings -> {page}" + (f" (and the summary in {args.readme})" if args.readme else ""))
         return 0
     if args.partial or args.readme or args.schedule:
-        from ressenet.engine.config import ConfigError
-
         raise ConfigError("--partial, --schedule and --readme go with --findings PAGE.md")
     out = Path(args.out) if args.out else Path("reports") / Path(args.runs_dir).absolute().name
     res = write_report(args.runs_dir, out, figures=args.figures)
@@ -233,8 +213,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from ressenet.experiments.report import write_report
-
     spec, runs_dir, code, result = _run(args)
     if result is None:  # a dry run or emitted commands: nothing ran, so there is nothing new to report
         return code or 0

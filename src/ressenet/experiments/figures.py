@@ -17,18 +17,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ressenet.engine.rundir import RunDir
+from ressenet.experiments.palette import FAMILY_COLORS
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import FAMILY_TITLES, label_order
 from ressenet.experiments.tables import slug
-from ressenet.models import FAMILIES, family_order
+from ressenet.models import family_order
 
 if TYPE_CHECKING:
     from ressenet.experiments.contrasts import Contrast
     from ressenet.experiments.runs import FinishedRun, Group
 
-__all__ = ["plot_protocol", "plot_curves", "plot_differences", "metric_curve", "train_loss_curve", "FAMILY_COLORS"]
-
-FAMILY_COLORS = {f.key: f.color for f in FAMILIES}  # from the families table (models/families.py)
+__all__ = ["plot_protocol", "plot_curves", "plot_differences", "metric_curve", "train_loss_curve"]
 
 
 def _new_figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list]:

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.checkpoint import atomic_write_text
+from ressenet.files import atomic_write_text
 from ressenet.engine.rundir import RunDir
 from ressenet.experiments.contrasts import (PRIMARY_TEST, Contrast, contrast_table, contrasts, mean_sd, table,
                                             title_of)
@@ -121,7 +121,7 @@ def _full_protocol(groups: list[Group], tests: list[Contrast], others: list[Fini
         page += ["No comparison is possible yet at this protocol: no depth has two seeds of both families of any "
                  "comparison.", ""]
     if figures and groups:
-        from ressenet.experiments.figures import plot_top1_vs, plot_train_loss
+        from ressenet.experiments.figures import plot_top1_vs, plot_train_loss  # Matplotlib loads only when figures are drawn
 
         fig_dir.mkdir(parents=True, exist_ok=True)
         several = any(g.n > 1 for g in groups)

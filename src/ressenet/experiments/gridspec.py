@@ -34,9 +34,10 @@ from typing import Any
 
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, flatten_config, load_yaml
 from ressenet.errors import quote
+from ressenet.models import is_model
 
 __all__ = ["GridSpec", "Cell", "PRESET_DIR", "AXIS_KEYS", "MAX_SEEDS", "MAX_CELLS", "list_presets", "load_grid",
-           "parse_seeds", "expand_grid"]
+           "parse_seeds", "expand_grid", "value_text"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 GRID_KEYS = frozenset({"name", "description", "seeds", "depths", "models", "datasets", "variants", "config"})
@@ -159,8 +160,6 @@ def load_grid(preset: str | Path) -> GridSpec:
 
 
 def _expand_models(models: Any, depths: Any, where: str) -> tuple[str, ...]:
-    from ressenet.models import is_model
-
     if isinstance(models, str):
         models = [models]
     if not isinstance(models, list) or not models:
@@ -293,20 +292,21 @@ def _tag_strings(tags: tuple[tuple[str, Any], ...]) -> list[str]:
     out = []
     for key, value in tags:
         label = key.split(".")[1] if leaves.get(key.split(".")[1], 0) == 1 else key
-        out.append(f"{label}={_safe(_value_text(value))}")
+        out.append(f"{label}={_safe(value_text(value))}")
     if sum(len(t) + 1 for t in out) > MAX_TAG_CHARS:  # keep directory names readable: hash long override sets
         digest = hashlib.sha1(json.dumps([[k, v] for k, v in tags], sort_keys=True).encode()).hexdigest()[:10]
         return [f"cfg{digest}"]
     return out
 
 
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A config value as a command line and a run name spell it: ``none``, ``true``, ``a,b`` for a list."""
     if value is None:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return ",".join(_value_text(v) for v in value)
+        return ",".join(value_text(v) for v in value)
     if isinstance(value, float):
         return repr(value)
     return str(value)

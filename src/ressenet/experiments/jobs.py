@@ -10,10 +10,11 @@ from pathlib import Path
 
 from ressenet.engine.config import Config, ConfigError, flatten_config
 from ressenet.experiments.cells import cell_state
-from ressenet.experiments.gridspec import AXIS_KEYS, Cell, _value_text
+from ressenet.experiments.gridspec import AXIS_KEYS, Cell, value_text
+from ressenet.models import model_info
 
 __all__ = ["FLAG_KEYS", "FUSE_AUTO_CUDA", "Job", "train_command", "member_template", "resolve_fuse", "plan_jobs",
-           "job_command", "emit_commands"]
+           "job_command", "emit_commands", "positive_count"]
 
 # Keys passed as their own `ressenet train` flags; every other difference from the defaults goes through --set.
 FLAG_KEYS = {"model.name": "--model", "data.dataset": "--dataset", "run.seed": "--seed", "run.out": "--out",
@@ -36,10 +37,10 @@ def train_command(cell: Cell, program: Sequence[str] = ("ressenet",)) -> list[st
     argv = [*program, "train"]
     for key, flag in FLAG_KEYS.items():
         if key in ("model.name", "data.dataset", "run.seed", "run.out") or flat[key] != default[key]:
-            argv += [flag, _value_text(flat[key])]
+            argv += [flag, value_text(flat[key])]
     for key in sorted(flat):
         if key not in FLAG_KEYS and flat[key] != default[key]:
-            argv += ["--set", f"{key}={_value_text(flat[key])}"]
+            argv += ["--set", f"{key}={value_text(flat[key])}"]
     return argv
 
 
@@ -64,7 +65,7 @@ def member_template(cell: Cell) -> str:
     return "{model}-" + middle + "-s{seed}"
 
 
-def _positive_count(value: int | str | None, flag: str, unit: str) -> int:
+def positive_count(value: int | str | None, flag: str, unit: str) -> int:
     """A flag's count (``--fuse 4``, ``--jobs 2``), at least one; anything else is a one-line error."""
     try:
         n = int(value)  # type: ignore[arg-type]
@@ -79,7 +80,7 @@ def resolve_fuse(value: int | str, *, cuda: bool) -> int:
     """``--fuse``: a positive count, or ``auto`` (FUSE_AUTO_CUDA members on a GPU, 1 on the CPU)."""
     if value == "auto":
         return FUSE_AUTO_CUDA if cuda else 1
-    return _positive_count(value, "--fuse", "members per job")
+    return positive_count(value, "--fuse", "members per job")
 
 
 def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
@@ -89,8 +90,6 @@ def plan_jobs(cells: Sequence[Cell], fuse: int) -> list[Job]:
     fused job is a product of models x seeds (what ``ressenet train --model a,b --seed 1,2`` expresses): seeds
     that miss the same models are packed together, as many seeds per job as ``fuse`` allows.
     """
-    from ressenet.models import model_info
-
     if fuse <= 1:
         return [Job((c,)) for c in cells]
     groups: dict[tuple, list[Cell]] = {}

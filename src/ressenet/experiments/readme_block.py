@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ressenet.engine.checkpoint import atomic_write_text
+from ressenet.files import atomic_write_text
 from ressenet.experiments.contrasts import Contrast, mean_sd, table
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import Group

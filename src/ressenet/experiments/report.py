@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.checkpoint import atomic_write_text
+from ressenet import __version__
 from ressenet.errors import not_a_folder
 from ressenet.experiments.contrasts import comparison_sentence, contrasts
 from ressenet.experiments.findings import PRECISION_KEYS
@@ -39,11 +39,10 @@ from ressenet.experiments.report_paper import paper_improvement_section, params_
 from ressenet.experiments.report_results import (
     GROUP_COLUMNS, IMP_COLUMNS, TABLE_COLUMNS, protocol_sections, without_constant_columns,
 )
-from ressenet.experiments.runs import (
-    FinishedRun, Group, collect_runs, group_runs, label_order, protocol_text,
-)
+from ressenet.experiments.runs import FinishedRun, Group, collect_runs, group_runs, label_order, protocol_text
 from ressenet.experiments.stats import fmt_num
 from ressenet.experiments.tables import Block, Section, Table, render
+from ressenet.files import atomic_write_text
 
 __all__ = ["write_report", "ReportResult"]
 
@@ -75,8 +74,6 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
     Raises:
         FileNotFoundError: ``runs_dir`` does not exist.
     """
-    from ressenet import __version__
-
     runs, unfinished, problems = collect_runs(runs_dir)
     out = Path(out_dir)
     try:
@@ -118,7 +115,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path, *, figures: bool = T
         page += protocol_sections(gs, pid[p], schedule=None if paper else schedule)
         answers += _answers(gs, schedule, paper)
         if figures:
-            from ressenet.experiments.figures import plot_protocol
+            from ressenet.experiments.figures import plot_protocol  # Matplotlib loads only when figures are drawn
 
             figs = plot_protocol(gs, out / "figures", suffix=pid[p], schedule=schedule, paper=paper)
             fig_paths += [f for f, _ in figs]

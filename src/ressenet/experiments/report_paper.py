@@ -9,6 +9,7 @@ from ressenet.data.constants import DATASET_INFO
 from ressenet.experiments.paper import HE_PARAMS_M, PARAM_CLAIMS, paper_improvements, percent_fewer
 from ressenet.experiments.runs import FAMILY_TITLES, PAPER_DEPTHS, FinishedRun, family_order
 from ressenet.experiments.tables import Block, Section, Table
+from ressenet.models import FAMILY, count_params, create_model
 
 __all__ = ["model_params", "model_params_a", "paper_improvement_section", "params_section"]
 
@@ -16,22 +17,16 @@ __all__ = ["model_params", "model_params_a", "paper_improvement_section", "param
 @lru_cache(maxsize=None)
 def model_params(name: str, num_classes: int = 10) -> int:
     """Parameters of a registered model with its defaults (basic blocks, projection bridges)."""
-    from ressenet.models import count_params, create_model
-
     return count_params(create_model(name, num_classes=num_classes))
 
 
 @lru_cache(maxsize=None)
 def model_params_a(name: str, num_classes: int = 10) -> int:
     """Parameters with He et al.'s option-A (subsample + zero-pad) shortcuts."""
-    from ressenet.models import count_params, create_model
-
     return count_params(create_model(name, num_classes=num_classes, shortcut="A"))
 
 
 def _model_name(family: str, depth: int) -> str:
-    from ressenet.models import FAMILY
-
     return FAMILY[family].model_name(depth)
 
 

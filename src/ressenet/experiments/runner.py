@@ -22,9 +22,9 @@ from typing import Any
 
 from ressenet.engine.rundir import RunDir
 from ressenet.engine.lock import EXIT_LOCKED, PARENT_ENV, LockHeld, RunLock
-from ressenet.experiments.cells import _read_json, cell_state
+from ressenet.experiments.cells import read_json_object, cell_state
 from ressenet.experiments.gridspec import Cell
-from ressenet.experiments.jobs import Job, _positive_count, job_command, plan_jobs, train_command
+from ressenet.experiments.jobs import Job, positive_count, job_command, plan_jobs, train_command
 
 __all__ = ["GridResult", "GridRunner", "run_grid", "resolve_jobs", "usable_cores", "failure_line"]
 
@@ -45,7 +45,7 @@ def resolve_jobs(value: int | str | None, *, gpus: Sequence[str], cuda: bool) ->
         if gpus:
             return len(gpus)
         return 1 if cuda else usable_cores()
-    return _positive_count(value, "--jobs", "cells at once")
+    return positive_count(value, "--jobs", "cells at once")
 
 
 def _default_command(cell: Cell) -> list[str]:
@@ -297,7 +297,7 @@ class GridRunner:
             self._outcome(index, c, rc, seconds, log_path)
 
     def _outcome(self, index: int, cell: Cell, rc: int, seconds: float, log_path: Path) -> None:
-        summary = _read_json(RunDir(cell.out).summary_file)
+        summary = read_json_object(RunDir(cell.out).summary_file)
         at = self._progress(index)
         if rc == 0 and summary is not None:
             top1 = summary.get("test_top1")

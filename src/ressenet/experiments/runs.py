@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 
-from ressenet.engine.config import (RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config,
-                                    load_yaml)
+from ressenet.data.constants import DATASET_INFO
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config, load_yaml
 from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
 
 __all__ = ["FinishedRun", "Group", "collect_runs", "group_runs", "dataset_label", "parse_model", "last_iteration",
-           "protocol_text", "label_order", "family_order", "METRICS", "METRIC_TITLES", "FAMILY_TITLES", "COMPARISONS",
+           "protocol_text", "config_protocol", "label_order", "family_order", "METRICS", "METRIC_TITLES",
+           "FAMILY_TITLES", "COMPARISONS",
            "PAPER_DEPTHS", "GROUPING_IGNORED"]
 
 
@@ -33,12 +34,17 @@ METRICS: dict[str, tuple[str, str]] = {
     "val_selected": ("selected_test_top1", "selected_test_top5"),
 }
 METRIC_TITLES = {"final": "final", "best_on_test": "best-on-test", "val_selected": "val-selected"}
-# Titles and the paper's comparisons come from the families table (models/families.py).
-FAMILY_TITLES: dict[str, str] = {f.key: f.title for f in FAMILIES}
+FAMILY_TITLES: dict[str, str] = {f.key: f.title for f in FAMILIES}  # the families table's (models/families.py)
 PAPER_DEPTHS = (20, 32, 44, 56, 110)
 # (family a, family b, title, printed paper table "over" or None): a minus b at the same depth and dataset.
-COMPARISONS: tuple[tuple[str, str, str, str | None], ...] = tuple(
-    (f.key, other, title, other if printed else None) for f in FAMILIES for other, title, printed in f.versus)
+# The paper's comparisons (Tables 1-4 print the first two) and its ablations, in the report's order.
+COMPARISONS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("res_se_net", "resnet", "Res-SE-Net over ResNet", "resnet"),
+    ("res_se_net", "se_resnet", "Res-SE-Net over SE-ResNet", "se_resnet"),
+    ("resnet_nobridge", "resnet", "ResNet without bridges minus ResNet (do bridges matter?)", None),
+    ("res_se_net_se_before_conv", "res_se_net", "Ablation: SE before the bridge convolution minus Res-SE-Net", None),
+    ("res_se_net_se_all_identity", "res_se_net", "Ablation: SE on every identity connection minus Res-SE-Net", None),
+)
 # Config keys that do not split runs into different protocols (besides the result-neutral ones): the cell axes,
 # the head size (set by the dataset), the memory format, and how often the test set is looked at.
 GROUPING_IGNORED = RESULT_NEUTRAL_KEYS | {"model.name", "data.dataset", "run.seed", "model.num_classes",
@@ -57,8 +63,6 @@ def dataset_label(summary: dict[str, Any], config: dict[str, Any]) -> tuple[str,
     From the dataset registry (data/constants.py ``DATASET_INFO``) and the structured fields a run records
     (``data.classes``, ``data.test_size``, ``data.lossless``), never from prose.
     """
-    from ressenet.data.constants import DATASET_INFO
-
     ds = summary.get("dataset") or (config.get("data") or {}).get("dataset") or "?"
     data = summary.get("data") or {}
     info = DATASET_INFO.get(str(ds))
@@ -114,7 +118,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     return tree if isinstance(tree, dict) else {}
 
 
-def _protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+def config_protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The result-relevant differences from the defaults (the paper's protocol), as sorted (key, value) pairs."""
     try:
         tree = config_from_dict({k: v for k, v in config.items() if k != "meta"}).to_dict()
@@ -189,7 +193,7 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[FinishedRun], list[tuple[st
         seed = summary.get("seed", (config.get("run") or {}).get("seed"))
         runs.append(FinishedRun(path=d, rel=rel, summary=summary, config=config, meta=meta, model=model, family=family,
                         depth=depth, label=label, compare_to=compare_to,
-                        seed=int(seed) if isinstance(seed, int) else None, protocol=_protocol(config)))
+                        seed=int(seed) if isinstance(seed, int) else None, protocol=config_protocol(config)))
     unfinished = []
     seen = set()
     for marker in (RunDir.METRICS, RunDir.LAST):

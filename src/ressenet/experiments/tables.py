@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ressenet.files import atomic_write_text
+
 __all__ = ["Table", "Block", "Section", "render", "md_cell", "md_table", "csv_value", "slug"]
 
 
@@ -69,8 +71,6 @@ class Table:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write :meth:`csv` to ``path`` atomically; return the path."""
-        from ressenet.engine.checkpoint import atomic_write_text
-
         atomic_write_text(path, self.csv())
         return Path(path)
 

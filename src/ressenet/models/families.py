@@ -1,7 +1,8 @@
-"""Model families as one table: where the SE blocks go, whether bridges exist, how a family is named and shown.
+"""Model families as one table: where the SE blocks go, whether bridges exist, how a family is named.
 
-Everything else reads this table: the registry generates one factory per (family, depth) from it, the report and
-the figures take titles, colours and the paper's comparisons from it, and the tests iterate over it. Adding an SE
+Everything else reads this table: the registry generates one factory per (family, depth) from it, the report
+takes titles from it, and the tests iterate over it. How a family is drawn (its colour) and which families the
+paper compares belong to the reporting layer (experiments/figures.py, experiments/runs.py). Adding an SE
 placement is one :class:`SEPlacement` value, one branch in :func:`se_sites` and one :data:`FAMILIES` row.
 
 Placements (Varshaneya et al., arXiv:1902.06066; docs/design.md, "Architectures"):
@@ -16,10 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
-__all__ = ["SEPlacement", "Family", "FAMILIES", "FAMILY", "ModelInfo", "se_sites", "family_order",
-           "default_pretrained_cfg"]
+__all__ = ["SEPlacement", "Family", "FAMILIES", "FAMILY", "ModelInfo", "se_sites", "family_order"]
 
 
 class SEPlacement(str, Enum):
@@ -59,9 +58,6 @@ class Family:
         bridge: ``False`` removes the bridge shortcuts (output = ReLU of the residual branch there).
         prefix: Model names are ``f"{prefix}{depth}{suffix}"``.
         suffix: See ``prefix``.
-        color: Matplotlib colour of the family in every figure.
-        versus: The paper's comparisons with this family as the first term: (other family key, title of
-            "this minus other", whether the paper prints this improvement in its tables).
     """
 
     key: str
@@ -70,26 +66,20 @@ class Family:
     bridge: bool
     prefix: str
     suffix: str
-    color: str
-    versus: tuple[tuple[str, str, bool], ...] = ()
 
     def model_name(self, depth: int) -> str:
         return f"{self.prefix}{depth}{self.suffix}"
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("resnet", "ResNet", SEPlacement.NONE, True, "resnet", "", "#1f77b4"),
-    Family("se_resnet", "SE-ResNet", SEPlacement.RESIDUAL, True, "se_resnet", "", "#2ca02c"),
-    Family("res_se_net", "Res-SE-Net", SEPlacement.BRIDGE_AFTER, True, "res_se_net", "", "#d62728",
-           versus=(("resnet", "Res-SE-Net over ResNet", True), ("se_resnet", "Res-SE-Net over SE-ResNet", True))),
-    Family("resnet_nobridge", "ResNet without bridges", SEPlacement.NONE, False, "resnet", "_nobridge", "#7f7f7f",
-           versus=(("resnet", "ResNet without bridges minus ResNet (do bridges matter?)", False),)),
+    Family("resnet", "ResNet", SEPlacement.NONE, True, "resnet", ""),
+    Family("se_resnet", "SE-ResNet", SEPlacement.RESIDUAL, True, "se_resnet", ""),
+    Family("res_se_net", "Res-SE-Net", SEPlacement.BRIDGE_AFTER, True, "res_se_net", ""),
+    Family("resnet_nobridge", "ResNet without bridges", SEPlacement.NONE, False, "resnet", "_nobridge"),
     Family("res_se_net_se_before_conv", "Res-SE-Net, SE before the bridge conv", SEPlacement.BRIDGE_BEFORE, True,
-           "res_se_net", "_se_before_conv", "#ff7f0e",
-           versus=(("res_se_net", "Ablation: SE before the bridge convolution minus Res-SE-Net", False),)),
+           "res_se_net", "_se_before_conv"),
     Family("res_se_net_se_all_identity", "Res-SE-Net, SE on every identity connection",
-           SEPlacement.BRIDGE_AND_IDENTITY, True, "res_se_net", "_se_all_identity", "#9467bd",
-           versus=(("res_se_net", "Ablation: SE on every identity connection minus Res-SE-Net", False),)),
+           SEPlacement.BRIDGE_AND_IDENTITY, True, "res_se_net", "_se_all_identity"),
 )
 FAMILY: dict[str, Family] = {f.key: f for f in FAMILIES}
 
@@ -114,20 +104,3 @@ class ModelInfo:
     @property
     def bridge(self) -> bool:
         return self.family.bridge
-
-
-def default_pretrained_cfg(name: str | None, num_classes: int) -> dict[str, Any]:
-    """A model's ``pretrained_cfg`` (timm's name): what it takes and predicts, from the families table and the data
-    layer's constants. Untrained models expect the paper's normalisation (the default ``data.normalization``);
-    ``ressenet.load_pretrained`` replaces mean, std, dataset and classes with those the weights were trained on."""
-    from ressenet.data.constants import INPUT_SIZE, PAPER_MEAN, PAPER_STD  # the data package loads only when asked
-
-    fam = None
-    if name is not None:
-        from ressenet.models.registry import model_info
-
-        info = model_info(name)
-        fam = info.family.key if info is not None else None
-    return {"architecture": name, "family": fam, "input_size": INPUT_SIZE, "mean": PAPER_MEAN, "std": PAPER_STD,
-            "normalization": "paper", "num_classes": num_classes, "classifier": "fc", "dataset": None,
-            "classes": None, "file": None, "sha256": None}

@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ressenet.errors import RessenetError
 from ressenet.names import natural_key
+from ressenet.weights import MODEL_OPTIONS, check_expected, fetch_weights, read_header, read_tensors
 
 __all__ = ["register_model", "create_model", "load_pretrained", "list_models", "is_model", "model_info",
            "natural_key"]
@@ -106,9 +108,6 @@ def load_pretrained(source: str | os.PathLike[str], *, sha256: str | None = None
         map_location: Device the model is moved to.
         name, options: What the caller expects (``create_model(name, pretrained=...)`` passes its arguments).
     """
-    from ressenet.errors import RessenetError
-    from ressenet.weights import MODEL_OPTIONS, check_expected, fetch_weights, read_header, read_tensors
-
     path, digest = fetch_weights(source, sha256=sha256, cache_dir=cache_dir)
     header = read_header(path)
     check_expected(header, path, name, **options)

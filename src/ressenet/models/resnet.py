@@ -15,15 +15,29 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ressenet.models.families import FAMILIES, Family, ModelInfo, SEPlacement, default_pretrained_cfg, se_sites
+from ressenet.data.constants import INPUT_SIZE, PAPER_MEAN, PAPER_STD
+from ressenet.models.families import FAMILIES, Family, ModelInfo, SEPlacement, se_sites
 from ressenet.models.layers import SEBlock, Shortcut, conv1x1, conv3x3
-from ressenet.models.registry import register_model
+from ressenet.models.registry import model_info, register_model
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "DEPTHS"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "DEPTHS", "SHORTCUTS", "LAYOUTS"]
 
 DEPTHS = (20, 32, 44, 56, 110, 1202)
-SHORTCUTS = ("A", "B")
-LAYOUTS = ("basic", "released")
+SHORTCUTS = ("A", "B")  # the bridge shortcut: A zero-pads (He et al.), B is conv1x1 + BN (the paper's)
+LAYOUTS = ("basic", "released")  # "released": the released code's bottleneck blocks
+
+
+def default_pretrained_cfg(name: str | None, num_classes: int) -> dict[str, Any]:
+    """A model's ``pretrained_cfg`` (timm's name): what it takes and predicts, from the families table and the data
+    layer's constants. Untrained models expect the paper's normalisation (the default ``data.normalization``);
+    ``ressenet.load_pretrained`` replaces mean, std, dataset and classes with those the weights were trained on."""
+    fam = None
+    if name is not None:
+        info = model_info(name)
+        fam = info.family.key if info is not None else None
+    return {"architecture": name, "family": fam, "input_size": INPUT_SIZE, "mean": PAPER_MEAN, "std": PAPER_STD,
+            "normalization": "paper", "num_classes": num_classes, "classifier": "fc", "dataset": None,
+            "classes": None, "file": None, "sha256": None}
 
 
 def _shortcut(inplanes: int, outplanes: int, stride: int, *, shortcut: str, placement: SEPlacement, bridge: bool,
