@@ -19,18 +19,13 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ressenet.errors import quote
+from ressenet.engine.yamlfile import load_yaml
+from ressenet.errors import ConfigError, quote
 from ressenet.names import suggest
 
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config", "load_yaml",
-           "apply_overrides", "config_from_dict", "flatten_config", "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS",
-           "option", "check_choice", "field_choices"]
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message is one line naming the key and the fix."""
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config",
+           "read_config_file", "diff_configs", "all_keys", "apply_overrides", "config_from_dict", "flatten_config",
+           "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS", "option", "check_choice", "field_choices"]
 
 
 def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
@@ -407,67 +402,6 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> Config:
     """Build a validated Config from a nested dict (``config.yaml``, a checkpoint, a grid cell)."""
     tree = {k: v for k, v in tree.items() if k != "meta"}  # run metadata written beside the config
     return apply_overrides(Config(), flatten_config(tree, where)).validate()
-
-
-# A config or grid file has tens of entries; more nodes than this, counting each alias as what it expands to, is
-# an alias bomb (six levels of nine aliases in 1 KB expand to millions).
-MAX_YAML_NODES = 10_000
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"key {quote(key)} appears twice (line {line})")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice (YAML would keep the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                if key in seen:
-                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class says so
-                pass
-        return super().construct_mapping(node, deep)
-
-
-def _expanded_nodes(node: yaml.Node, limit: int) -> int:
-    """Nodes in the tree with aliases expanded, counted up to ``limit`` (so the count itself stays cheap)."""
-    n, stack = 0, [node]
-    while stack and n <= limit:
-        nd = stack.pop()
-        n += 1
-        if isinstance(nd, yaml.SequenceNode):
-            stack.extend(nd.value)
-        elif isinstance(nd, yaml.MappingNode):
-            stack.extend(x for pair in nd.value for x in pair)
-    return n
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """The one YAML reader of config, grid and run-directory files: safe (no code runs), no duplicate keys, no
-    alias expansion beyond ``MAX_YAML_NODES``. Raises ConfigError naming ``where``."""
-    loader = _StrictLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
-            raise ConfigError(f"{where} expands to more than {MAX_YAML_NODES:,} values through its aliases (&/*); "
-                              f"write the values out instead of nesting aliases")
-        return loader.construct_document(node)
-    except _DuplicateKey as e:
-        raise ConfigError(f"{where}: {e}; keep one of them") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
-    finally:
-        loader.dispose()
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-
 import yaml
 
 from ressenet.engine.checkpoint import atomic_write_json, atomic_write_text, remove_orphans
-from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
+from ressenet.engine.config import Config, ConfigError, diff_configs
+from ressenet.engine.yamlfile import load_yaml
 from ressenet.errors import RessenetError
 
 __all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
@@ -82,7 +82,7 @@ class RunDir:
         return self.summary_file.is_file() or self.last.is_file() or self.metrics_file.is_file()
 
     def read_config(self) -> Any:
-        """``config.yaml`` parsed (safe, strict: engine/config.load_yaml), or None when there is none.
+        """``config.yaml`` parsed (safe, strict: engine/yamlfile.py ``load_yaml``), or None when there is none.
 
         Raises:
             ConfigError: it is not valid YAML (one line naming the file); OSError, UnicodeDecodeError.

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.config import ConfigError, diff_configs, flatten_config, load_yaml
+from ressenet.engine.config import ConfigError, diff_configs, flatten_config
+from ressenet.engine.yamlfile import load_yaml
 from ressenet.engine.lock import describe as describe_holder
 from ressenet.engine.lock import lock_holder
 from ressenet.engine.rundir import RunDir, missing_results

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, flatten_config, load_yaml
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, flatten_config
+from ressenet.engine.yamlfile import load_yaml
 from ressenet.errors import quote
 
 __all__ = ["GridSpec", "Cell", "PRESET_DIR", "AXIS_KEYS", "MAX_SEEDS", "MAX_CELLS", "list_presets", "load_grid",
