@@ -19,13 +19,13 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.yamlfile import load_yaml
+from ressenet.engine.yamlfile import read_config_file
 from ressenet.errors import ConfigError, quote
 from ressenet.names import suggest
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config",
-           "read_config_file", "diff_configs", "all_keys", "apply_overrides", "config_from_dict", "flatten_config",
-           "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS", "option", "check_choice", "field_choices"]
+           "diff_configs", "all_keys", "apply_overrides", "config_from_dict", "flatten_config",
+           "parse_value", "dotted_value", "RESULT_NEUTRAL_KEYS", "SECTIONS", "option", "check_choice", "field_choices"]
 
 
 def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
@@ -54,7 +54,7 @@ def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Call
 
 
 def _model_names() -> list[str]:
-    from ressenet.models import list_models
+    from ressenet.models import list_models  # imported when asked: building the CLI's flags never loads torch
 
     return list_models()
 
@@ -66,7 +66,7 @@ def _dataset_names() -> tuple[str, ...]:
 
 
 def _downloadable_names() -> tuple[str, ...]:
-    from ressenet.data.constants import DOWNLOADABLE
+    from ressenet.data.constants import DOWNLOADABLE  # imported when asked, as above
 
     return DOWNLOADABLE
 
@@ -86,6 +86,8 @@ _DEVICE_RE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 @dataclass
 class ModelConfig:
+    """Which network: a registered name and the options its factory takes."""
+
     name: str = option("res_se_net20", flag="--model", metavar="NAME[,NAME...]", choices=_model_names,
                        choices_text="see `ressenet models`",
                        help="registered model, e.g. resnet56, se_resnet56, res_se_net56 (see `ressenet models`); "
@@ -106,6 +108,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """Which data, where it is, how it is split, normalised and augmented."""
+
     dataset: str = option("cifar10", choices=_dataset_names,
                           help="dataset; imagefolder reads --data-root (train/ and test/ class folders, or an "
                                "archive), synthetic makes random images (smoke tests)")
@@ -132,6 +136,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """The optimisation protocol: iterations, batch, SGD and its step schedule."""
+
     iters: int = option(64_000, help="training iterations (SGD steps)")
     batch_size: int = option(128, help="training batch size (the total over all processes under DDP)")
     lr: float = option(0.1, help="initial learning rate")
@@ -146,6 +152,8 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
+    """How and where a run executes: directory, seed, device, precision, compile, logging and checkpoints."""
+
     out: str | None = option(None, metavar="DIR", default_text="runs/<model>_<dataset>_s<seed>",
                              help="run directory (config, checkpoints, metrics); an existing one is resumed")
     seed: int = option(12, metavar="SEED[,SEED...]",
@@ -234,12 +242,15 @@ def check_choice(key: str, value: Any) -> None:
 
 @dataclass
 class Config:
+    """A run's whole configuration: one section per concern."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The nested dict ``config.yaml`` and checkpoints hold."""
         return asdict(self)
 
     def validate(self) -> Config:
@@ -368,6 +379,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def all_keys() -> list[str]:
+    """Every dotted key, section by section."""
     return [f"{s.name}.{f.name}" for s in fields(Config) for f in fields(s.default_factory)]  # type: ignore[misc]
 
 
@@ -404,23 +416,6 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> Config:
     return apply_overrides(Config(), flatten_config(tree, where)).validate()
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The nested mapping in a ``--config`` YAML file, with one-line errors for a missing or malformed file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
-    try:
-        tree = load_yaml(p.read_text(encoding="utf-8"), f"config file {p}") or {}
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                          f"save it as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file {p} must hold a mapping with sections model/data/optim/run")
-    return tree
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then overrides; validated."""
     cfg = Config()
@@ -437,3 +432,10 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = 
     return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
+
+
+def dotted_value(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` ("optim.lr") of a nested config dict, or None where it has none."""
+    section, _, k = key.partition(".")
+    sec = tree.get(section)
+    return sec.get(k) if isinstance(sec, dict) else None

@@ -2,13 +2,14 @@
 expansion beyond a bound. Errors are one-line ConfigErrors naming the file."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ressenet.errors import ConfigError, quote
 
-__all__ = ["load_yaml", "MAX_YAML_NODES"]
+__all__ = ["load_yaml", "read_config_file", "MAX_YAML_NODES"]
 
 # A config or grid file has tens of entries; more nodes than this, counting each alias as what it expands to, is
 # an alias bomb (six levels of nine aliases in 1 KB expand to millions).
@@ -69,3 +70,20 @@ def load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
     finally:
         loader.dispose()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested mapping in a ``--config`` YAML file, with one-line errors for a missing or malformed file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
+    try:
+        tree = load_yaml(p.read_text(encoding="utf-8"), f"config file {p}") or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {p} must hold a mapping with sections model/data/optim/run")
+    return tree

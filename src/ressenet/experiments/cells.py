@@ -78,7 +78,7 @@ def _fingerprint_for(cell: Cell, cache: dict[tuple, str | None]) -> str | None:
     key = (d.dataset, d.data_root, d.cache_dir, d.train_limit, d.test_limit, d.val_split)
     if key not in cache:
         try:
-            cache[key] = load_data(cell.config)["fingerprint"]
+            cache[key] = load_data(cell.config).fingerprint
         except (ValueError, OSError, RessenetError):
             cache[key] = None
     return cache[key]

@@ -92,7 +92,7 @@ def _add_grid_options(p: argparse.ArgumentParser) -> None:
 def grid_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Overrides for every cell: the ``--config`` file's values, then the flags and ``--set`` (which win)."""
     from ressenet.options import train_overrides
-    from ressenet.engine.config import read_config_file
+    from ressenet.engine.yamlfile import read_config_file
     from ressenet.engine.config import flatten_config
 
     out: dict[str, Any] = {}
