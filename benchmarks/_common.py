@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ressenet.engine.config import Config
+from ressenet.engine.setup import RunData
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -186,7 +187,7 @@ def data_overrides(args: argparse.Namespace) -> dict[str, Any]:
             "data.cache_dir": args.cache_dir, "data.train_limit": args.train_limit, "data.test_limit": args.test_limit}
 
 
-def load_engine_data(args: argparse.Namespace) -> dict[str, Any]:
+def load_engine_data(args: argparse.Namespace) -> RunData:
     """The engine's own data (``load_data``): train/test ImageDatasets and the normalisation it uses."""
     from ressenet.engine.config import load_config
     from ressenet.engine.setup import load_data

@@ -46,8 +46,9 @@ def _worker(conn: Any, barrier: Any, model: str, switch: common.Switch, threads:
     torch.set_num_threads(threads)
     from ressenet.engine.config import load_config
     from ressenet.engine.run import Run
-    from ressenet.engine.setup import load_data
+    from ressenet.engine.setup import load_data, resolve_settings
 
+    import dataclasses
     import tempfile
 
     try:
@@ -56,9 +57,11 @@ def _worker(conn: Any, barrier: Any, model: str, switch: common.Switch, threads:
                 "model.name": model, "run.out": tmp, "run.seed": seed, "run.device": "cpu",
                 "run.precision": switch.precision, "run.channels_last": switch.channels_last,
                 "run.compile": switch.compile, "run.progress": "none"})
-            run = Run.build(cfg, Path(tmp), load_data(cfg), torch.device("cpu"))
-            if switch.compile:
-                run.step_model = torch.compile(run.model, mode=switch.compile_mode)
+            data = load_data(cfg)
+            settings = resolve_settings(cfg, torch.device("cpu"), data, {})
+            # Compiled only when the switch asks: the engine's auto would compile this long a run.
+            settings = dataclasses.replace(settings, compile=settings.compile if switch.compile else False)
+            run = Run.build(cfg, Path(tmp), data, settings)
             t0 = time.perf_counter()
             for _ in range(warmup):
                 run.step()

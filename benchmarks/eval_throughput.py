@@ -52,7 +52,7 @@ def build(name: str, checkpoint: Path | None, num_classes: int) -> tuple[str, nn
     return f"{cfg.model.name} ({checkpoint}, iter {state.get('iter')})", model
 
 
-def engine_eval(model: nn.Module, data: dict[str, Any], switch: common.Switch, device: torch.device, batch_size: int,
+def engine_eval(model: nn.Module, data: common.RunData, switch: common.Switch, device: torch.device, batch_size: int,
                 limit: int | None = None) -> tuple[float, dict[str, float]]:
     """(images/s, metrics) of one engine evaluation of the test split (``limit`` images: a warm-up)."""
     from ressenet.data import eval_batches
@@ -61,10 +61,10 @@ def engine_eval(model: nn.Module, data: dict[str, Any], switch: common.Switch, d
 
     r = switch.resolved(device)
     model.to(device, memory_format=torch.channels_last if r.channels_last else torch.contiguous_format)
-    ds = data["test"] if limit is None else data["test"].subset(torch.arange(min(limit, len(data["test"]))))
+    ds = data.test if limit is None else data.test.subset(torch.arange(min(limit, len(data.test))))
     common.sync(device)
     t0 = time.perf_counter()
-    batches = eval_batches(ds, batch_size, mean=data["mean"], std=data["std"], device=device,
+    batches = eval_batches(ds, batch_size, mean=data.mean, std=data.std, device=device,
                            channels_last=r.channels_last)
     res = evaluate(model, batches, amp=autocast_context(r.precision, device))
     common.sync(device)
@@ -74,11 +74,11 @@ def engine_eval(model: nn.Module, data: dict[str, Any], switch: common.Switch, d
 class ReferenceEval:
     """The released script's ``test()`` loop over a map-style PIL test set."""
 
-    def __init__(self, data: dict[str, Any], device: torch.device, *, batch_size: int = 100, workers: int = 2):
+    def __init__(self, data: common.RunData, device: torch.device, *, batch_size: int = 100, workers: int = 2):
         from torchvision import transforms
 
-        ds = data["test"]
-        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data["mean"], data["std"])])
+        ds = data.test
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
         self.dataset = common.PILImages(ds.images.permute(0, 2, 3, 1).contiguous().numpy(), ds.labels.numpy(), tf)
         self.batch_size, self.workers, self.device = batch_size, workers, device
 
@@ -139,7 +139,7 @@ def main() -> int:
 
     args.eval_batch_size = resolve_eval_batch_size(args.eval_batch_size, device)
     data = common.load_engine_data(args)
-    n_classes = len(data["train"].classes)
+    n_classes = len(data.classes)
     print(f"data: {data['test'].description}: {len(data['test'])} test images; engine batch {args.eval_batch_size}, "
           f"reference batch {args.ref_batch_size} with {args.workers} workers; {args.repeats} alternating repeats "
           f"after {args.warmup_images} warm-up images; figures: images/s, median (min..max)")

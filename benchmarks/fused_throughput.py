@@ -170,7 +170,7 @@ def main() -> int:
     info = {"command": " ".join([Path(sys.executable).name] + sys.argv), "torch": torch.__version__,
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
             "threads": torch.get_num_threads(), "cores": os.cpu_count(), "batch_size": args.batch_size,
-            "data": data["train"].description}
+            "data": data.train.description}
     print(f"fused training throughput on {info['device']} ({info['data']}), batch {args.batch_size} per member")
     print(f"{'mechanism':<11}{'depth':>6}{'N':>4}{'images/s':>12}{'per member':>12}{'x N=1':>8}{'MiB/member':>12}")
     results, first = [], {}

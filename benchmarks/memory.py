@@ -211,7 +211,7 @@ def main() -> int:
 
     # Dataset bytes (loaded after the run, so the child had the machine to itself) ---------------------------
     data = common.load_engine_data(args)
-    tr, te = data["train"], data["test"]
+    tr, te = data.train, data.test
     ds_bytes = {"train_images": tr.images.nbytes, "train_labels": tr.labels.nbytes,
                 "test_images": te.images.nbytes, "test_labels": te.labels.nbytes}
     n, c, h, w = tr.images.shape

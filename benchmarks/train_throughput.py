@@ -54,18 +54,18 @@ class Reference:
     (fresh worker processes) per timed run; eager NCHW float32 model; per step ``loss.item()`` and top-1/top-5.
     """
 
-    def __init__(self, model_name: str, data: dict[str, Any], device: torch.device, *, batch_size: int = 128,
+    def __init__(self, model_name: str, data: common.RunData, device: torch.device, *, batch_size: int = 128,
                  workers: int = 2, seed: int = 12) -> None:
         from torchvision import transforms
 
         from ressenet.models import create_model
 
-        ds = data["train"]
+        ds = data.train
         transform = transforms.Compose([
             transforms.RandomCrop(32, padding=4),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
-            transforms.Normalize(data["mean"], data["std"]),
+            transforms.Normalize(data.mean, data.std),
         ])
         images = ds.images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, 32, 32, 3) uint8, as CIFAR10.data
         self.dataset = common.PILImages(images, ds.labels.numpy(), transform)

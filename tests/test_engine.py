@@ -434,7 +434,7 @@ def _ghost_batch_run(iters: int, lr: float, halves: int) -> list[float]:
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg, 10).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    loader = TrainLoader(data["train"], 32, mean=data["mean"], std=data["std"], seed=cfg.run.seed, channels_last=True)
+    loader = TrainLoader(data.train, 32, mean=data.mean, std=data.std, seed=cfg.run.seed, channels_last=True)
     losses, total = [], 0.0
     for it in range(iters):
         for g in opt.param_groups:

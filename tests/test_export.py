@@ -101,7 +101,7 @@ def test_create_model_pretrained_reproduces_the_final_test_top1(finished_run, ex
     assert (cfg["file"], cfg["sha256"], cfg["dataset"], cfg["num_classes"]) == (
         exported["weights"], exported["sha256"], "synthetic", 10)
     data = load_data(_config(finished_run))
-    batches = eval_batches(data["test"], 100, mean=cfg["mean"], std=cfg["std"], device="cpu")
+    batches = eval_batches(data.test, 100, mean=cfg["mean"], std=cfg["std"], device="cpu")
     assert evaluate(model, batches)["top1"] == summary["test_top1"]
     assert ressenet.load_pretrained(exported["weights"]).pretrained_cfg == model.pretrained_cfg
 

@@ -172,7 +172,7 @@ def test_extracted_member_evaluates_as_inside_the_fused_network(tmp_path):
     grp.sync()
     try:
         for i, m in enumerate(grp.members):
-            inside = eval_split(_MemberOf(grp.grouped.net, i), grp.data["test"], grp.data, m.cfg, m.device,
+            inside = eval_split(_MemberOf(grp.grouped.net, i), grp.data.test, grp.data, m.cfg, m.device,
                                 m.channels_last, m.amp, m.dist)
             alone = m.evaluate("test")  # the member's own model, written back from the fused one
             assert inside["top1"] == alone["top1"] and inside["top5"] == alone["top5"], m.name

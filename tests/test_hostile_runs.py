@@ -7,7 +7,8 @@ import pytest
 
 from fixtures_runs import make_run
 from ressenet.cli import main as cli_main
-from ressenet.engine.config import ConfigError, read_config_file
+from ressenet.engine.config import ConfigError
+from ressenet.engine.yamlfile import read_config_file
 from ressenet.experiments.gridspec import expand_grid, load_grid
 from ressenet.experiments.report import write_report
 from ressenet.experiments.runs import collect_runs

@@ -5,7 +5,7 @@ import os
 import reprlib
 from pathlib import Path
 
-__all__ = ["RessenetError", "USER_ERRORS", "quote", "QUOTE_CHARS", "not_a_folder"]
+__all__ = ["RessenetError", "ConfigError", "USER_ERRORS", "quote", "QUOTE_CHARS", "not_a_folder"]
 
 QUOTE_CHARS = 80  # the most of a user's value an error message repeats
 _REPR = reprlib.Repr()  # Python 3.11's takes no arguments
@@ -16,6 +16,10 @@ _REPR.maxlong = 40
 
 class RessenetError(RuntimeError):
     """A run-time problem with a clear one-line cause and fix (corrupt checkpoint, non-finite loss, ...)."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message is one line naming the key and the fix."""
 
 
 # ValueError covers ConfigError, DataError and the model zoo's option errors; FileNotFoundError a bad path.

@@ -5,7 +5,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from ressenet.analysis.gates import CONSTANT_STD
 from ressenet.analysis.inputs import open_run, resolve_checkpoints
@@ -58,7 +57,7 @@ def analyze(run_dirs: Sequence[str | Path], out_dir: str | Path, *, device: str 
             missing = [b for b in blocks if b not in have]
             if missing:
                 raise RessenetError(missing_blocks_message(missing, have, f"{o.cfg.model.name} ({o.checkpoint})"))
-    data_cache: dict[str, dict[str, Any]] = {}
+    data_cache: dict[str, RunData] = {}
     runs: list[RunAnalysis] = []
     for o in opened:
         data_as_given(o.cfg, data_root=data_root, cache_dir=cache_dir)  # as `ressenet eval`

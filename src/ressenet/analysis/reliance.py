@@ -17,7 +17,7 @@ from ressenet.analysis.hooks import gate_override, record_gates
 from ressenet.analysis.inputs import Opened
 from ressenet.analysis.sites import KIND_TEXT, SESite, se_sites_of
 from ressenet.data import eval_batches
-from ressenet.engine.setup import resolve_channels_last, resolve_eval_batch_size
+from ressenet.engine.setup import RunData, resolve_channels_last, resolve_eval_batch_size
 from ressenet.errors import RessenetError
 from ressenet.experiments.stats import PairedDrop, paired_drop
 from ressenet.models import model_info
@@ -80,13 +80,13 @@ def _correct(model: nn.Module, batches: Iterator[tuple[Tensor, Tensor]],
     return torch.cat(out)
 
 
-def analyze_run(opened: Opened, data: dict[str, Any], device: torch.device, *, batch_size: int | None = None,
+def analyze_run(opened: Opened, data: RunData, device: torch.device, *, batch_size: int | None = None,
                 blocks: Sequence[str] | None = None, reliance: bool = True,
                 confidence: float = 0.95) -> RunAnalysis:
     """Excitation statistics and reliance of one opened checkpoint on its test split (``data`` from load_data)."""
     cfg, model = opened.cfg, opened.model
-    test = data["test"]
-    classes = list(data["train"].classes)
+    test = data.test
+    classes = data.classes
     if model.fc.out_features != len(classes):
         raise RessenetError(f"{opened.checkpoint} has a {model.fc.out_features}-class head but its data has "
                             f"{len(classes)} classes; pass the --data-root it was trained on")
@@ -95,7 +95,7 @@ def analyze_run(opened: Opened, data: dict[str, Any], device: torch.device, *, b
     bs = resolve_eval_batch_size(batch_size, device)
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
-        return eval_batches(test, bs, mean=data["mean"], std=data["std"], device=device, channels_last=channels_last)
+        return eval_batches(test, bs, mean=data.mean, std=data.std, device=device, channels_last=channels_last)
 
     sites = se_sites_of(model)
     accs = {s.name: GateAccumulator(s.channels, len(classes), device) for s in sites}
@@ -113,7 +113,7 @@ def analyze_run(opened: Opened, data: dict[str, Any], device: torch.device, *, b
     lossless = getattr(test, "lossless", None)
     ds_text = cfg.data.dataset + (" (JPEG copy)" if lossless is False else "")
     recorded = opened.state.get("data_fingerprint")
-    other_data = recorded is not None and data.get("fingerprint") is not None and recorded != data["fingerprint"]
+    other_data = recorded is not None and recorded != data.fingerprint
     run = RunAnalysis(path=opened.path, checkpoint=opened.checkpoint, model=cfg.model.name,
                       family=fam.key if fam else None, family_title=fam.title if fam else cfg.model.name,
                       placement=fam.placement.value if fam else "unknown", depth=info.depth if info else None,

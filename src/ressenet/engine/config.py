@@ -19,19 +19,14 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ressenet.errors import quote
+from ressenet.engine.yamlfile import read_config_file
+from ressenet.errors import ConfigError, quote
 from ressenet.models.resnet import LAYOUTS, SHORTCUTS
 from ressenet.names import suggest
 
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config", "load_yaml",
-           "apply_overrides", "config_from_dict", "flatten_config", "parse_value", "RESULT_NEUTRAL_KEYS", "SECTIONS",
-           "option", "check_choice", "field_choices"]
-
-
-class ConfigError(ValueError):
-    """A bad configuration value or key; the message is one line naming the key and the fix."""
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "RunConfig", "Config", "ConfigError", "load_config",
+           "diff_configs", "all_keys", "apply_overrides", "config_from_dict", "flatten_config",
+           "parse_value", "dotted_value", "RESULT_NEUTRAL_KEYS", "SECTIONS", "option", "check_choice", "field_choices"]
 
 
 def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None,
@@ -60,7 +55,7 @@ def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Call
 
 
 def _model_names() -> list[str]:
-    from ressenet.models import list_models
+    from ressenet.models import list_models  # imported when asked: building the CLI's flags never loads torch
 
     return list_models()
 
@@ -72,7 +67,7 @@ def _dataset_names() -> tuple[str, ...]:
 
 
 def _downloadable_names() -> tuple[str, ...]:
-    from ressenet.data.constants import DOWNLOADABLE
+    from ressenet.data.constants import DOWNLOADABLE  # imported when asked, as above
 
     return DOWNLOADABLE
 
@@ -90,6 +85,8 @@ _DEVICE_RE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 @dataclass
 class ModelConfig:
+    """Which network: a registered name and the options its factory takes."""
+
     name: str = option("res_se_net20", flag="--model", metavar="NAME[,NAME...]", choices=_model_names,
                        choices_text="see `ressenet models`",
                        help="registered model, e.g. resnet56, se_resnet56, res_se_net56 (see `ressenet models`); "
@@ -110,6 +107,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """Which data, where it is, how it is split, normalised and augmented."""
+
     dataset: str = option("cifar10", choices=_dataset_names,
                           help="dataset; imagefolder reads --data-root (train/ and test/ class folders, or an "
                                "archive), synthetic makes random images (smoke tests)")
@@ -136,6 +135,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """The optimisation protocol: iterations, batch, SGD and its step schedule."""
+
     iters: int = option(64_000, help="training iterations (SGD steps)")
     batch_size: int = option(128, help="training batch size (the total over all processes under DDP)")
     lr: float = option(0.1, help="initial learning rate")
@@ -150,6 +151,8 @@ class OptimConfig:
 
 @dataclass
 class RunConfig:
+    """How and where a run executes: directory, seed, device, precision, compile, logging and checkpoints."""
+
     out: str | None = option(None, metavar="DIR", default_text="runs/<model>_<dataset>_s<seed>",
                              help="run directory (config, checkpoints, metrics); an existing one is resumed")
     seed: int = option(12, metavar="SEED[,SEED...]",
@@ -239,12 +242,15 @@ def check_choice(key: str, value: Any) -> None:
 
 @dataclass
 class Config:
+    """A run's whole configuration: one section per concern."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The nested dict ``config.yaml`` and checkpoints hold."""
         return asdict(self)
 
     def validate(self) -> Config:
@@ -373,6 +379,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def all_keys() -> list[str]:
+    """Every dotted key, section by section."""
     return [f"{s.name}.{f.name}" for s in fields(Config) for f in fields(s.default_factory)]  # type: ignore[misc]
 
 
@@ -409,84 +416,6 @@ def config_from_dict(tree: dict[str, Any], where: str = "config") -> Config:
     return apply_overrides(Config(), flatten_config(tree, where)).validate()
 
 
-# A config or grid file has tens of entries; more nodes than this, counting each alias as what it expands to, is
-# an alias bomb (six levels of nine aliases in 1 KB expand to millions).
-MAX_YAML_NODES = 10_000
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"key {quote(key)} appears twice (line {line})")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice (YAML would keep the last one silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                if key in seen:
-                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class says so
-                pass
-        return super().construct_mapping(node, deep)
-
-
-def _expanded_nodes(node: yaml.Node, limit: int) -> int:
-    """Nodes in the tree with aliases expanded, counted up to ``limit`` (so the count itself stays cheap)."""
-    n, stack = 0, [node]
-    while stack and n <= limit:
-        nd = stack.pop()
-        n += 1
-        if isinstance(nd, yaml.SequenceNode):
-            stack.extend(nd.value)
-        elif isinstance(nd, yaml.MappingNode):
-            stack.extend(x for pair in nd.value for x in pair)
-    return n
-
-
-def load_yaml(text: str, where: str) -> Any:
-    """The one YAML reader of config, grid and run-directory files: safe (no code runs), no duplicate keys, no
-    alias expansion beyond ``MAX_YAML_NODES``. Raises ConfigError naming ``where``."""
-    loader = _StrictLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
-            raise ConfigError(f"{where} expands to more than {MAX_YAML_NODES:,} values through its aliases (&/*); "
-                              f"write the values out instead of nesting aliases")
-        return loader.construct_document(node)
-    except _DuplicateKey as e:
-        raise ConfigError(f"{where}: {e}; keep one of them") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where} is not valid YAML: {str(e).splitlines()[0]}") from None
-    finally:
-        loader.dispose()
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The nested mapping in a ``--config`` YAML file, with one-line errors for a missing or malformed file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} not found; pass an existing YAML file to --config")
-    try:
-        tree = load_yaml(p.read_text(encoding="utf-8"), f"config file {p}") or {}
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                          f"save it as UTF-8") from None
-    except OSError as e:
-        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file {p} must hold a mapping with sections model/data/optim/run")
-    return tree
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then overrides; validated."""
     cfg = Config()
@@ -503,3 +432,10 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = 
     return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
 
 
+
+
+def dotted_value(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` ("optim.lr") of a nested config dict, or None where it has none."""
+    section, _, k = key.partition(".")
+    sec = tree.get(section)
+    return sec.get(k) if isinstance(sec, dict) else None

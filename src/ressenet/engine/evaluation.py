@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,15 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ressenet.data import eval_batches
+from ressenet.data import ImageDataset, eval_batches
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.config import Config, config_from_dict
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
 from ressenet.engine.rundir import RunDir
-from ressenet.engine.setup import (
-    autocast_context, load_data, resolve_channels_last, resolve_device, resolve_eval_batch_size, resolve_precision,
-)
+from ressenet.engine.setup import (RunData, autocast_context, load_data, resolve_channels_last, resolve_device,
+                                   resolve_eval_batch_size, resolve_precision)
 from ressenet.errors import RessenetError
 from ressenet.models import load_pretrained
 from ressenet.weights import fetch_weights, read_header
@@ -51,10 +52,12 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
     return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
 
 
-def eval_split(model: nn.Module, ds: Any, data: dict[str, Any], cfg: Config, device: torch.device,
-                channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
-    batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data["mean"],
-                           std=data["std"], device=device, channels_last=channels_last, rank=dist_info.rank,
+def eval_split(model: nn.Module, ds: ImageDataset, data: RunData, cfg: Config, device: torch.device,
+               channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
+    """:func:`evaluate` on ``ds`` (a split of ``data``, normalised with its mean and std) as training evaluates:
+    the run's evaluation batch size, memory format, autocast context and ranks."""
+    batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data.mean,
+                           std=data.std, device=device, channels_last=channels_last, rank=dist_info.rank,
                            world_size=dist_info.world_size)
     return evaluate(model, batches, amp=amp, dist_info=dist_info)
 
@@ -113,7 +116,7 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     dev, data = _eval_data(cfg, data_root=data_root, cache_dir=cache_dir, batch_size=batch_size, device=device,
                            source=path, other_data=other_data)
     same_data = _check_eval_data(path, state, cfg, data, allow_other_classes)
-    num_classes = len(data["train"].classes)
+    num_classes = len(data.classes)
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_classes:
         raise RessenetError(f"{path} was trained for {cfg.model.num_classes} classes but the data at "
                             f"{cfg.data.data_root or 'the default root'} has {num_classes}; pass the --dataset and "
@@ -143,12 +146,10 @@ PRECISION_NAMES = ("fp32", "bf16", "fp16")
 EVAL_FIX = "pass a last.pt or best.pt that ressenet train wrote"
 
 
-def _check_eval_data(path: str | Path, state: dict[str, Any], cfg: Config, data: dict[str, Any],
+def _check_eval_data(path: str | Path, state: dict[str, Any], cfg: Config, data: RunData,
                      allow_other_classes: bool) -> bool:
     """Whether the data loaded is the checkpoint's training data; refuses other classes unless allowed."""
-    import warnings
-
-    classes = list(data["train"].classes)
+    classes = data.classes
     trained = state.get("classes")
     if isinstance(trained, list) and trained != classes and not allow_other_classes:
         if sorted(map(str, trained)) == sorted(map(str, classes)):
@@ -160,22 +161,23 @@ def _check_eval_data(path: str | Path, state: dict[str, Any], cfg: Config, data:
                             f"trained on, so its labels mean other things; pass the data it was trained on, or "
                             f"--allow-other-classes to evaluate anyway")
     recorded = state.get("data_fingerprint")
-    same = recorded is None or recorded == data.get("fingerprint")
+    same = recorded is None or recorded == data.fingerprint
     if not same:
         warnings.warn(f"the data at {cfg.data.data_root or 'the default root'} is not the data {path} was trained on "
-                      f"(fingerprint {data.get('fingerprint')}, trained on {recorded})", stacklevel=2)
+                      f"(fingerprint {data.fingerprint}, trained on {recorded})", stacklevel=2)
     return same
 
 
-def _evaluate_on(model: nn.Module, cfg: Config, data: dict[str, Any], split: str, dev: torch.device,
+def _evaluate_on(model: nn.Module, cfg: Config, data: RunData, split: str, dev: torch.device,
                  path: str | Path, no_val: str, precision: str) -> dict[str, Any]:
-    """top-1/top-5/loss/images of ``model`` on ``data[split]``, as training evaluates (same memory format, same
-    precision)."""
-    if split == "val" and data["val"] is None:
+    """top-1/top-5/loss/images of ``model`` on ``data``'s ``split``, as training evaluates (same memory format,
+    same precision)."""
+    if split == "val" and data.val is None:
         raise RessenetError(f"{path} was {no_val}; use --split test")
     channels_last = resolve_channels_last(cfg.run.channels_last, dev)
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    res = eval_split(model, data[split], data, cfg, dev, channels_last, autocast_context(precision, dev), DistInfo())
+    res = eval_split(model, data.split(split), data, cfg, dev, channels_last, autocast_context(precision, dev),
+                     DistInfo())
     return {"top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "images": res["images"],
             "precision": precision}
 
@@ -200,11 +202,11 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
         cfg.data.dataset, cfg.data.train_limit, cfg.data.test_limit = dataset, 0, 0
     dev, data = _eval_data(cfg, data_root=data_root, cache_dir=cache_dir, batch_size=batch_size, device=device,
                            source=local, other_data=other_data)
-    n = len(data["train"].classes)
+    n = len(data.classes)
     if n != header["num_classes"]:
         raise RessenetError(f"{local} predicts {header['num_classes']} classes and {cfg.data.dataset} at "
                             f"{cfg.data.data_root or 'the default root'} has {n}; evaluate it on data with its classes")
-    data["mean"], data["std"] = tuple(header["mean"]), tuple(header["std"])
+    data = dataclasses.replace(data, mean=tuple(header["mean"]), std=tuple(header["std"]))
     model = load_pretrained(local)
     precision = run_precision((header.get("trained_with") or {}).get("precision"), None, cfg, dev)
     res = _evaluate_on(model, cfg, data, split, dev, local, "evaluated on data without a validation split "

@@ -1,36 +1,35 @@
 """Fused training: several runs of one depth (models x seeds) trained together in one process.
 
-``ressenet train --model resnet20,se_resnet20,res_se_net20 --seed 1,2,3 --out DIR`` trains the nine runs
-``DIR/<model>-s<seed>`` at once. Each member is an ordinary run: its own initialisation (``torch.manual_seed(seed)``
-before the model is built, as a separate run), its own data order and augmentation (a
-:class:`~ressenet.data.TrainLoader` with its seed; the members share one stored copy of the pixels), its own
-optimizer, and its own run directory with the usual files (``config.yaml`` with ``meta.fused_with``,
-``metrics.jsonl``, ``last.pt``, ``summary.json``). ``ressenet eval``, resume and the report treat it as any run.
-
-Three mechanisms run a group (``--fused-mechanism``): ``sequential``, ``graphs`` and ``grouped``; ``auto`` picks
-``graphs`` on CUDA and ``sequential`` on the CPU (benchmarks/fused_throughput.py). engine/steppers.py says how
-each works and how close its members are to separate runs (bit-identical for ``sequential``).
+``ressenet train --model resnet20,se_resnet20 --seed 1,2,3 --out DIR`` trains the six runs ``DIR/<model>-s<seed>``
+at once. Each member is an ordinary run (its own seed, data order, optimizer and run directory; ``config.yaml``
+adds ``meta.fused_with``), built by ``Run.build`` and doing its own ``Run.boundary``; engine/steppers.py holds the
+mechanisms that step them (``--fused-mechanism``) and how close each is to separate runs.
 """
 from __future__ import annotations
 
 import os
+import string
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ressenet.engine.config import FUSED_MECHANISMS, Config
+from ressenet.engine.config import FUSED_MECHANISMS, Config, load_config
+from ressenet.engine.distributed import barrier
 from ressenet.engine.lock import LockHeld, RunLock, describe
 from ressenet.engine.records import Progress
-from ressenet.engine.run import Run
+from ressenet.engine.run import NonFiniteLoss, Run
 from ressenet.engine.rundir import RunDir, prepare_run_dir
-from ressenet.engine.runtime import Stepper, compile_choice, finish, prepare_device, run_loop
-from ressenet.engine.setup import load_data, resolve_device, resolve_precision
-from ressenet.engine.steppers import STEPPERS
+from ressenet.engine.runtime import compile_notes, exit_stopped, prepare_device, stop_signals
+from ressenet.engine.setup import RunData, load_data, resolve_device, resolve_precision, resolve_settings
+from ressenet.engine.steppers import STEPPERS, FusedNetwork, Stepper
 from ressenet.errors import RessenetError
+from ressenet.models import create_model, is_model, list_models, model_info
+from ressenet.names import suggest
 
-__all__ = ["FusedGroup", "train_fused", "fused_configs", "resolve_mechanism"]
+__all__ = ["FusedGroup", "train_fused", "fused_configs", "resolve_mechanism", "run_group", "MEMBER_KEYS"]
 
 # Keys in which the members of one group may differ; everything else (data, protocol, precision, device) is shared.
 MEMBER_KEYS = ("model.name", "run.seed", "run.out")
@@ -44,8 +43,6 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
     ``name_template`` (e.g. a grid's ``"{model}-cifar10-s{seed}"``) replaces the member directories' names.
     """
     template = name_template or "{model}-s{seed}"
-    import string
-
     try:  # only the two plain fields: str.format would also run {seed.__class__} and fail on {x}
         fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template) if f is not None]
     except ValueError:
@@ -54,10 +51,6 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
             any(f not in ("model", "seed") or spec or conv for f, spec, conv in fields):
         raise RessenetError(f"--member-name {template!r} must contain {{model}} and {{seed}}, no other {{...}} field "
                             f"and no '/', e.g. '{{model}}-cifar10-s{{seed}}'")
-    from ressenet.engine.config import load_config
-    from ressenet.models import create_model, is_model, list_models, model_info
-    from ressenet.names import suggest
-
     for m in models:
         if not is_model(m):
             raise RessenetError(f"unknown model {m!r} in --model; {suggest(m, list_models())}`ressenet models` lists "
@@ -78,6 +71,8 @@ def fused_configs(base: dict[str, Any], models: list[str], seeds: list[int], out
 
 
 def resolve_mechanism(name: str, device: torch.device) -> str:
+    """``--fused-mechanism`` on ``device``: auto is ``graphs`` on CUDA and ``sequential`` on the CPU
+    (benchmarks/fused_throughput.py)."""
     if name not in FUSED_MECHANISMS:
         raise RessenetError(f"--fused-mechanism {name!r} is not one of {', '.join(FUSED_MECHANISMS)}")
     if name == "auto":
@@ -100,7 +95,7 @@ class FusedGroup:
     engine/steppers.py ``STEPPERS``) advances them, and :meth:`step`, :meth:`sync` and :meth:`release` are its."""
 
     def __init__(self, cfgs: list[Config], *, mechanism: str = "auto", overwrite: bool = False,
-                 data: dict[str, Any] | None = None, parallel_streams: bool = True) -> None:
+                 data: RunData | None = None, parallel_streams: bool = True) -> None:
         if not cfgs:
             raise RessenetError("a fused group needs at least one member")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -122,7 +117,8 @@ class FusedGroup:
         self.precision = resolve_precision(cfg0.run.precision, self.device, self.recorded.get("precision"))
         if not kind.grad_stats and cfg0.run.grad_stats_every:
             raise RessenetError(f"--log-grad-stats probes each member's own eager step, which --fused-mechanism "
-                                f"{self.mechanism} replaces; use --fused-mechanism sequential, or drop --log-grad-stats")
+                                f"{self.mechanism} replaces; use --fused-mechanism sequential, or drop "
+                                f"--log-grad-stats")
         if (why := kind.refuse(self.precision)) is not None:
             raise RessenetError(why)
         kind.check_members(cfgs)  # before any directory is touched
@@ -146,6 +142,7 @@ class FusedGroup:
                 pending.append((c, out))
         self.members: list[Run] = []
         self.notes: list[str] = []  # what to tell the user before training (the compile decision)
+        self.data: RunData | None = data
         self.stepper: Stepper = kind([])
         if not pending:
             return
@@ -156,45 +153,54 @@ class FusedGroup:
             raise
 
     def _build(self, kind: type[Stepper], pending: list[tuple[Config, Path]], names: list[str],
-               data: dict[str, Any] | None, parallel_streams: bool) -> None:
+               data: RunData | None, parallel_streams: bool) -> None:
         cfg0 = pending[0][0]
         prepare_device(self.device)
         self.data = data if data is not None else load_data(cfg0)
-        compile_mode, self.notes = compile_choice(cfg0, self.device, self.precision, self.recorded.get("compile")) \
-            if kind.compiles else (None, [])
+        settings = resolve_settings(cfg0, self.device, self.data, self.recorded, compiles=kind.compiles is not None,
+                                    fused_with=names, fused_mechanism=self.mechanism)
+        self.notes = compile_notes(cfg0, settings)
         amp = kind.amp(self.precision, self.device)
         for c, out in pending:
             first = self.members[0].loader if self.members else None
-            run = Run.build(c, out, self.data, self.device, share_pixels_with=first, amp=amp)
-            run.write_config(compile=compile_mode or False, fused_with=names, fused_mechanism=self.mechanism)
+            run = Run.build(c, out, self.data, settings, share_pixels_with=first, amp=amp,
+                            compile_step=kind.compiles == "runs")
+            run.write_config()
             self.members.append(run)
-        self.stepper = kind(self.members, compile_mode=compile_mode, parallel_streams=parallel_streams)
+        network_mode = settings.compile if kind.compiles == "network" and settings.compile else None
+        self.stepper = kind(self.members, compile_mode=network_mode, parallel_streams=parallel_streams)
         self.release()  # members' streams see the weights and state built on the default stream
 
     # -- the stepper's ------------------------------------------------------------------------------------------
     @property
     def failed(self) -> dict[str, Any]:
+        """The members that stopped (non-finite loss), by name, with why."""
         return self.stepper.failed
 
     @property
-    def grouped(self) -> Any:
-        """Mechanism grouped: the fused network of the members that stepped last (steppers.py ``_Network``)."""
+    def grouped(self) -> FusedNetwork | None:
+        """Mechanism grouped: the fused network of the members that stepped last."""
         return getattr(self.stepper, "network", None)
 
     @property
     def active(self) -> list[Run]:
+        """The members still training."""
         return self.stepper.active()
 
     def step(self) -> list[Run]:
+        """One step of every active member (the stepper's); returns those that stepped."""
         return self.stepper.step()
 
     def sync(self) -> None:
+        """Brings the members' own models up to date and waits for their work (the stepper's)."""
         self.stepper.sync()
 
     def release(self) -> None:
+        """The members' streams wait for the host's work on the default stream (the stepper's)."""
         self.stepper.release()
 
     def release_locks(self) -> None:
+        """Releases every member's run-directory lock."""
         for lock in self.locks:
             lock.release()
         self.locks = []
@@ -225,7 +231,63 @@ def train_fused(cfgs: list[Config], *, overwrite: bool = False, mechanism: str =
                              f"{group.mechanism}, {group.precision}; from iteration {'/'.join(map(str, start))}")
             for note in group.notes:
                 progress.message(note)
-            summaries.update(finish(group.stepper, run_loop(group.stepper, progress)))
+            summaries.update(finish_group(group.stepper, run_group(group.stepper, progress)))
         return [summaries[Path(c.run.out).name] for c in cfgs if Path(c.run.out).name in summaries]
     finally:
         group.release_locks()
+
+
+def run_group(stepper: Stepper, progress: Progress) -> float:
+    """Trains ``stepper``'s runs to their last iteration; returns the seconds this process trained.
+
+    At a boundary (a run's log, evaluation or checkpoint interval ends, or a stop signal arrived) each run ending an
+    interval does its boundary work (``Run.boundary``); a run whose loss became non-finite drops out
+    (``stepper.failed``) and the others go on. A stop signal checkpoints every active run and exits with 128 + the
+    signal's number; the same command resumes.
+    """
+    runs = stepper.runs
+    t_start = t_interval = time.perf_counter()
+    with stop_signals() as stop:
+        while stepper.active():
+            due = [r for r in stepper.step() if r.due()]
+            if not due and not stop:
+                continue
+            stepper.sync()
+            now = time.perf_counter()
+            ending = due + [r for r in stepper.active() if r not in due] if stop else due
+            steps = {r.name: r.state.it - r.it_interval for r in due}
+            recs = []
+            for r in ending:
+                try:
+                    rec = r.boundary(now - t_interval, now - t_start, stopping=bool(stop))
+                except NonFiniteLoss as e:  # this run stops; the others go on
+                    stepper.failed[r.name] = e
+                    if len(runs) > 1:
+                        print(f"{r.out}: {e}", file=sys.stderr)
+                    continue
+                if rec is not None:
+                    recs.append((rec, steps.get(r.name, 0)))
+            stepper.release()
+            progress.boundary(recs, sum(steps[r.name] * r.cfg.optim.batch_size for r in due), now - t_interval)
+            barrier(runs[0].dist)
+            if stop and stepper.active():
+                exit_stopped(stop[0], runs, progress)
+            t_interval = time.perf_counter()
+    progress.close()
+    return time.perf_counter() - t_start
+
+
+def finish_group(stepper: Stepper, elapsed: float) -> dict[str, dict[str, Any]]:
+    """Each finished member's summary (``Run.finish``: written to its ``summary.json``), by run name.
+
+    Raises:
+        NonFiniteLoss: the one member failed; RessenetError naming each failed member of a larger group (after the
+        others' summaries are written).
+    """
+    summaries = {r.name: r.finish(elapsed) for r in stepper.runs if r.name not in stepper.failed}
+    if len(stepper.runs) == 1 and stepper.failed:
+        raise next(iter(stepper.failed.values()))
+    if stepper.failed:
+        raise RessenetError("; ".join(f"{r.out}: {stepper.failed[r.name]}" for r in stepper.runs
+                                      if r.name in stepper.failed))
+    return summaries

@@ -1,4 +1,5 @@
-"""What a run reports while it trains: ``metrics.jsonl`` (one JSON object per line) and the progress display."""
+"""What a run reports: ``metrics.jsonl`` (one JSON object per line) and the progress display while it trains, and
+the schema of ``summary.json`` when it has finished."""
 from __future__ import annotations
 
 import json
@@ -6,11 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from ressenet.engine.config import Config
 from ressenet.engine.rundir import RunDir
+from ressenet.engine.setup import RunData
 from ressenet.engine.tensorboard import EventLog, read_metrics
 from ressenet.files import atomic_write_text
 
-__all__ = ["MetricsLog", "Progress"]
+__all__ = ["MetricsLog", "Progress", "summary_record"]
 
 
 class MetricsLog:
@@ -57,8 +62,6 @@ class Progress:
         self.group = group
         self.bar = None
         if self.mode == "bar":
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, file=sys.stderr)
 
     def boundary(self, recs: list[tuple[dict[str, Any], int]], images: int, seconds: float) -> None:
@@ -102,3 +105,32 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def summary_record(cfg: Config, data: RunData, *, params: int, final: dict[str, Any], best: dict[str, Any],
+                   selected: dict[str, Any] | None, wall_seconds: float, images_per_second: float | None,
+                   world_size: int) -> dict[str, Any]:
+    """``summary.json``: the run's data, its final evaluation (``final``: the last "eval" line's test and validation
+    numbers), the best-on-test (the paper's reporting, optimistic), the validation-selected checkpoint's test
+    accuracy (``selected``: evaluated ``best.pt``, or None) and its costs."""
+    train = data.train
+    return {
+        "model": cfg.model.name, "dataset": cfg.data.dataset,
+        "data": {"source": train.source, "description": train.description, "lossless": train.lossless,
+                 "fingerprint": data.fingerprint, "num_classes": len(train.classes), "classes": list(train.classes),
+                 "train_size": len(train), "test_size": len(data.test),
+                 "val_size": len(data.val) if data.val is not None else 0},
+        "seed": cfg.run.seed, "iters": cfg.optim.iters, "params": params,
+        "test_top1": final["test_top1"], "test_top5": final["test_top5"], "test_loss": final["test_loss"],
+        "best_test_top1": max(best["test_top1"], final["test_top1"]),
+        "best_test_top5": best["test_top5"] if best["test_top1"] >= final["test_top1"] else final["test_top5"],
+        "best_test_iter": best["test_iter"],
+        "best_test_note": "selected on the test set, as the paper's code reports: optimistic",
+        "val_top1": final.get("val_top1"),
+        "best_val_top1": best["val_top1"] if best["val_iter"] is not None else None,
+        "best_val_iter": best["val_iter"],
+        "selected_test_top1": selected["top1"] if selected else None,
+        "selected_test_top5": selected["top5"] if selected else None,
+        "wall_seconds": wall_seconds, "train_images_per_second": images_per_second,
+        "world_size": world_size, "config": cfg.to_dict(),
+    }

@@ -1,8 +1,8 @@
-"""One training run's objects and bookkeeping, shared by the single-run loop (engine/train.py) and fused training
-(engine/fused.py): build or resume, one SGD step, the boundary work (log, evaluate, checkpoint), the summary.
+"""One training run: its objects, built whole from the config, the resolved :class:`Settings` and the data; one SGD
+step; the boundary work (log, evaluate, checkpoint); the summary.
 
-Everything a checkpoint restores lives here, so a run trained alone and the same run trained as a fused member write
-the same files in the same format.
+engine/train.py's loop drives one run; engine/fused.py's steppers drive several, reusing :meth:`Run.step` and
+:meth:`Run.boundary`, so a run trained alone and the same run as a fused member write the same files.
 """
 from __future__ import annotations
 
@@ -15,19 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ressenet.engine.checkpoint import open_checkpoint, save_checkpoint
+from ressenet.data import TrainLoader
+from ressenet.engine.checkpoint import CHECKPOINT_VERSION, open_checkpoint, restore_checkpoint, save_checkpoint
 from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
 from ressenet.engine.evaluation import eval_split
-from ressenet.engine.records import MetricsLog
+from ressenet.engine.gradprobe import GradProbe
+from ressenet.engine.records import MetricsLog, summary_record
 from ressenet.engine.rundir import RunDir
-from ressenet.engine.setup import (autocast_context, build_model, resolve_channels_last,
-                                   resolve_precision, versions)
+from ressenet.engine.setup import RunData, Settings, autocast_context, build_model
 from ressenet.errors import RessenetError
+from ressenet.models import count_params
 
-__all__ = ["CHECKPOINT_VERSION", "TrainState", "Run", "NonFiniteLoss", "lr_at", "train_step", "make_optimizer"]
-
-CHECKPOINT_VERSION = 1
+__all__ = ["TrainState", "Run", "NonFiniteLoss", "lr_at", "train_step", "make_optimizer"]
 
 
 def lr_at(cfg: Config, it: int) -> float:
@@ -44,7 +44,7 @@ def make_optimizer(params: Any, cfg: Config, device: torch.device) -> torch.opti
 
 def train_step(step_model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, amp: Any,
                x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on (x, y); returns the detached (loss, logits). The optimizer's lr must already be set."""
+    """Forward, loss, backward, update on (x, y); returns the detached (loss, logits). The lr must already be set."""
     with amp:
         logits = step_model(x)
         loss = F.cross_entropy(logits, y)
@@ -75,9 +75,11 @@ class TrainState:
     last_eval: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self, wall: float) -> dict[str, Any]:
+        """The progress part of ``last.pt``; ``wall``: seconds this run has trained, all processes together."""
         return {"iter": self.it, "best": dict(self.best), "wall_seconds": wall, "steady": dict(self.steady)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Takes up the progress a checkpoint recorded (``state``: the whole checkpoint)."""
         self.it = self.start_it = int(state["iter"])
         self.best, self.steady = dict(state["best"]), dict(state["steady"])
         self.wall_before = float(state["wall_seconds"])
@@ -85,135 +87,123 @@ class TrainState:
 
 @dataclass
 class Run:
-    """One run: model, optimizer, data stream, device-side accumulators, its directory's log; see :meth:`build`."""
+    """One run, built whole by :meth:`build`: model, optimizer, data stream, device-side accumulators, its log."""
 
     cfg: Config
     out: Path
-    data: dict[str, Any]
-    device: torch.device
+    data: RunData
+    settings: Settings
     dist: DistInfo
-    precision: str
-    channels_last: bool
-    amp: Any
+    amp: Any  # the autocast context of the step and of evaluation
     model: nn.Module  # the raw model: its state_dict is the run's
+    step_model: nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    loader: Any
+    loader: TrainLoader
     n_params: int
     state: TrainState
     log: MetricsLog
     resumed: bool
-    step_model: nn.Module | None = None  # what the step calls: the model, compiled and/or DDP-wrapped
-    acc: torch.Tensor = field(default=None)  # type: ignore[assignment]  # loss sum, correct (float64)
-    first_bad: torch.Tensor = field(default=None)  # type: ignore[assignment]  # first non-finite iteration or -1
-    step_count: torch.Tensor = field(default=None)  # type: ignore[assignment]  # device-side copy of state.it
+    acc: torch.Tensor  # loss sum, correct (float64): accumulated on the device between boundaries
+    first_bad: torch.Tensor  # first non-finite iteration, or -1
+    step_count: torch.Tensor  # device-side copy of state.it
+    it_interval: int  # iteration of the last boundary
     images: int = 0  # seen on this rank since the last boundary
-    it_interval: int = 0  # iteration of the last boundary
 
     @classmethod
-    def build(cls, cfg: Config, out: Path, data: dict[str, Any], device: torch.device, dist: DistInfo | None = None,
-              *, share_pixels_with: Any = None, amp: Any = None) -> Run:
+    def build(cls, cfg: Config, out: Path, data: RunData, settings: Settings, dist: DistInfo | None = None, *,
+              share_pixels_with: TrainLoader | None = None, amp: Any = None, compile_step: bool = True) -> Run:
         """The run's objects as a separate run of ``cfg`` builds them (``torch.manual_seed(seed)`` before the model),
-        resumed from ``out/last.pt`` when present."""
-        from ressenet.data import TrainLoader
-        from ressenet.models import count_params
-
+        resumed from ``out/last.pt`` when present. ``amp`` replaces the settings' autocast context;
+        ``compile_step=False`` keeps the step eager whatever ``settings.compile`` says (a fused mechanism that
+        compiles its own network)."""
         dist = dist or DistInfo()
-        kept = RunDir(out).recorded_choices()  # a resumed run keeps what auto chose when it started
-        precision = resolve_precision(cfg.run.precision, device, kept.get("precision"))
-        channels_last = resolve_channels_last(cfg.run.channels_last, device, kept.get("channels_last"))
-        torch.manual_seed(cfg.run.seed)  # model init identical on every rank (DDP also broadcasts rank 0's)
-        model = build_model(cfg, len(data["train"].classes))
-        n_params = count_params(model)
+        device = settings.torch_device
         if cfg.run.sync_bn and device.type != "cuda":
             raise RessenetError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernels); drop --sync-bn")
+        torch.manual_seed(cfg.run.seed)  # model init identical on every rank (DDP also broadcasts rank 0's)
+        model = build_model(cfg, len(data.classes))
+        n_params = count_params(model)
         if cfg.run.sync_bn and dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        model.to(device, memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format)
         optimizer = make_optimizer(model.parameters(), cfg, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        loader = TrainLoader(data["train"], cfg.optim.batch_size, mean=data["mean"], std=data["std"],
-                             seed=cfg.run.seed, device=device, augment=cfg.data.augment, rank=dist.rank,
-                             world_size=dist.world_size, channels_last=channels_last,
-                             share_pixels_with=share_pixels_with)
+        scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
+        loader = TrainLoader(data.train, cfg.optim.batch_size, mean=data.mean, std=data.std, seed=cfg.run.seed,
+                             device=device, augment=cfg.data.augment, rank=dist.rank, world_size=dist.world_size,
+                             channels_last=settings.channels_last, share_pixels_with=share_pixels_with)
         state = TrainState()
         files = RunDir(out)
         resumed = files.last.exists()
         if resumed:
-            _restore(files.last, cfg, model, optimizer, scaler, loader, state, device, data.get("fingerprint"))
-        run = cls(cfg=cfg, out=out, data=data, device=device, dist=dist, precision=precision,
-                  channels_last=channels_last, amp=amp if amp is not None else autocast_context(precision, device),
-                  model=model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params, state=state,
-                  log=MetricsLog(files.metrics_file, dist.is_main, state.it if resumed else None,
-                                 tensorboard=cfg.run.tensorboard),
-                  resumed=resumed, step_model=model, it_interval=state.it)
-        run.acc = torch.zeros(2, device=device, dtype=torch.float64)
-        run.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
-        run.step_count = torch.full((), state.it, device=device, dtype=torch.int64)
-        return run
+            restore_checkpoint(files.last, cfg, model=model, optimizer=optimizer, scaler=scaler, loader=loader,
+                               progress=state, device=device, fingerprint=data.fingerprint)
+        step_model: nn.Module = model
+        if dist.enabled:
+            step_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        if settings.compile and compile_step:
+            step_model = torch.compile(step_model, mode=settings.compile)
+        return cls(cfg=cfg, out=out, data=data, settings=settings, dist=dist,
+                   amp=amp if amp is not None else autocast_context(settings.precision, device), model=model,
+                   step_model=step_model, optimizer=optimizer, scaler=scaler, loader=loader, n_params=n_params,
+                   state=state, log=MetricsLog(files.metrics_file, dist.is_main, state.it if resumed else None,
+                                               tensorboard=cfg.run.tensorboard),
+                   resumed=resumed, acc=torch.zeros(2, device=device, dtype=torch.float64),
+                   first_bad=torch.full((), -1, device=device, dtype=torch.int64),
+                   step_count=torch.full((), state.it, device=device, dtype=torch.int64), it_interval=state.it)
 
     @property
     def name(self) -> str:
+        """The run directory's name, which names the run in a group."""
         return self.out.name
 
     @property
     def dir(self) -> RunDir:
+        """The run directory's files."""
         return RunDir(self.out)
 
-    def write_config(self, **meta: Any) -> None:
-        """``config.yaml``: the resolved config plus ``meta`` (versions, device, what auto chose)."""
+    @property
+    def device(self) -> torch.device:
+        """Where the run trains (``settings.device``)."""
+        return self.settings.torch_device
+
+    @property
+    def precision(self) -> str:
+        """The autocast precision the run trains in (``settings.precision``)."""
+        return self.settings.precision
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the model and batches are channels-last (``settings.channels_last``)."""
+        return self.settings.channels_last
+
+    def write_config(self) -> None:
+        """``config.yaml``: the resolved config, and the settings as its ``meta`` block (main rank only)."""
         if self.dist.is_main:
-            tree = self.cfg.to_dict()
-            tree["meta"] = versions(self.device) | {"precision": self.precision, "channels_last": self.channels_last,
-                                                    "world_size": self.dist.world_size,
-                                                    "data": self.data["train"].description,
-                                                    "data_fingerprint": self.data.get("fingerprint"),
-                                                    # the input normalisation, which `ressenet export` records
-                                                    "mean": [float(v) for v in self.data["mean"]],
-                                                    "std": [float(v) for v in self.data["std"]]} | meta
-            self.dir.write_config(tree)
+            self.dir.write_config(self.cfg.to_dict() | {"meta": self.settings.meta()})
 
     # -- the step -------------------------------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
+        """Sets the learning rate of every parameter group."""
         for g in self.optimizer.param_groups:
             g["lr"] = lr
 
     def step(self) -> None:
-        """One SGD step at the schedule's learning rate on the next batch."""
-        self.set_lr(lr_at(self.cfg, self.state.it))
+        """One SGD step: the schedule's learning rate, the next batch, forward, backward, update, then the
+        interval's loss and accuracy accumulated on the device (no host synchronisation)."""
+        it = self.state.it
+        self.set_lr(lr_at(self.cfg, it))
         x, y = self.loader.next()
         every = self.cfg.run.grad_stats_every
-        if every and (self.state.it + 1) % every == 0:
-            loss, logits = self._probed_step(x, y)
+        if every and (it + 1) % every == 0:  # --log-grad-stats: this step runs eager on the raw model, probed
+            with GradProbe(self.model) as probe:
+                loss, logits = train_step(self.model, self.optimizer, self.scaler, self.amp, x, y)
+            self.log.write(probe.record(it + 1))
         else:
             loss, logits = train_step(self.step_model, self.optimizer, self.scaler, self.amp, x, y)
         self.accumulate(loss, logits, y)
         self.advance(len(y))
-
-    def _probed_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same SGD step, eager on the raw model, recording where the gradient flows (``--log-grad-stats``):
-        the norm reaching each bridge block's input through its shortcut and through its residual branch, and
-        every weight's gradient norm. Written as a "grads" line of metrics.jsonl."""
-        blocks = {name: m for name, m in self.model.named_modules() if getattr(m, "is_bridge", False)
-                  and hasattr(m, "grad_probe")}
-        for m in blocks.values():
-            m.grad_probe = {}
-        try:
-            loss, logits = train_step(self.model, self.optimizer, self.scaler, self.amp, x, y)
-        finally:
-            probes = {name: m.grad_probe or {} for name, m in blocks.items()}
-            for m in blocks.values():
-                m.grad_probe = None
-        weights = {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None and p.dim() > 1}
-        # Weight-gradient norms are read after the step: SGD leaves .grad as the backward wrote it.
-        names = list(weights)
-        norms = torch.stack([weights[n].float().norm() for n in names]).tolist() if names else []
-        rec = {"kind": "grads", "iter": self.state.it + 1,
-               "bridge": {b: float(p["shortcut"]) for b, p in probes.items() if "shortcut" in p},
-               "residual": {b: float(p["residual"]) for b, p in probes.items() if "residual" in p},
-               "weights": dict(zip(names, norms))}
-        self.log.write(rec)
-        return loss, logits
 
     def accumulate(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Device-side bookkeeping, in place and without host synchronisation (a CUDA graph can hold it)."""
@@ -224,6 +214,7 @@ class Run:
         self.step_count += 1
 
     def advance(self, batch: int) -> None:
+        """Counts a step of ``batch`` images on the host."""
         self.images += batch
         self.state.it += 1
 
@@ -301,7 +292,7 @@ class Run:
         rec.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
         if test["top1"] > best["test_top1"]:
             best.update(test_top1=test["top1"], test_top5=test["top5"], test_iter=it)
-        if self.data["val"] is not None:
+        if self.data.val is not None:
             val = self.evaluate("val")
             rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
             if val["top1"] > best["val_top1"]:
@@ -310,7 +301,8 @@ class Run:
         self.state.last_eval = rec
 
     def evaluate(self, split: str) -> dict[str, float]:
-        return eval_split(self.model, self.data[split], self.data, self.cfg, self.device, self.channels_last,
+        """Top-1, top-5 and loss of the run's model on ``split`` ("test" or "val"), as training evaluates."""
+        return eval_split(self.model, self.data.split(split), self.data, self.cfg, self.device, self.channels_last,
                           self.amp, self.dist)
 
     # -- files ----------------------------------------------------------------------------------------------
@@ -321,9 +313,9 @@ class Run:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "scheduler": {"milestones": list(cfg.optim.milestones), "gamma": cfg.optim.gamma,
                               "lr": lr_at(cfg, self.state.it)},
-                "data": self.loader.state_dict(), "data_fingerprint": self.data.get("fingerprint"),
+                "data": self.loader.state_dict(), "data_fingerprint": self.data.fingerprint,
                 "precision": self.precision,  # what evaluating these weights again must compute in
-                "classes": list(self.data["train"].classes),
+                "classes": self.data.classes,
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None},
                 "config": cfg.to_dict()}
@@ -334,86 +326,26 @@ class Run:
             save_checkpoint(self.out / name, self.checkpoint_state(self.state.wall_before + elapsed))
 
     def summary(self, elapsed: float) -> dict[str, Any]:
-        """``summary.json``: final test accuracy, best-on-test (the paper's reporting), validation-selected, costs."""
-        cfg, data, best, st = self.cfg, self.data, self.state.best, self.state
+        """``summary.json``'s record (engine/records.py ``summary_record``): final test accuracy, best-on-test (the
+        paper's reporting), validation-selected (``best.pt`` evaluated on the test set), costs."""
+        cfg, data, st = self.cfg, self.data, self.state
         if not st.last_eval:  # resumed from a checkpoint written at the last iteration: evaluate the final weights
             test = self.evaluate("test")
             st.last_eval = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
-        f = st.last_eval
-        selected: dict[str, Any] = {"selected_test_top1": None, "selected_test_top5": None}
-        if data["val"] is not None and self.dir.best.exists():
-            model = open_checkpoint(self.dir.best).model(len(data["train"].classes))
+        selected = None
+        if data.val is not None and self.dir.best.exists():
+            model = open_checkpoint(self.dir.best).model(len(data.classes))
             model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-            sel = eval_split(model, data["test"], data, cfg, self.device, self.channels_last, self.amp, self.dist)
-            selected = {"selected_test_top1": sel["top1"], "selected_test_top5": sel["top5"]}
-        train_ds = data["train"]
-        return {
-            "model": cfg.model.name, "dataset": cfg.data.dataset,
-            "data": {"source": train_ds.source, "description": train_ds.description, "lossless": train_ds.lossless,
-                     "fingerprint": data.get("fingerprint"),
-                     "num_classes": len(train_ds.classes), "classes": list(train_ds.classes),
-                     "train_size": len(train_ds), "test_size": len(data["test"]),
-                     "val_size": len(data["val"]) if data["val"] is not None else 0},
-            "seed": cfg.run.seed, "iters": cfg.optim.iters, "params": self.n_params,
-            "test_top1": f["test_top1"], "test_top5": f["test_top5"], "test_loss": f["test_loss"],
-            "best_test_top1": max(best["test_top1"], f["test_top1"]),
-            "best_test_top5": best["test_top5"] if best["test_top1"] >= f["test_top1"] else f["test_top5"],
-            "best_test_iter": best["test_iter"],
-            "best_test_note": "selected on the test set, as the paper's code reports: optimistic",
-            "val_top1": f.get("val_top1"),
-            "best_val_top1": best["val_top1"] if best["val_iter"] is not None else None,
-            "best_val_iter": best["val_iter"], **selected,
-            "wall_seconds": st.wall_before + elapsed,
-            "train_images_per_second": st.steady["images"] / st.steady["seconds"] if st.steady["seconds"] else None,
-            "world_size": self.dist.world_size, "config": cfg.to_dict(),
-        }
+            selected = eval_split(model, data.test, data, cfg, self.device, self.channels_last, self.amp, self.dist)
+        rate = st.steady["images"] / st.steady["seconds"] if st.steady["seconds"] else None
+        return summary_record(cfg, data, params=self.n_params, final=st.last_eval, best=st.best, selected=selected,
+                              wall_seconds=st.wall_before + elapsed, images_per_second=rate,
+                              world_size=self.dist.world_size)
 
-
-_CHECKPOINT_KEYS = ("iter", "model", "optimizer", "scaler", "data", "rng", "best", "wall_seconds", "steady", "config")
-
-
-def _restore(path: Path, cfg: Config, model: nn.Module, optimizer: torch.optim.Optimizer,
-             scaler: torch.amp.GradScaler, loader: Any, state: TrainState, device: torch.device,
-             fingerprint: str | None) -> None:
-    """Loads ``last.pt`` into the live objects, treating the file as data: its own config must be the run's (a
-    checkpoint copied in from another run is refused, not resumed under the wrong seed or lr), its keys complete,
-    its iteration within the run, its weights this model's. Every refusal is one line naming the file."""
-    from ressenet.engine.config import diff_configs
-
-    fix = f"delete {path} (or pass --overwrite) to start this run again"
-    opened = open_checkpoint(path, fix=fix)
-    ckpt = opened.state
-    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise RessenetError(f"{path} lacks {', '.join(missing)}: not a checkpoint of ressenet train; {fix}")
-    changed = diff_configs(opened.config.to_dict(), cfg.to_dict())
-    if changed:
-        shown = ", ".join(f"{k}: {_dotted(ckpt['config'], k)!r} in the checkpoint, {_dotted(cfg.to_dict(), k)!r} "
-                          f"here" for k in changed[:3])
-        raise RessenetError(f"{path} belongs to another run ({shown}); {fix}")
-    recorded = ckpt.get("data_fingerprint")
-    if recorded is not None and fingerprint is not None and recorded != fingerprint:
-        raise RessenetError(f"{path} was trained on other data (fingerprint {recorded}, the data loaded now is "
-                            f"{fingerprint}); point --data-root at the data it was trained on, or {fix}")
-    it = ckpt["iter"]
-    if not isinstance(it, int) or not 0 <= it <= cfg.optim.iters:
-        raise RessenetError(f"{path} is at iteration {it!r}, outside this run's 0..{cfg.optim.iters}; {fix}")
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        loader.load_state_dict(ckpt["data"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        state.load_state_dict(ckpt)
-    except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise RessenetError(f"{path} does not fit this run ({first}); {fix}") from None
-
-
-def _dotted(tree: dict[str, Any], key: str) -> Any:
-    section, _, k = key.partition(".")
-    sec = tree.get(section)
-    return sec.get(k) if isinstance(sec, dict) else None
-
+    def finish(self, elapsed: float) -> dict[str, Any]:
+        """The finished run's summary, written to ``summary.json`` by the main rank; ``elapsed``: seconds this
+        process trained."""
+        summary = self.summary(elapsed)
+        if self.dist.is_main:
+            self.dir.write_summary(summary)
+        return summary

@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-
 import yaml
 
-from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
+from ressenet.engine.config import Config, ConfigError, diff_configs, dotted_value
+from ressenet.engine.yamlfile import load_yaml
+from ressenet.files import atomic_write_json, atomic_write_text, remove_orphans
 from ressenet.errors import RessenetError
 from ressenet.files import atomic_write_json, atomic_write_text, remove_orphans
 
@@ -82,7 +83,7 @@ class RunDir:
         return self.summary_file.is_file() or self.last.is_file() or self.metrics_file.is_file()
 
     def read_config(self) -> Any:
-        """``config.yaml`` parsed (safe, strict: engine/config.load_yaml), or None when there is none.
+        """``config.yaml`` parsed (safe, strict: engine/yamlfile.py ``load_yaml``), or None when there is none.
 
         Raises:
             ConfigError: it is not valid YAML (one line naming the file); OSError, UnicodeDecodeError.
@@ -160,7 +161,8 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
         old = _read_config(run.config_file, overwrite)
         changed = diff_configs(old, cfg.to_dict()) if old is not None else ["(unreadable config.yaml)"]
         if changed and not overwrite:
-            shown = ", ".join(f"{k}: {_get(old, k)!r} -> {_get(cfg.to_dict(), k)!r}" for k in changed[:4])
+            new = cfg.to_dict()
+            shown = ", ".join(f"{k}: {dotted_value(old, k)!r} -> {dotted_value(new, k)!r}" for k in changed[:4])
             raise RessenetError(f"{out} holds a run with another configuration ({shown}); choose another --out, "
                                 f"or pass --overwrite to replace it")
         if changed and overwrite and is_main:
@@ -205,7 +207,3 @@ def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
         return None
     raise RessenetError(f"{path} is not a readable run config ({why}); move the directory away or pass --overwrite")
 
-
-def _get(tree: dict[str, Any], dotted: str) -> Any:
-    section, _, key = dotted.partition(".")
-    return (tree.get(section) or {}).get(key)

@@ -1,28 +1,36 @@
-"""Setting a run up: device, precision, memory format, data, model, and what a run records about its machine.
-
-Shared by training (engine/train.py, engine/fused.py) and evaluation (engine/evaluation.py).
+"""Setting a run up: each automatic choice (device, precision, memory format, compile) resolved once into
+:class:`Settings`, the data (:class:`RunData`) and the model. Shared by training and evaluation.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import subprocess
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.cpu
 from torch import nn
 
+from ressenet import __version__
+from ressenet.data import ImageDataset, load_datasets, normalization, train_val_split
+from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.config import Config
 from ressenet.errors import RessenetError
+from ressenet.models import create_model
 
 __all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "resolve_compile", "cpu_compiler_found",
-           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last",
-           "resolve_eval_batch_size", "autocast_context", "load_data", "build_model", "versions", "data_fingerprint"]
+           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last", "resolve_eval_batch_size",
+           "autocast_context", "RunData", "load_data", "build_model", "versions", "data_fingerprint", "Settings",
+           "resolve_settings"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``--device`` as a torch.device: auto is this process's GPU when PyTorch sees one, else the CPU."""
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -36,11 +44,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU does bf16 arithmetic in hardware (AVX-512 BF16 or AMX), where oneDNN's bf16 kernels beat
     fp32; elsewhere they emulate bf16 and run several times slower (BENCHMARKS.md, "CPU precision")."""
-    import torch.cpu as tcpu
-
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     try:  # private helpers of torch.cpu (ATen's cpuinfo); if they moved, read the kernel's flags instead
-        return any(getattr(tcpu, name)() for name in probes if hasattr(tcpu, name)) or _cpuinfo_bf16()
+        return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name)) or _cpuinfo_bf16()
     except Exception:
         return _cpuinfo_bf16()
 
@@ -90,7 +96,7 @@ def cpu_bf16_compile_pays() -> bool:
 def cpu_compiler_found() -> bool:
     """Whether ``torch.compile`` can build CPU kernels here: Dynamo runs on this Python and Inductor finds a C++
     compiler (``g++``/``clang++``, or ``$CXX``)."""
-    try:
+    try:  # imported here: loading Inductor costs seconds, and only a CPU run's compile decision needs it
         import torch._dynamo
         from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -142,6 +148,7 @@ def check_cpu_compiler(asked: bool | None, compile_on: bool, device: torch.devic
 
 
 def resolve_channels_last(flag: bool | None, device: torch.device, recorded: bool | None = None) -> bool:
+    """Whether to train channels-last: as given, else what a resumed run recorded, else on for CUDA and the CPU."""
     # channels-last lets cuDNN use tensor-core kernels without transposes; on the CPU oneDNN's blocked
     # convolutions also prefer NHWC (measured in benchmarks/train_throughput.py).
     if flag is None and isinstance(recorded, bool):
@@ -155,17 +162,39 @@ def resolve_eval_batch_size(n: int | None, device: torch.device) -> int:
 
 
 def autocast_context(precision: str, device: torch.device) -> Any:
+    """The autocast context of ``precision`` on ``device`` (a no-op context for fp32)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def load_data(cfg: Config) -> dict[str, Any]:
-    """Train (and optional validation) and test splits as ImageDatasets, plus the normalisation constants."""
-    from ressenet.data import load_datasets, normalization, train_val_split
-    from ressenet.data.constants import DATASET_INFO
+@dataclass(frozen=True)
+class RunData:
+    """What a run trains and evaluates on (:func:`load_data`): its splits, input normalisation and fingerprint."""
 
+    train: ImageDataset
+    val: ImageDataset | None  # held out of train (``data.val_split``), or None
+    test: ImageDataset
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    fingerprint: str  # :func:`data_fingerprint` of the three splits
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in label order."""
+        return list(self.train.classes)
+
+    def split(self, name: str) -> ImageDataset:
+        """The split called ``name`` ("train", "val" or "test"); raises ValueError for a missing one."""
+        ds = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if ds is None:
+            raise ValueError(f"no {name!r} split here (the splits are train, test and, with data.val_split, val)")
+        return ds
+
+
+def load_data(cfg: Config) -> RunData:
+    """Train (and optional validation) and test splits as ImageDatasets, plus the normalisation constants."""
     d = cfg.data
     extra = {}
     if DATASET_INFO[d.dataset].generated:  # made at the sizes asked for, not read and then cut
@@ -185,8 +214,7 @@ def load_data(cfg: Config) -> dict[str, Any]:
                             f"{cfg.optim.batch_size}; lower --batch-size")
     mean, std = normalization(d.dataset, d.normalization, train=train_ds) if d.normalization == "dataset" \
         else normalization(d.dataset, d.normalization)
-    return {"train": train_ds, "val": val_ds, "test": test_ds, "mean": mean, "std": std,
-            "fingerprint": data_fingerprint(train_ds, val_ds, test_ds)}
+    return RunData(train_ds, val_ds, test_ds, mean, std, data_fingerprint(train_ds, val_ds, test_ds))
 
 
 def data_fingerprint(*splits: Any) -> str:
@@ -195,8 +223,6 @@ def data_fingerprint(*splits: Any) -> str:
     It identifies the data by content, wherever its folder is: resume and the grid's skip compare it, so a run is
     never continued, or counted as done, on other data. Hashing the bytes in place keeps it cheap beside decoding.
     """
-    import hashlib
-
     h = hashlib.sha256()
     for ds in splits:
         if ds is None:
@@ -217,8 +243,7 @@ def _limit(ds: Any, n: int) -> Any:
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    from ressenet.models import create_model
-
+    """``cfg.model`` from the registry with ``num_classes`` outputs (refused when the config names another count)."""
     m = cfg.model
     if m.num_classes is not None and m.num_classes != num_classes:
         raise RessenetError(f"model.num_classes={m.num_classes} but the dataset has {num_classes} classes; "
@@ -228,8 +253,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 
 def versions(device: torch.device) -> dict[str, Any]:
-    from ressenet import __version__
-
+    """The software and machine a run used: versions, git commit, device, threads, host."""
     commit = None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, text=True,
@@ -242,3 +266,59 @@ def versions(device: torch.device) -> dict[str, Any]:
     return {"ressenet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "git_commit": commit, "device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
             "host": platform.node()}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run's settings, resolved once before anything is built and written as they are to ``config.yaml``'s
+    ``meta`` block (:meth:`meta`): the software and machine (:func:`versions`), what auto chose (precision,
+    channels-last, compile: a resumed run keeps these, ``RunDir.recorded_choices``), the data, and for a member of a
+    fused group, the group."""
+
+    ressenet: str
+    python: str
+    torch: str
+    git_commit: str | None
+    device: str
+    device_name: str
+    threads: int
+    host: str
+    precision: str
+    channels_last: bool
+    world_size: int
+    data: str  # the training split's description
+    data_fingerprint: str
+    mean: list[float]  # the input normalisation, which `ressenet export` records
+    std: list[float]
+    compile: str | bool  # torch.compile's mode, or False: eager
+    fused_with: list[str] | None = None
+    fused_mechanism: str | None = None
+
+    @property
+    def torch_device(self) -> torch.device:
+        """``device`` as a torch.device."""
+        return torch.device(self.device)
+
+    def meta(self) -> dict[str, Any]:
+        """The ``meta`` block of ``config.yaml`` (a separate run's has no ``fused_*`` keys)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or not k.startswith("fused_")}
+
+
+def resolve_settings(cfg: Config, device: torch.device, data: RunData, recorded: dict[str, Any], *,
+                     world_size: int = 1, compiles: bool = True, fused_with: list[str] | None = None,
+                     fused_mechanism: str | None = None) -> Settings:
+    """Every automatic choice of a run of ``cfg`` on ``device``, made once. ``recorded``: what a resumed run chose
+    when it started (``RunDir.recorded_choices``), kept; ``compiles``: whether the compile decision applies (a fused
+    mechanism that replays CUDA graphs has none)."""
+    precision = resolve_precision(cfg.run.precision, device, recorded.get("precision"))
+    compile_mode: str | bool = False
+    if compiles:
+        on, mode = resolve_compile(cfg.run.compile, cfg.run.compile_mode, device, world_size, iters=cfg.optim.iters,
+                                   precision=precision, recorded=recorded.get("compile"))
+        check_cpu_compiler(cfg.run.compile, on, device)
+        compile_mode = mode if on else False
+    return Settings(**versions(device), precision=precision,
+                    channels_last=resolve_channels_last(cfg.run.channels_last, device, recorded.get("channels_last")),
+                    world_size=world_size, data=data.train.description, data_fingerprint=data.fingerprint,
+                    mean=[float(v) for v in data.mean], std=[float(v) for v in data.std], compile=compile_mode,
+                    fused_with=fused_with, fused_mechanism=fused_mechanism)

@@ -1,27 +1,7 @@
-"""The mechanisms that step a fused group, and the table ``STEPPERS`` that names them by ``--fused-mechanism``.
-
-engine/runtime.py's loop drives whichever one the table names (``auto`` picks by device: engine/fused.py
-``resolve_mechanism``, from benchmarks/fused_throughput.py):
-
-* ``sequential`` (the CPU's; engine/runtime.py ``Sequential``): the members step one after another with the
-  single-run step (:func:`ressenet.engine.run.train_step`), so every member is bit-identical to its separate run.
-  On the CPU, merging the members into one network (``grouped`` below) trained slower than this and held every
-  member's activations at once (BENCHMARKS.md, "Fused training").
-* ``graphs`` (CUDA): each member's whole step (forward, loss, backward, SGD update, loss/accuracy accumulators) is
-  captured once in a CUDA graph, and every iteration replays the members' graphs on their own CUDA streams. One
-  member at batch 128 leaves an H200 mostly idle (kernels of a few microseconds, launch-bound); replayed graphs
-  remove the launch cost and members' kernels run side by side. The arithmetic is the eager step's, with the same
-  kernels (separate CUDA runs are torch.compile'd by default, so they agree with fused ones statistically, not to
-  the bit). The learning rate is a float baked into the graph, so a member's graph is captured again at each
-  milestone; the first ``WARMUP_STEPS`` steps run eagerly (cuDNN's algorithm search and the optimizer's momentum
-  buffers must exist before capture).
-* ``grouped`` (any device; HFTA's horizontal fusion, models/fused.py): the members become one network whose
-  convolutions are grouped over the members, and one SGD optimizer steps it. The members' own models and optimizers
-  stay the record: the fused copy is built from them at the first step and written back into them before every
-  boundary (log, evaluation, checkpoint), so evaluation, checkpoints and resume are a separate run's. Equal to
-  separate runs up to summation order (grouped kernels add in another order; tests/test_fused.py). Members resumed
-  at different iterations take single-run steps until level. It needs fp32 or bf16 (one loss scaler for all
-  members would couple them) and no ``--log-grad-stats``.
+"""How a fused group steps its members, by ``--fused-mechanism`` (the table ``STEPPERS``): ``sequential`` (each
+member's own ``Run.step``, bit-identical to its separate run), ``graphs`` (each member's step replayed from a CUDA
+graph on its own stream) and ``grouped`` (the members as one network of grouped convolutions, HFTA's horizontal
+fusion). Why each exists and what it costs: BENCHMARKS.md, "Fused training"; tests/test_fused.py checks them.
 """
 from __future__ import annotations
 
@@ -32,11 +12,78 @@ import torch
 import torch.nn.functional as F
 
 from ressenet.engine.config import Config
-from ressenet.engine.run import Run, lr_at, make_optimizer, train_step
-from ressenet.engine.runtime import Sequential, Stepper
+from ressenet.engine.run import NonFiniteLoss, Run, lr_at, make_optimizer, train_step
+from ressenet.engine.runtime import synchronize
+from ressenet.engine.setup import build_model
 from ressenet.errors import RessenetError
+from ressenet.models.fused import FusedResNet
 
-__all__ = ["STEPPERS", "Graphs", "Grouped", "WARMUP_STEPS"]
+__all__ = ["STEPPERS", "Stepper", "Sequential", "Graphs", "Grouped", "FusedNetwork", "WARMUP_STEPS"]
+
+
+class Stepper:
+    """Advances a group's runs one SGD step at a time. ``failed`` maps a run that stopped (non-finite loss) to why;
+    it no longer steps. Subclasses implement :meth:`step`; :meth:`sync` and :meth:`release` bracket the host's work at
+    a boundary (reading weights and accumulators, evaluating, checkpointing).
+
+    What a mechanism needs is said by its class: ``compiles`` (what the compile decision compiles: each run's step,
+    the mechanism's own network, or nothing), ``grad_stats`` (whether it can run ``--log-grad-stats``'s probed eager
+    step), ``fp16_refusal`` (why it cannot train in fp16), :meth:`amp` (an autocast context of its own, else None for
+    the run's) and :meth:`check_members` (runs it cannot train together).
+    """
+
+    compiles: str | None = "runs"  # "runs", "network" or None
+    grad_stats = True
+    fp16_refusal: str | None = None  # why this mechanism cannot train in fp16 (one line with the fix), or None
+
+    @classmethod
+    def refuse(cls, precision: str) -> str | None:
+        """Why this mechanism cannot train in ``precision`` (one line with the fix), or None."""
+        return cls.fp16_refusal if precision == "fp16" else None
+
+    @staticmethod
+    def amp(precision: str, device: torch.device) -> Any:
+        """The autocast context this mechanism's steps need, or None for the run's own."""
+        return None
+
+    @staticmethod
+    def check_members(cfgs: list[Config]) -> None:
+        """Raises RessenetError (one line with the fix) when this mechanism cannot train these runs together."""
+
+    def __init__(self, runs: list[Run], *, compile_mode: str | None = None, parallel_streams: bool = True) -> None:
+        """``compile_mode``: torch.compile's mode for a mechanism that compiles its own network; ``parallel_streams``:
+        for mechanisms that use CUDA streams (benchmarks turn it off)."""
+        self.runs = runs
+        self.failed: dict[str, NonFiniteLoss] = {}
+
+    def active(self) -> list[Run]:
+        """The runs still training: not failed, not at their last iteration."""
+        return [r for r in self.runs if r.name not in self.failed and r.state.it < r.cfg.optim.iters]
+
+    def step(self) -> list[Run]:
+        """One training step of every active run; returns the runs that stepped."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Brings every run's own model and optimizer up to date and waits for its queued work."""
+        if self.runs:
+            synchronize(self.runs[0].device)
+
+    def release(self) -> None:
+        """After host-side work on the default stream, the runs' own streams wait for it (none here)."""
+
+
+class Sequential(Stepper):
+    """Each active run's single-run step (:meth:`Run.step`, compiled when the decision said so), one after another:
+    bit-identical to separate runs. The CPU's mechanism: merging the members into one network trained slower there
+    and held every member's activations at once."""
+
+    def step(self) -> list[Run]:
+        stepped = self.active()
+        for r in stepped:
+            r.step()
+        return stepped
+
 
 WARMUP_STEPS = 3  # eager steps before a member's first capture (cuDNN autotuning, momentum buffers)
 
@@ -55,9 +102,13 @@ class _Graph:
 
 
 class Graphs(Stepper):
-    """Mechanism ``graphs``: each member's step replayed from a CUDA graph on its own stream (module docstring)."""
+    """Mechanism ``graphs`` (CUDA): each member's whole step (forward, loss, backward, SGD update, accumulators) is
+    captured once in a CUDA graph and replayed on the member's own stream, so the members' launch-bound kernels run
+    side by side. The eager step's arithmetic and kernels (separate CUDA runs are compiled by default: they agree
+    statistically, not to the bit). The lr is baked into the graph: a member is captured again
+    at each milestone, after ``WARMUP_STEPS`` eager steps (cuDNN's search and the momentum buffers come first)."""
 
-    compiles = False  # a captured graph already removes the launch cost torch.compile would
+    compiles = None  # a captured graph already removes the launch cost torch.compile would
     grad_stats = False  # the probed step is eager; a replayed graph cannot run it
 
     fp16_refusal = ("--fused-mechanism graphs trains in fp32 or bf16 (fp16's loss scaling synchronises with the "
@@ -127,7 +178,7 @@ class Graphs(Stepper):
 
 
 @dataclass
-class _Network:
+class FusedNetwork:
     """Mechanism ``grouped``: the fused network of ``members`` and its one SGD optimizer."""
 
     members: list[Run]
@@ -141,10 +192,8 @@ class _Network:
         return [m.name for m in self.members]
 
     @classmethod
-    def build(cls, members: list[Run], compile_mode: str | None) -> _Network:
+    def build(cls, members: list[Run], compile_mode: str | None) -> FusedNetwork:
         """Fuses the members' current weights, buffers and momentum (resumed members carry theirs)."""
-        from ressenet.models.fused import FusedResNet
-
         its = {m.name: m.state.it for m in members}
         assert len(set(its.values())) == 1, f"members at different iterations: {its}"
         m0 = members[0]
@@ -183,9 +232,13 @@ class _Network:
 
 
 class Grouped(Stepper):
-    """Mechanism ``grouped``: the active members as one network with grouped convolutions (module docstring)."""
+    """Mechanism ``grouped`` (any device): the active members as one network with grouped convolutions
+    (models/fused.py) and one SGD optimizer. The members' own models and optimizers stay the record: the fused copy
+    is built from them and written back before every boundary, so evaluation, checkpoints and resume are a separate
+    run's. Equal to separate runs up to summation order; members resumed at different iterations take single-run
+    steps until level. Needs fp32 or bf16 and no ``--log-grad-stats``."""
 
-    compiles = True  # the fused network, not each member
+    compiles = "network"  # the fused network, not each member
     grad_stats = False  # the probed step is a member's own eager step
 
     fp16_refusal = ("--fused-mechanism grouped trains in fp32 or bf16 (one fp16 loss scaler would skip every "
@@ -194,9 +247,6 @@ class Grouped(Stepper):
     @staticmethod
     def check_members(cfgs: list[Config]) -> None:
         """The members' networks fuse into one (built on the meta device: no memory, no time)."""
-        from ressenet.engine.setup import build_model
-        from ressenet.models.fused import FusedResNet
-
         with torch.device("meta"):
             try:
                 FusedResNet([build_model(c, c.model.num_classes or 10) for c in cfgs])
@@ -208,7 +258,7 @@ class Grouped(Stepper):
     def __init__(self, runs: list[Run], *, compile_mode: str | None = None, parallel_streams: bool = True) -> None:
         super().__init__(runs)
         self.compile_mode = compile_mode
-        self.network: _Network | None = None  # the fused network of the members that stepped last
+        self.network: FusedNetwork | None = None  # the fused network of the members that stepped last
 
     def step(self) -> list[Run]:
         members = self.active()
@@ -229,7 +279,7 @@ class Grouped(Stepper):
         if g is None or g.names != [m.name for m in members]:
             if g is not None:
                 g.write_back()  # (already done at the boundary that changed the set; harmless)
-            g = self.network = _Network.build(members, self.compile_mode)
+            g = self.network = FusedNetwork.build(members, self.compile_mode)
         xs, ys = zip(*(m.loader.next() for m in members))
         lr = lr_at(members[0].cfg, members[0].state.it)
         for group in g.optimizer.param_groups:
@@ -264,5 +314,5 @@ def _momentum(m: Run) -> dict[str, torch.Tensor]:
             if (buf := m.optimizer.state.get(p, {}).get("momentum_buffer")) is not None}
 
 
-# --fused-mechanism -> its stepper (engine/runtime.py drives it); "auto" resolves first (resolve_mechanism).
+# --fused-mechanism -> its stepper (engine/fused.py drives it); "auto" resolves first (fused.py resolve_mechanism).
 STEPPERS: dict[str, type[Stepper]] = {"sequential": Sequential, "graphs": Graphs, "grouped": Grouped}

@@ -5,18 +5,19 @@
 ``run.eval_every`` iterations, checkpoints atomically and resumes bit-exactly on the CPU: the data order and
 augmentation are pure functions of (seed, epoch, position), and nothing else draws random numbers.
 
-``train(cfg)`` is the library entry point; ``ressenet train`` calls it. It claims the run directory, builds the run
-(engine/run.py: its objects, step, boundary and summary) and hands it to the one training loop
-(engine/runtime.py ``run_loop``), which engine/fused.py also drives for several runs at once.
+``train(cfg)`` is the library entry point; ``ressenet train`` calls it. It claims the run directory, loads the data,
+resolves the run's settings once (engine/setup.py ``resolve_settings``), builds the run (engine/run.py ``Run``) and
+trains it in the loop below; engine/fused.py drives several runs with the same ``Run.step`` and ``Run.boundary``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, barrier, init_distributed, shutdown
@@ -24,8 +25,8 @@ from ressenet.engine.lock import RunLock
 from ressenet.engine.records import Progress
 from ressenet.engine.run import Run
 from ressenet.engine.rundir import RunDir, prepare_run_dir
-from ressenet.engine.runtime import Sequential, compile_choice, finish, prepare_device, run_loop
-from ressenet.engine.setup import load_data, resolve_device
+from ressenet.engine.runtime import compile_notes, exit_stopped, prepare_device, stop_signals, synchronize
+from ressenet.engine.setup import load_data, resolve_device, resolve_settings
 from ressenet.errors import RessenetError
 
 __all__ = ["train"]
@@ -72,7 +73,7 @@ def _check_finished_data(cfg: Config, out: Path, summary: dict[str, Any]) -> Non
     recorded = data.get("fingerprint") if isinstance(data, dict) else None
     if recorded is None:
         return
-    here = load_data(cfg)["fingerprint"]
+    here = load_data(cfg).fingerprint
     if here != recorded:
         raise RessenetError(f"{out} holds a run finished on other data (fingerprint {recorded}; the data at "
                             f"{cfg.data.data_root or 'the default root'} is {here}); point --data-root at the data "
@@ -80,18 +81,33 @@ def _check_finished_data(cfg: Config, out: Path, summary: dict[str, Any]) -> Non
 
 
 def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) -> dict[str, Any] | None:
+    """Builds the run and trains it to its last iteration, nanoGPT's way: each step takes the learning rate, a
+    batch, forward, backward and update (``Run.step``); at a boundary the run logs, evaluates and checkpoints
+    (``Run.boundary``)."""
     prepare_device(device)
-    run = Run.build(cfg, out, load_data(cfg), device, dist_info)
-    model: nn.Module = run.model
-    if dist_info.enabled:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    mode, notes = compile_choice(cfg, device, run.precision, RunDir(out).recorded_choices().get("compile"),
-                                 dist_info.world_size)
-    run.step_model = model
-    run.write_config(compile=mode or False)  # its meta records the choice, which a resumed run keeps
+    data = load_data(cfg)
+    settings = resolve_settings(cfg, device, data, RunDir(out).recorded_choices(), world_size=dist_info.world_size)
+    run = Run.build(cfg, out, data, settings, dist_info)
+    run.write_config()  # its meta records the choices, which a resumed run keeps
     progress = Progress(cfg.run.progress, cfg.optim.iters, run.state.it, dist_info.is_main)
-    for note in ([f"resuming {out} at iteration {run.state.it}"] if run.resumed else []) + notes:
+    for note in ([f"resuming {out} at iteration {run.state.it}"] if run.resumed else []) + compile_notes(cfg, settings):
         progress.message(note)
-    stepper = Sequential([run], compile_mode=mode)
-    summary = finish(stepper, run_loop(stepper, progress))[run.name]
+    t_start = t_interval = time.perf_counter()
+    with stop_signals() as stop, contextlib.closing(progress):
+        while run.state.it < cfg.optim.iters:
+            run.step()
+            due = run.due()
+            if not due and not stop:
+                continue
+            synchronize(device)
+            now = time.perf_counter()
+            steps = run.state.it - run.it_interval if due else 0
+            rec = run.boundary(now - t_interval, now - t_start, stopping=bool(stop))  # raises NonFiniteLoss
+            progress.boundary([(rec, steps)] if rec is not None else [], steps * cfg.optim.batch_size,
+                              now - t_interval)
+            barrier(dist_info)
+            if stop and run.state.it < cfg.optim.iters:
+                exit_stopped(stop[0], [run], progress)
+            t_interval = time.perf_counter()
+    summary = run.finish(time.perf_counter() - t_start)
     return summary if dist_info.is_main else None

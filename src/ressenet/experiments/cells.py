@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.config import ConfigError, diff_configs, flatten_config, load_yaml
+from ressenet.engine.config import ConfigError, diff_configs, flatten_config
 from ressenet.engine.lock import describe as describe_holder, lock_holder
+from ressenet.engine.yamlfile import load_yaml
 from ressenet.engine.rundir import RunDir, missing_results
 from ressenet.engine.setup import load_data
 from ressenet.errors import RessenetError
@@ -76,7 +77,7 @@ def _fingerprint_for(cell: Cell, cache: dict[tuple, str | None]) -> str | None:
     key = (d.dataset, d.data_root, d.cache_dir, d.train_limit, d.test_limit, d.val_split)
     if key not in cache:
         try:
-            cache[key] = load_data(cell.config)["fingerprint"]
+            cache[key] = load_data(cell.config).fingerprint
         except (ValueError, OSError, RessenetError):
             cache[key] = None
     return cache[key]

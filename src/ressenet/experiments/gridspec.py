@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, flatten_config, load_yaml
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, apply_overrides, flatten_config
+from ressenet.engine.yamlfile import load_yaml
 from ressenet.errors import quote
 from ressenet.models import is_model
 

@@ -15,8 +15,9 @@ from typing import Any
 
 
 from ressenet.data.constants import DATASET_INFO
-from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config, load_yaml
+from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config
 from ressenet.engine.rundir import RunDir, missing_results
+from ressenet.engine.yamlfile import load_yaml
 from ressenet.errors import quote
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
