@@ -1,0 +1,61 @@
+"""Hostile and careless input to the readers and writers: grid names, event files, the README, committed results.
+
+Each test names what it guards (security, data loss); nothing here trains.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from fixtures_runs import make_run
+
+from ressenet.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _grid_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: {name!r}\nmodels: [resnet20]\ndatasets: [synthetic]\nseeds: 1\n"
+                    "config: {optim.iters: 2}\n".replace("'", '"'))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A grid's name
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["x\\ntouch PWNED\\n#", "x; touch PWNED", "$(touch PWNED)"])
+def test_security_grid_name_never_reaches_the_slurm_script(tmp_path, capsys, name):
+    grid = _grid_file(tmp_path, name)
+    cmds = tmp_path / "cmds.txt"
+    rc = main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands", str(cmds)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "grid name" in err and "not a safe name" in err and len(err.strip().splitlines()) == 1
+    assert not cmds.exists() and not cmds.with_suffix(".slurm").exists()
+
+
+def test_security_slurm_script_holds_only_safe_job_names(tmp_path):
+    from ressenet.engine.config import ConfigError
+    from ressenet.experiments.gridspec import expand_grid, load_grid
+    from ressenet.experiments.jobs import emit_commands
+
+    cells = expand_grid(load_grid(_grid_file(tmp_path, "ok")), tmp_path / "runs")
+    with pytest.raises(ConfigError, match="not safe"):
+        emit_commands(cells, tmp_path / "c.txt", job_name="x\ntouch PWNED")
+    _, script, _ = emit_commands(cells, tmp_path / "c.txt", job_name="ressenet-ok")
+    text = script.read_text()
+    assert "sbatch c.slurm" in text and "c.txt.slurm" not in text  # the comment names the file written
+
+
+@pytest.mark.parametrize("name", ["/some/dir", "../../OUTSIDE", "..", ".hidden", "a/b"])
+def test_security_grid_name_cannot_move_default_folders_outside(tmp_path, monkeypatch, capsys, name):
+    monkeypatch.chdir(tmp_path)
+    grid = _grid_file(tmp_path, name)
+    (tmp_path / "report.md").write_text("mine")
+    rc = main(["reproduce", str(grid), "--dry-run"])
+    assert rc == 2 and "not a safe name" in capsys.readouterr().err
+    rc = main(["reproduce", str(grid)])
+    assert rc == 2 and (tmp_path / "report.md").read_text() == "mine"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
