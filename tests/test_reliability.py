@@ -59,3 +59,22 @@ def test_security_grid_name_cannot_move_default_folders_outside(tmp_path, monkey
     rc = main(["reproduce", str(grid)])
     assert rc == 2 and (tmp_path / "report.md").read_text() == "mine"
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorBoard event files
+# --------------------------------------------------------------------------------------------------------------
+def test_data_loss_event_log_keeps_other_tools_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    from ressenet.engine.tensorboard import EVENTS_GLOB, EventLog
+
+    foreign = tmp_path / "events.out.tfevents.1700000000.host.123.0"
+    foreign.write_bytes(b"another tool's events")
+    (tmp_path / "events.out.tfevents.dir").mkdir()  # a directory with an event file's name: left alone
+    log = EventLog(tmp_path, [{"kind": "train", "iter": 1, "train_loss": 1.0}])
+    log.close()
+    assert foreign.read_bytes() == b"another tool's events"
+    ours = [p for p in tmp_path.glob(EVENTS_GLOB) if p.is_file() and p != foreign]
+    assert len(ours) == 1
+    EventLog(tmp_path, []).close()  # a rewrite replaces this package's own file only
+    assert foreign.exists() and len([p for p in tmp_path.glob(EVENTS_GLOB) if p.is_file()]) == 2

@@ -18,7 +18,7 @@ from typing import Any
 
 from ressenet.errors import RessenetError
 
-__all__ = ["TAGS", "EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
+__all__ = ["TAGS", "EVENTS_GLOB", "OWN_EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
 
 # metrics.jsonl key -> TensorBoard tag. "grads" lines (--log-grad-stats) are per-layer tables, left to `ressenet analyze`.
 TAGS: dict[str, str] = {
@@ -28,6 +28,10 @@ TAGS: dict[str, str] = {
     "val_top1": "val/top1", "val_top5": "val/top5", "val_loss": "val/loss",
 }
 EVENTS_GLOB = "events.out.tfevents.*"
+# The suffix of the event files this package writes: the only ones it ever removes (another tool's event files in the
+# same folder are the user's, and stay).
+OWN_SUFFIX = ".ressenet"
+OWN_EVENTS_GLOB = f"{EVENTS_GLOB}{OWN_SUFFIX}"
 
 
 def require_tensorboard() -> Any:
@@ -68,9 +72,10 @@ class EventLog:
     def __init__(self, folder: Path, records: Iterable[dict[str, Any]] = ()) -> None:
         writer_cls = require_tensorboard()
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob(EVENTS_GLOB):  # the run's earlier events; rewritten below from metrics.jsonl
-            old.unlink()
-        self.writer = writer_cls(log_dir=str(folder))
+        for old in folder.glob(OWN_EVENTS_GLOB):  # the run's earlier events; rewritten below from metrics.jsonl
+            if old.is_file() and not old.is_symlink():
+                old.unlink()
+        self.writer = writer_cls(log_dir=str(folder), filename_suffix=OWN_SUFFIX)
         for rec in records:
             self._add(rec)
         self.writer.flush()
