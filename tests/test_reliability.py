@@ -78,3 +78,29 @@ def test_data_loss_event_log_keeps_other_tools_event_files(tmp_path):
     assert len(ours) == 1
     EventLog(tmp_path, []).close()  # a rewrite replaces this package's own file only
     assert foreign.exists() and len([p for p in tmp_path.glob(EVENTS_GLOB) if p.is_file()]) == 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The findings page and the README
+# --------------------------------------------------------------------------------------------------------------
+def _runs(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs"
+    make_run(runs, "resnet20-cifar10-s0", model="resnet20")
+    return runs
+
+
+def test_data_loss_findings_onto_the_readme_is_refused_before_writing(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    text = "# Mine\n\n<!-- findings:start -->\n<!-- findings:end -->\n\nhand-written\n"
+    readme.write_text(text)
+    rc = main(["report", str(_runs(tmp_path)), "--findings", str(readme), "--readme", str(readme), "--no-figures"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "both name" in err and readme.read_text() == text
+
+
+def test_data_loss_readme_without_markers_writes_nothing(tmp_path, capsys):
+    readme, page = tmp_path / "README.md", tmp_path / "findings.md"
+    readme.write_text("# no markers\n")
+    rc = main(["report", str(_runs(tmp_path)), "--findings", str(page), "--readme", str(readme), "--no-figures"])
+    assert rc == 2 and "markers" in capsys.readouterr().err
+    assert not page.exists() and readme.read_text() == "# no markers\n"

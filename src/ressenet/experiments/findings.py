@@ -264,6 +264,8 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                    figures: bool = True) -> Path:
     """Writes the findings page (and its figures in ``<out_md stem>/``); refreshes README's block if asked."""
     runs_dir, out_md = Path(runs_dir), Path(out_md)
+    if readme is not None:  # before anything is written: a slip must not leave the README replaced by the page
+        readme_block(Path(readme), out_md)
     runs, unfinished, problems = collect_runs(runs_dir)
     groups, labels, others = _paper_groups(runs)
     fig_dir = out_md.with_suffix("")
@@ -410,10 +412,19 @@ def _partial_section(partial_dirs: Sequence[str | Path], out_md: Path, fig_dir: 
     return page
 
 
-def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: list[str],
-                    tests: list[Test], out_md: Path, rel_fig: str, extra: Sequence[Block] = ()) -> None:
-    """Replaces the block between the README's findings markers with a short table and one sentence."""
-    text = readme.read_text()
+def readme_block(readme: Path, out_md: Path) -> tuple[list[str], list[int], list[int]]:
+    """The README's lines and its one findings block (start and end line indices, one each).
+
+    Raises:
+        ValueError: the README is the findings page itself, is unreadable, or lacks exactly one pair of markers.
+    """
+    if readme.resolve() == out_md.resolve():
+        raise ValueError(f"--findings and --readme both name {readme}: the page would replace the README; give the "
+                         f"findings page its own file, e.g. --findings docs/findings.md")
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"README {readme} cannot be read ({type(e).__name__}); check --readme") from None
     # The markers count only on lines of their own: prose may quote them. Exactly one pair, start first.
     lines = text.splitlines(keepends=True)
     empty = README_START + README_END  # an empty block on one line
@@ -426,6 +437,13 @@ def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: 
         raise ValueError(f"{readme} has {len(starts)} {README_START} and {len(ends)} {README_END} line(s)"
                          f"{', the end first' if len(starts) == len(ends) == 1 else ''}: which block to replace is "
                          f"ambiguous; keep one start line followed by one end line")
+    return lines, starts, ends
+
+
+def _refresh_readme(readme: Path, groups: dict[tuple[str, str], Group], labels: list[str],
+                    tests: list[Test], out_md: Path, rel_fig: str, extra: Sequence[Block] = ()) -> None:
+    """Replaces the block between the README's findings markers with a short table and one sentence."""
+    lines, starts, ends = readme_block(readme, out_md)
     page = _rel(out_md, readme.parent)
     block: list[Block] = [README_START, ""]
     rows = []
