@@ -104,3 +104,43 @@ def test_data_loss_readme_without_markers_writes_nothing(tmp_path, capsys):
     rc = main(["report", str(_runs(tmp_path)), "--findings", str(page), "--readme", str(readme), "--no-figures"])
     assert rc == 2 and "markers" in capsys.readouterr().err
     assert not page.exists() and readme.read_text() == "# no markers\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Committed results carry no machine paths
+# --------------------------------------------------------------------------------------------------------------
+# A path that starts at the root (not a URL, not inside a relative path): /work/..., /home/..., C:/ is not expected.
+ABSOLUTE = re.compile(r"(?<![\w.~:/-])/[A-Za-z0-9_.-]+/[^\s\"',)]*")
+REWRITE = ("PYTHONPATH=src python3 -c \"import os,pathlib,sys; from ressenet.engine.rundir import portable_paths as p; "
+           "[(f.with_name(f.name+'.tmp').write_text(p(f.read_text(),sys.argv[1])), os.replace(f.with_name(f.name+"
+           "'.tmp'),f)) for f in pathlib.Path('results').rglob('*') if f.is_file() and p(f.read_text(),sys.argv[1])"
+           "!=f.read_text()]\" /path/of/the/training/checkout")
+
+
+def test_committed_results_hold_no_absolute_path():
+    found = []
+    for f in sorted((REPO / "results").rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".csv", ".md", ".log", ".txt"):
+            m = ABSOLUTE.search(f.read_text(encoding="utf-8", errors="replace"))
+            if m:
+                found.append(f"{f.relative_to(REPO)}: {m.group(0)}")
+    assert not found, f"machine paths in committed results ({len(found)} files), e.g. {found[:3]}; rewrite: {REWRITE}"
+
+
+def test_run_files_record_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from ressenet.engine.rundir import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(tmp_path / "runs" / "a")
+    run.path.mkdir(parents=True)
+    tree = {"run": {"out": str(tmp_path / "runs" / "a")}, "data": {"data_root": "/elsewhere/x.tar.gz"},
+            "meta": {"data": f"image folder {tmp_path}/d.tar.gz (10 classes)"}}
+    run.write_config(tree)
+    run.write_summary({"config": tree})
+    for got in (yaml.safe_load(run.config_file.read_text()), json.loads(run.summary_file.read_text())["config"]):
+        assert got["run"]["out"] == "runs/a" and got["meta"]["data"] == "image folder d.tar.gz (10 classes)"
+        assert got["data"]["data_root"] == "/elsewhere/x.tar.gz"  # outside the working directory: as given

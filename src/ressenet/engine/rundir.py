@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from ressenet.engine.checkpoint import atomic_write_json, atomic_write_text, rem
 from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.errors import RessenetError
 
-__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
+__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir", "portable_paths"]
 
 class RunDir:
     """One run's directory and what it holds: the only place its file names are spelled.
@@ -98,10 +100,10 @@ class RunDir:
         return json.loads(self.summary_file.read_text(encoding="utf-8"))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.summary_file, summary)
+        atomic_write_json(self.summary_file, portable_paths(summary))
 
     def write_config(self, tree: dict[str, Any]) -> None:
-        atomic_write_text(self.config_file, yaml.safe_dump(tree, sort_keys=False))
+        atomic_write_text(self.config_file, yaml.safe_dump(portable_paths(tree), sort_keys=False))
 
     def metrics_text(self) -> str:
         """``metrics.jsonl``'s text ("" when there is none); undecodable bytes become U+FFFD (their line is then
@@ -133,6 +135,29 @@ class RunDir:
             return {}  # prepare_run_dir has already refused an unreadable config.yaml in one line
         return {k: meta[k] for k in ("precision", "compile", "channels_last") if k in meta} \
             if isinstance(meta, dict) else {}
+
+
+def portable_paths(value: Any, base: str | Path | None = None) -> Any:
+    """``value`` (nested dicts, lists, strings) with the absolute prefix of ``base`` (default: the current
+    directory) cut from every string, so the recorded ``run.out`` and ``data.data_root`` read as relative paths.
+
+    Run directories get committed (results/): a path of the machine that trained them says nothing to a reader and
+    names that machine's folders. Paths outside ``base`` are kept as given.
+    """
+    root = str(Path(base if base is not None else Path.cwd()).absolute())
+    # The prefix where a path starts (not inside a longer one: /mnt/work/main/x is not under /work/main).
+    prefix = re.compile(rf"(?<![\w.~/-]){re.escape(root.rstrip(os.sep) + os.sep)}")
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, str):
+            return "." if v == root else prefix.sub("", v)
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(cut(x) for x in v)
+        return v
+
+    return cut(value)
 
 
 # What a run writes and --overwrite removes (train.log is the grid's, and .lock the lock's).
