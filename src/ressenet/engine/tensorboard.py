@@ -10,12 +10,13 @@ TensorBoard is an optional extra (``pip install 'ressenet[tensorboard]'``); noth
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ressenet.engine import runfiles
+from ressenet.engine.runfiles import RunFileError
 from ressenet.errors import RessenetError
 
 __all__ = ["TAGS", "EVENTS_GLOB", "OWN_EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
@@ -54,16 +55,12 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl (a torn or damaged line is skipped, as resume skips it)."""
-    out = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("iter"), int):
-            out.append(rec)
-    return out
+    """The records of a metrics.jsonl (a torn or damaged line is skipped, as resume skips it; engine/runfiles.py).
+
+    Raises:
+        RunFileError: not a regular file (a FIFO would block), or beyond the size bound.
+    """
+    return runfiles.read_metrics(path)
 
 
 class EventLog:
@@ -117,11 +114,15 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
             continue
         try:
             records = read_metrics(metrics)
-        except OSError as e:
-            done.append((rel, f"metrics.jsonl unreadable ({e.strerror or e}); skipped"))
+        except RunFileError as e:  # one damaged run is skipped; the others are converted
+            done.append((rel, f"{e}; skipped"))
             continue
-        log = EventLog(target, records)
-        log.close()
+        try:
+            EventLog(target, records).close()
+        except OSError as e:
+            done.append((rel, f"cannot write event files in {target} ({e.strerror or type(e).__name__}); skipped "
+                              f"(for a read-only tree pass --out DIR)"))
+            continue
         n = sum(1 for r in records if scalars(r))
         done.append((rel, f"{n} records -> {target}"))
     if not done:
