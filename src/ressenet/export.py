@@ -12,6 +12,7 @@ from typing import Any
 
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
+from ressenet.weights import normalization_problem
 
 __all__ = ["export_run", "card_path"]
 
@@ -22,15 +23,9 @@ def card_path(weights: str | Path) -> Path:
 
 
 def _read_summary(run: RunDir) -> dict[str, Any] | None:
-    path = run.summary_file
-    try:
-        tree = run.read_summary()
-    except (OSError, ValueError) as e:
-        raise RessenetError(f"{path} is unreadable ({type(e).__name__}); the run's summary is damaged: finish "
-                            f"the run again (delete it and run the same train command)") from None
-    if tree is not None and not isinstance(tree, dict):
-        raise RessenetError(f"{path} holds a {type(tree).__name__}, not a run summary")
-    return tree
+    """The run's summary (engine/runfiles.py checks every field): a damaged one is refused before anything is
+    written, in one line naming the field."""
+    return run.read_summary()
 
 
 def _eval_at(run: RunDir, it: int) -> dict[str, Any] | None:
@@ -42,7 +37,12 @@ def _eval_at(run: RunDir, it: int) -> dict[str, Any] | None:
 def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[float], list[float]]:
     """The run's input mean and std: recorded in config.yaml's meta, else the data layer's constants for the run's
     dataset and mode (what it trained with)."""
-    if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
+    if "mean" in meta or "std" in meta:
+        # The loader's own rule (ressenet/weights.py): never write a file that `eval --weights` then refuses.
+        problem = normalization_problem(meta.get("mean"), meta.get("std"))
+        if problem is not None:
+            raise RessenetError(f"{RunDir(where).config_file}: meta {problem}; the file was edited or damaged: "
+                                f"restore it or train the run again")
         return [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
     from ressenet.data import DataError, normalization
 

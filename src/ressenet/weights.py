@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ressenet.errors import RessenetError
+from ressenet.engine.runfiles import finite
+from ressenet.errors import RessenetError, quote
 
 __all__ = ["HEADER_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "sha256_file", "write_weights", "read_header",
            "fetch_weights", "check_expected", "read_tensors"]
@@ -92,8 +93,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
                             f"`ressenet export`); {_EXPORT_FIX}")
     try:
         header = json.loads(meta[HEADER_KEY])
-    except ValueError as e:
-        raise RessenetError(f"{path}: its ressenet header is not valid JSON ({e}); {_EXPORT_FIX} again") from None
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise RessenetError(f"{path}: its ressenet header is not valid JSON ({why}); {_EXPORT_FIX} again") from None
     missing = [k for k in _REQUIRED if not isinstance(header, dict) or k not in header]
     if missing:
         raise RessenetError(f"{path}: its ressenet header lacks {', '.join(missing)}; {_EXPORT_FIX} again")
@@ -107,17 +109,30 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return {**header, "tensors": shapes}
 
 
+def _three(v: Any, low: float = -1e6) -> bool:
+    """Three finite numbers between ``low`` and 1e6: one per RGB channel."""
+    return isinstance(v, list) and len(v) == 3 and all(finite(x) and low <= x <= 1e6 for x in v)
+
+
+def normalization_problem(mean: Any, std: Any) -> str | None:
+    """Why ``mean``/``std`` cannot normalise an RGB input (the one rule of the exporter and the loader), or None.
+
+    Three finite numbers each; every std between 1e-6 and 1e6 (a std of 1e-300 or NaN makes every logit NaN).
+    """
+    if not _three(mean):
+        return f"mean {quote(mean)} is not three finite numbers (one per RGB channel)"
+    if not _three(std, 1e-6):
+        return f"std {quote(std)} is not three numbers between 1e-6 and 1e6 (one per RGB channel)"
+    return None
+
+
 def _bad_fields(h: dict[str, Any]) -> list[str]:
     """The header fields whose type is wrong (a hand-edited or hostile header is refused, not half-used)."""
-    def numbers(v: Any) -> bool:
-        return (isinstance(v, list) and len(v) == 3
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
-
     checks = {"model": isinstance(h["model"], str),
               "options": isinstance(h["options"], dict) and set(h["options"]) <= set(MODEL_OPTIONS),
               "num_classes": isinstance(h["num_classes"], int) and not isinstance(h["num_classes"], bool)
               and h["num_classes"] > 0,
-              "mean": numbers(h["mean"]), "std": numbers(h["std"]) and all(x > 0 for x in h["std"]),
+              "mean": _three(h["mean"]), "std": _three(h["std"], 1e-6),  # one rule: normalization_problem
               "config": isinstance(h.get("config", {}), dict), "data": isinstance(h.get("data", {}), dict)}
     return [k for k, ok in checks.items() if not ok]
 
