@@ -144,3 +144,204 @@ def test_run_files_record_paths_relative_to_the_working_directory(tmp_path, monk
     for got in (yaml.safe_load(run.config_file.read_text()), json.loads(run.summary_file.read_text())["config"]):
         assert got["run"]["out"] == "runs/a" and got["meta"]["data"] == "image folder d.tar.gz (10 classes)"
         assert got["data"]["data_root"] == "/elsewhere/x.tar.gz"  # outside the working directory: as given
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One reader per run file: damaged runs skipped by commands over many runs, refused by commands on one
+# --------------------------------------------------------------------------------------------------------------
+def _edit_summary(run: Path, **fields) -> None:
+    import json
+
+    s = json.loads((run / "summary.json").read_text())
+    s.update(fields)
+    (run / "summary.json").write_text(json.dumps(s).replace('"__HUGE__"', "9" * 400))
+
+
+def _report(tmp_path: Path, runs: Path, capsys) -> tuple[int, str]:
+    rc = main(["report", str(runs), "--out", str(tmp_path / "rep"), "--no-figures"])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fields,named", [({"test_top5": "__HUGE__"}, "test_top5"), ({"data": "text"}, "data is a str"),
+                                          ({"test_top1": 250.0}, "test_top1"), ({"iters": 1.5}, "iters")])
+def test_report_skips_a_damaged_summary_naming_file_and_field(tmp_path, capsys, fields, named):
+    runs = tmp_path / "runs"
+    make_run(runs, "good", model="resnet20", seed=1)
+    _edit_summary(make_run(runs, "bad", model="resnet20", seed=2), **fields)
+    rc, err = _report(tmp_path, runs, capsys)
+    assert rc == 0 and f"bad{os.sep}summary.json: {named}" in err and "skipped" in err
+    assert "Traceback" not in err
+
+
+def _fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+@pytest.fixture()
+def no_hang():
+    """A reader that blocks on a FIFO fails the test after 60 s instead of hanging the suite."""
+    import signal
+
+    def fail(*_):
+        raise TimeoutError("a reader blocked")
+
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_special_files_are_refused_not_read(tmp_path, capsys, no_hang):
+    from ressenet.engine.runfiles import RunFileError, read_metrics
+
+    runs = tmp_path / "runs"
+    make_run(runs, "good", model="resnet20", seed=1)
+    _fifo(make_run(runs, "fifo", model="resnet20", seed=2) / "metrics.jsonl")
+    zero = make_run(runs, "zero", model="resnet20", seed=3) / "metrics.jsonl"
+    zero.unlink()
+    zero.symlink_to("/dev/zero")
+    rc, err = _report(tmp_path, runs, capsys)
+    assert rc == 0 and "not a regular file" in err and "fifo" in err and "zero" in err
+    with pytest.raises(RunFileError, match="not a regular file"):
+        read_metrics(zero)
+
+
+def test_tensorboard_skips_special_and_huge_metrics(tmp_path, capsys, no_hang):
+    pytest.importorskip("tensorboard")
+    runs = tmp_path / "runs"
+    _fifo(make_run(runs, "a-fifo", model="resnet20", seed=1) / "metrics.jsonl")
+    huge = make_run(runs, "b-huge", model="resnet20", seed=2)
+    with (huge / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "iter": 200, "train_loss": ' + "9" * 400 + "}\n")
+        f.write('{"kind": "train", "iter": 1e999, "train_loss": 1.0}\n')
+    make_run(runs, "c-good", model="resnet20", seed=3)
+    assert main(["tensorboard", str(runs)]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "not a regular file" in text and "Traceback" not in text
+    assert len(list((runs / "c-good").glob("events.out.tfevents.*"))) == 1  # the runs after the damaged one too
+    assert len(list((huge).glob("events.out.tfevents.*"))) == 1
+
+
+def _cell(tmp_path: Path):
+    from ressenet.experiments.gridspec import expand_grid, load_grid
+
+    return expand_grid(load_grid(_grid_file(tmp_path, "g")), tmp_path / "runs")[0]
+
+
+def test_dry_run_says_conflict_for_a_torn_config(tmp_path):
+    from ressenet.experiments.cells import cell_state
+
+    cell = _cell(tmp_path)
+    cell.out.mkdir(parents=True)
+    (cell.out / "config.yaml").write_text("model:\n  name: resnet20\noptim: {iters: [")
+    st = cell_state(cell)
+    assert st.state == "conflict" and "config.yaml" in st.detail
+
+
+def test_dry_run_survives_special_and_overflowing_metrics(tmp_path, no_hang):
+    from ressenet.experiments.cells import cell_state
+
+    cell = _cell(tmp_path)
+    cell.out.mkdir(parents=True)
+    (cell.out / "metrics.jsonl").write_text('{"kind": "train", "iter": 4}\n{"kind": "train", "iter": 1e999}\n')
+    st = cell_state(cell)
+    assert st.state == "partial" and "iteration 4/" in st.detail
+    _fifo(cell.out / "metrics.jsonl")
+    st = cell_state(cell)  # returns at once: a FIFO is not read
+    assert st.state == "conflict" and "not a regular file" in st.detail
+
+
+def test_grid_counts_a_cell_whose_path_is_a_file(tmp_path, capsys):
+    from ressenet.experiments.cells import cell_state
+
+    cell = _cell(tmp_path)
+    cell.out.parent.mkdir(parents=True)
+    cell.out.write_text("not a folder")
+    st = cell_state(cell)
+    assert st.state == "conflict" and "is a file" in st.detail
+    runs_file = tmp_path / "runs-file"
+    runs_file.write_text("x")
+    rc = main(["grid", str(_grid_file(tmp_path, "g")), "--runs-dir", str(runs_file), "--dry-run"])
+    assert rc == 0 and "conflict" in capsys.readouterr().out
+    rc = main(["grid", str(_grid_file(tmp_path, "g")), "--runs-dir", str(runs_file)])
+    assert rc == 1 and "1 in conflict" in capsys.readouterr().out
+
+
+def test_resume_drops_a_metrics_line_beyond_int64(tmp_path):
+    from ressenet.engine.records import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "iter": 2}\n{"kind": "train", "iter": 1e999}\n{"iter": ' + "9" * 30 + "}\n")
+    MetricsLog(path, True, 2)
+    assert path.read_text() == '{"kind": "train", "iter": 2}\n'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export and the weights header: one rule for writer and reader
+# --------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    from tiny import tiny_config
+
+    from ressenet.engine.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(out, **{"run.compile": None}))
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("value,named", [("99.9", "test_top1"), (float("nan"), "test_top1")])
+def test_export_refuses_a_damaged_summary_before_writing(trained, tmp_path, capsys, value, named):
+    run = _copy(trained, tmp_path)
+    _edit_summary(run, test_top1=value)
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"summary.json: {named} is" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".md").exists()
+
+
+@pytest.mark.parametrize("field,value", [("mean", [0.5, 0.5]), ("std", [0.2, 0.0, 0.2]), ("std", [0.2, -1, 0.2]),
+                                         ("mean", ["a", "b", "c"])])
+def test_export_writes_no_file_its_loader_rejects(trained, tmp_path, capsys, field, value):
+    import yaml
+
+    run = _copy(trained, tmp_path)
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    tree["meta"][field] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml: meta" in err and field in err and not out.exists()
+
+
+@pytest.mark.parametrize("std", [[float("nan"), 0.2, 0.2], [1e-300, 0.2, 0.2]])
+def test_weights_header_with_degenerate_std_is_refused(trained, tmp_path, std):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ressenet.errors import RessenetError
+    from ressenet.export import export_run
+    from ressenet.weights import read_header
+
+    weights = export_run(trained, tmp_path / "w.safetensors")["weights"]
+    with safe_open(weights, framework="pt") as f:
+        meta = f.metadata()
+    header = json.loads(meta["ressenet"])
+    header["std"] = std
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(weights), str(edited), metadata={**meta, "ressenet": json.dumps(header)})
+    with pytest.raises(RessenetError, match="malformed std"):
+        read_header(edited)
