@@ -345,3 +345,17 @@ def test_weights_header_with_degenerate_std_is_refused(trained, tmp_path, std):
     save_file(load_file(weights), str(edited), metadata={**meta, "ressenet": json.dumps(header)})
     with pytest.raises(RessenetError, match="malformed std"):
         read_header(edited)
+
+
+def test_security_model_card_escapes_names_and_quotes_the_command(trained, tmp_path):
+    import shutil
+    import shlex
+
+    from ressenet.export import export_run
+
+    run = Path(shutil.copytree(trained, tmp_path / "x`<img src=x onerror=alert(1)>|fake|row"))
+    out = tmp_path / "$(touch${IFS}pwned).safetensors"
+    card = Path(export_run(run, out)["card"]).read_text()
+    assert "<img" not in card and "&lt;img" in card and "\\|fake\\|row" in card
+    line = next(ln for ln in card.splitlines() if ln.startswith("ressenet eval --weights"))
+    assert shlex.split(line)[3] == out.name  # one argument, no substitution when pasted into a shell

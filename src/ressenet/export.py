@@ -7,11 +7,13 @@ final test accuracy, the ressenet version and commit that trained them, and the 
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
+from ressenet.experiments.tables import md_cell
 from ressenet.weights import normalization_problem
 
 __all__ = ["export_run", "card_path"]
@@ -143,6 +145,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
     return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
 
 
+def _md(value: Any) -> str:
+    """A value from a file or a name anyone can choose, as inert Markdown text: HTML, pipes and backticks
+    escaped, on one line (a run named with backticks and an <img onerror=...> must not become markup)."""
+    return md_cell(value).replace("`", "\\`").replace("*", "\\*").replace("_", "\\_").replace("[", "\\[")
+
+
 def _pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "not measured"
 
@@ -153,12 +161,12 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
 
     title = FAMILY[h["family"]].title if h.get("family") in FAMILY else h["model"]
     o, tw, d = h["options"], h["trained_with"], h["data"]
-    lines = [f"# {h['model']} trained on {h['data_label']}", ""]
+    lines = [f"# {_md(h['model'])} trained on {_md(h['data_label'])}", ""]
     if not h["finished"]:
         lines += [f"**Unfinished run**: these are the weights at iteration {h['iters']:,} of the {h['planned_iters']:,} "
                   f"it was to train (exported with `--allow-unfinished`). They are not the run's result.", ""]
     lines += [
-        f"`{filename}` holds the weights of {title}-{h['depth']} (`{h['model']}`: {h['params']:,} parameters, "
+        f"{_md(filename)} holds the weights of {title}-{h['depth']} ({_md(h['model'])}: {h['params']:,} parameters, "
         f"{h['num_classes']} classes; shortcut {o['shortcut']}, SE reduction {o['se_reduction']}, layout "
         f"{o['layout']}). It is a [safetensors](https://github.com/huggingface/safetensors) file: loading it runs "
         f"no code. Its header holds everything below.",
@@ -169,7 +177,7 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         "| data | test top-1 | test top-5 | iteration |",
         "|---|---:|---:|---:|",
-        f"| {h['data_label']} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
+        f"| {_md(h['data_label'])} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
         f"{h['test_iter'] if h['test_iter'] is not None else '-'} |",
         "",
         "Final weights, final test accuracy (not the best over training). `ressenet eval --weights` reproduces it "
@@ -178,9 +186,9 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         "## Training",
         "",
-        f"- run `{h['run']}`, seed {h['seed']}, {h['iters']:,} iterations; {h['protocol']}",
-        f"- data: {h['dataset']} ({d.get('description') or 'description not recorded'}); fingerprint "
-        f"`{d.get('fingerprint')}`; lossless: {({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
+        f"- run {_md(h['run'])}, seed {h['seed']}, {h['iters']:,} iterations; {_md(h['protocol'])}",
+        f"- data: {_md(h['dataset'])} ({_md(d.get('description') or 'description not recorded')}); fingerprint "
+        f"{_md(d.get('fingerprint'))}; lossless: {({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
         f"- input: 3x32x32 RGB in [0, 1], normalised with mean {tuple(h['mean'])} and std {tuple(h['std'])} "
         f"({h['normalization']} normalisation)",
         f"- trained with ressenet {tw.get('ressenet')} (commit {tw.get('git_commit') or 'not recorded'}), torch "
@@ -195,8 +203,9 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "```",
         "",
         "```",
-        f"ressenet eval --weights {filename}" + (" --data-root DIR" if h["dataset"] in ("cifar10", "cifar100",
-                                                                                          "imagefolder") else ""),
+        # pasted into a shell: quoted
+        f"ressenet eval --weights {shlex.quote(filename)}"
+        + (" --data-root DIR" if h["dataset"] in ("cifar10", "cifar100", "imagefolder") else ""),
         "```",
         "",
     ]
