@@ -359,3 +359,49 @@ def test_security_model_card_escapes_names_and_quotes_the_command(trained, tmp_p
     assert "<img" not in card and "&lt;img" in card and "\\|fake\\|row" in card
     line = next(ln for ln in card.splitlines() if ln.startswith("ressenet eval --weights"))
     assert shlex.split(line)[3] == out.name  # one argument, no substitution when pasted into a shell
+
+
+def _edited(trained: Path, tmp_path: Path, *, header: dict | None = None, tensors=None) -> Path:
+    """An exported weights file with header fields replaced and tensors changed by ``tensors(dict)``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ressenet.export import export_run
+
+    weights = export_run(trained, tmp_path / "w.safetensors", overwrite=True)["weights"]
+    with safe_open(weights, framework="pt") as f:
+        meta = f.metadata()
+    h = {**json.loads(meta["ressenet"]), **(header or {})}
+    state = load_file(weights)
+    if tensors is not None:
+        tensors(state)
+    edited = tmp_path / "edited.safetensors"
+    save_file(state, str(edited), metadata={**meta, "ressenet": json.dumps(h)})
+    return edited
+
+
+def test_weights_header_class_count_is_checked_before_building(trained, tmp_path, monkeypatch):
+    import ressenet
+    from ressenet.errors import RessenetError
+    from ressenet.models import registry
+
+    edited = _edited(trained, tmp_path, header={"num_classes": 100_000_000})
+    monkeypatch.setattr(registry, "create_model", lambda *a, **k: pytest.fail("built a model from a bad header"))
+    with pytest.raises(RessenetError, match="100000000 classes but its fc.weight"):
+        ressenet.load_pretrained(edited)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda s: s.update({"fc.weight": s["fc.weight"].double()}), "stored as F64"),
+    (lambda s: s.update({"fc.weight": s["fc.weight"].to(__import__("torch").int8)}), "stored as I8"),
+    (lambda s: s["fc.weight"].view(-1)[0].fill_(float("nan")), "NaN or infinite"),
+    (lambda s: s[next(k for k in s if k.endswith("running_var"))].fill_(-1.0), "negative variance"),
+])
+def test_weights_with_other_dtypes_or_values_are_refused(trained, tmp_path, change, match):
+    import ressenet
+    from ressenet.errors import RessenetError
+
+    with pytest.raises(RessenetError, match=match):
+        ressenet.load_pretrained(_edited(trained, tmp_path, tensors=change))

@@ -84,6 +84,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
         with safetensors.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
     except Exception as e:  # SafetensorError for a pickle, a truncated file, a bad header; OSError
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         hint = " (a last.pt checkpoint is evaluated with --checkpoint)" if path.suffix == ".pt" else ""
@@ -106,7 +107,21 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if bad:
         raise RessenetError(f"{path}: its ressenet header has a malformed {', '.join(bad)}; the file was edited or "
                             f"damaged; {_EXPORT_FIX} again")
+    # The class count must be the head's before anything is built from it: a header saying 1e8 classes over a
+    # 10-class head would otherwise allocate a 25 GB layer just to find the shapes differ.
+    if shapes.get("fc.weight", (None,))[0] != header["num_classes"]:
+        raise RessenetError(f"{path}: its header says {header['num_classes']} classes but its fc.weight has shape "
+                            f"{list(shapes.get('fc.weight', ()))}; the file was edited or damaged; {_EXPORT_FIX} again")
+    odd = sorted(k for k, t in dtypes.items() if t != _STORED_DTYPES.get(k.rsplit(".", 1)[-1], "F32"))
+    if odd:
+        raise RessenetError(f"{path}: tensor {odd[0]} is stored as {dtypes[odd[0]]}, not "
+                            f"{_STORED_DTYPES.get(odd[0].rsplit('.', 1)[-1], 'F32')} as `ressenet export` writes it; "
+                            f"the file was edited or damaged; {_EXPORT_FIX} again")
     return {**header, "tensors": shapes}
+
+
+# The dtype `ressenet export` stores each tensor in, by the last part of its name (the rest are float32).
+_STORED_DTYPES = {"num_batches_tracked": "I64"}
 
 
 def _three(v: Any, low: float = -1e6) -> bool:
@@ -262,4 +277,11 @@ def read_tensors(path: str | Path, header: dict[str, Any], expected: dict[str, t
                             f"edited; {_EXPORT_FIX} again")
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    tensors = load_file(str(path))
+    for name, t in tensors.items():
+        # Non-finite weights or a negative BatchNorm variance give NaN logits: refuse them before any use.
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RessenetError(f"{path}: tensor {name} holds NaN or infinite values; {_EXPORT_FIX} again")
+        if name.endswith("running_var") and bool((t < 0).any()):
+            raise RessenetError(f"{path}: tensor {name} holds a negative variance; {_EXPORT_FIX} again")
+    return tensors
