@@ -405,3 +405,38 @@ def test_weights_with_other_dtypes_or_values_are_refused(trained, tmp_path, chan
 
     with pytest.raises(RessenetError, match=match):
         ressenet.load_pretrained(_edited(trained, tmp_path, tensors=change))
+
+
+def test_a_stalled_download_times_out_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    import ressenet
+    from ressenet import weights
+    from ressenet.errors import RessenetError
+
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # headers, then nothing
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.flush()
+            release.wait(10)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT", 1.0)
+    url = f"http://user:secret@127.0.0.1:{server.server_address[1]}/w.safetensors#sha256={'a' * 64}"
+    try:
+        with pytest.raises(RessenetError, match="no data for 1 s") as e:
+            ressenet.load_pretrained(url, cache_dir=tmp_path)
+    finally:
+        release.set()
+        server.shutdown()
+    assert "secret" not in str(e.value)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -184,7 +184,9 @@ def fetch_weights(source: str | os.PathLike[str], *, sha256: str | None = None, 
             raise RessenetError(f"downloading {url} needs the file's sha256, to check what arrives: pass sha256=HEX "
                                 f"or append #sha256=HEX to the URL (the file's model card lists it)")
         expected = _check_hex(expected)
-        name = Path(urllib.parse.unquote(parts.path)).name or "weights.safetensors"
+        name = Path(urllib.parse.unquote(parts.path)).name
+        if name in ("", ".", "..") or len(name.encode()) > 200:  # a cache file name must be one short component
+            name = "weights.safetensors"
         dest = _weights_cache(cache_dir) / expected[:16] / name
         if dest.is_file():
             got = sha256_file(dest)
@@ -210,6 +212,56 @@ def _check_hex(digest: str) -> str:
     return d
 
 
+# Seconds to connect and for each read: a server that sends headers and stalls is an error, not a hang.
+DOWNLOAD_TIMEOUT = 60.0
+# A temporary download file untouched this long belongs to a killed process (a live one writes every read).
+STALE_PART_SECONDS = 3600
+
+
+def _fetch_url(url: str, dest: Path, progress: bool) -> None:
+    """``url``'s bytes into ``dest``, with :data:`DOWNLOAD_TIMEOUT` on the connection and on every read."""
+    import urllib.request
+
+    from tqdm import tqdm
+
+    headers = {"User-Agent": "ressenet"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:  # user:password@host: sent as HTTP basic authentication, not as a host name
+        import base64
+
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        url = _shown_url(url)
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as resp, dest.open("wb") as f:
+        total = resp.headers.get("Content-Length")
+        with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
+                  disable=not progress) as bar:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Removes the temporary files of downloads of ``dest`` that were killed (SIGKILL leaves them)."""
+    import time
+
+    for part in dest.parent.glob(f".{dest.name}.*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:
+            pass  # another process removed it, or it is not ours to remove
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without the user name and password it may carry (error messages end up in logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
 def _download(url: str, dest: Path, expected: str, progress: bool) -> str:
     """Downloads ``url`` to a temporary name beside ``dest``; renames it to ``dest`` only when its sha256 is
     ``expected`` (a bad file is deleted, never cached)."""
@@ -221,16 +273,20 @@ def _download(url: str, dest: Path, expected: str, progress: bool) -> str:
         raise RessenetError(f"cannot write to the weights cache {dest.parent}: {e.strerror or e}; set "
                             f"$RESSENET_CACHE (or cache_dir=) to a writable folder") from None
     tmp = Path(tmp_name)
+    _remove_stale_parts(dest)
     try:
         try:
-            torch.hub.download_url_to_file(url, str(tmp), progress=progress)
+            _fetch_url(url, tmp, progress)
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-            raise RessenetError(f"cannot download {url}: {reason}; check the URL and the network") from None
+            if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
+                reason = f"no data for {DOWNLOAD_TIMEOUT:g} s"
+            raise RessenetError(f"cannot download {_shown_url(url)}: {reason}; check the URL and the network") \
+                from None
         got = sha256_file(tmp)
         if got != expected:
-            raise RessenetError(f"{url} arrived with sha256 {got}, not {expected}; it was not cached: check the URL "
-                                f"and the checksum (the model card lists it)")
+            raise RessenetError(f"{_shown_url(url)} arrived with sha256 {got}, not {expected}; it was not cached: "
+                                f"check the URL and the checksum (the model card lists it)")
         os.replace(tmp, dest)
         return got
     finally:
