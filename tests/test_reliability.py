@@ -440,3 +440,20 @@ def test_a_stalled_download_times_out_and_leaves_no_temporary_file(tmp_path, mon
         server.shutdown()
     assert "secret" not in str(e.value)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_eval_weights_refuses_other_class_names_as_eval_checkpoint_does(trained, tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    edited = _edited(trained, tmp_path)
+    with safe_open(str(edited), framework="pt") as f:
+        header = json.loads(f.metadata()["ressenet"])
+    renamed = {**header["data"], "classes": [f"class{i}" for i in range(10)]}
+    other = _edited(trained, tmp_path / "o", header={"data": renamed})
+    assert main(["eval", "--weights", str(other), "--device", "cpu"]) == 2
+    assert "other classes" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(other), "--device", "cpu", "--allow-other-classes"]) == 0
+    assert main(["eval", "--weights", str(other), "--device", "cpu", "--batch-size", "0"]) == 2
+    assert "--batch-size 0" in capsys.readouterr().err
