@@ -457,3 +457,39 @@ def test_eval_weights_refuses_other_class_names_as_eval_checkpoint_does(trained,
     assert main(["eval", "--weights", str(other), "--device", "cpu", "--allow-other-classes"]) == 0
     assert main(["eval", "--weights", str(other), "--device", "cpu", "--batch-size", "0"]) == 2
     assert "--batch-size 0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rough edges
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("jobs", ["-1", ""])
+def test_grid_dry_run_checks_jobs(tmp_path, capsys, jobs):
+    rc = main(["grid", str(_grid_file(tmp_path, "g")), "--runs-dir", str(tmp_path / "runs"), "--dry-run",
+               "--jobs", jobs])
+    assert rc == 2 and "--jobs" in capsys.readouterr().err
+
+
+def test_a_symlinked_cell_directory_is_named_as_a_link(tmp_path):
+    from ressenet.experiments.cells import cell_state
+
+    cell = _cell(tmp_path)
+    cell.out.parent.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    cell.out.symlink_to(tmp_path / "elsewhere")
+    st = cell_state(cell)
+    assert st.state == "conflict" and "symbolic link" in st.detail
+
+
+@pytest.mark.parametrize("field,value,named", [("trained_with", "x", "trained_with"),
+                                               ("options", {"se_reduction": True}, "options.se_reduction")])
+def test_weights_header_field_types_are_checked(trained, tmp_path, field, value, named):
+    from ressenet.errors import RessenetError
+    from ressenet.weights import read_header
+
+    with pytest.raises(RessenetError, match=f"malformed {named}"):
+        read_header(_edited(trained, tmp_path, header={field: value}))
+
+
+def test_eval_weights_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    assert main(["eval", "--weights", str(tmp_path), "--device", "cpu"]) == 2
+    assert "is a folder" in capsys.readouterr().err

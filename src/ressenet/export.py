@@ -188,7 +188,8 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         f"- run {_md(h['run'])}, seed {h['seed']}, {h['iters']:,} iterations; {_md(h['protocol'])}",
         f"- data: {_md(h['dataset'])} ({_md(d.get('description') or 'description not recorded')}); fingerprint "
-        f"{_md(d.get('fingerprint'))}; lossless: {({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
+        f"{_md(d.get('fingerprint'))}; lossless: "
+        f"{({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
         f"- input: 3x32x32 RGB in [0, 1], normalised with mean {tuple(h['mean'])} and std {tuple(h['std'])} "
         f"({h['normalization']} normalisation)",
         f"- trained with ressenet {tw.get('ressenet')} (commit {tw.get('git_commit') or 'not recorded'}), torch "

@@ -77,6 +77,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
         RessenetError: not a safetensors file (e.g. a pickle), or one without a valid ressenet header.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RessenetError(f"{path} is a folder; pass the .safetensors file inside it (`ressenet export RUN_DIR` "
+                            f"writes RUN_DIR/<run name>.safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; {_EXPORT_FIX} or pass the right path")
     safetensors = _need_safetensors()
@@ -124,6 +127,10 @@ def read_header(path: str | Path) -> dict[str, Any]:
 _STORED_DTYPES = {"num_batches_tracked": "I64"}
 
 
+def _int_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
 def _three(v: Any, low: float = -1e6) -> bool:
     """Three finite numbers between ``low`` and 1e6: one per RGB channel."""
     return isinstance(v, list) and len(v) == 3 and all(finite(x) and low <= x <= 1e6 for x in v)
@@ -148,7 +155,12 @@ def _bad_fields(h: dict[str, Any]) -> list[str]:
               "num_classes": isinstance(h["num_classes"], int) and not isinstance(h["num_classes"], bool)
               and h["num_classes"] > 0,
               "mean": _three(h["mean"]), "std": _three(h["std"], 1e-6),  # one rule: normalization_problem
-              "config": isinstance(h.get("config", {}), dict), "data": isinstance(h.get("data", {}), dict)}
+              "config": isinstance(h.get("config", {}), dict), "data": isinstance(h.get("data", {}), dict),
+              "trained_with": isinstance(h.get("trained_with", {}), dict),
+              # an option the model builder would take in another type (se_reduction: true is not 1)
+              "options.se_reduction": isinstance(h["options"], dict) and _int_or_none(h["options"].get("se_reduction")),
+              "options.shortcut/layout": isinstance(h["options"], dict) and all(
+                  isinstance(h["options"].get(k), (str, type(None))) for k in ("shortcut", "layout"))}
     return [k for k, ok in checks.items() if not ok]
 
 
@@ -196,6 +208,8 @@ def fetch_weights(source: str | os.PathLike[str], *, sha256: str | None = None, 
             return dest, got
         return dest, _download(url, dest, expected, sys.stderr.isatty() if progress is None else progress)
     path = Path(text)
+    if path.is_dir():
+        read_header(path)  # one line saying it is a folder
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; {_EXPORT_FIX}, or pass a URL")
     got = sha256_file(path)

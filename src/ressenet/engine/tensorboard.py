@@ -19,7 +19,8 @@ from ressenet.engine import runfiles
 from ressenet.engine.runfiles import RunFileError
 from ressenet.errors import RessenetError
 
-__all__ = ["TAGS", "EVENTS_GLOB", "OWN_EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
+__all__ = ["TAGS", "EVENTS_GLOB", "OWN_EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs",
+           "require_tensorboard"]
 
 # metrics.jsonl key -> TensorBoard tag. "grads" lines (--log-grad-stats) are per-layer tables, left to `ressenet analyze`.
 TAGS: dict[str, str] = {
