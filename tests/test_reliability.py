@@ -493,3 +493,23 @@ def test_weights_header_field_types_are_checked(trained, tmp_path, field, value,
 def test_eval_weights_on_a_folder_says_it_is_a_folder(tmp_path, capsys):
     assert main(["eval", "--weights", str(tmp_path), "--device", "cpu"]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_create_model_and_load_pretrained_refuse_slips_in_one_line(tmp_path, monkeypatch):
+    import torch
+
+    import ressenet
+    from ressenet.errors import RessenetError
+
+    with pytest.raises(ValueError, match="pretrained=0"):
+        ressenet.create_model("resnet20", pretrained=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RessenetError, match="no CUDA device"):
+        ressenet.load_pretrained(tmp_path / "w.safetensors", map_location="cuda")
+
+
+def test_export_overwrite_onto_a_folder_is_refused(trained, tmp_path, capsys):
+    folder = tmp_path / "w.safetensors"
+    folder.mkdir()
+    assert main(["export", str(trained), "--out", str(folder), "--overwrite"]) == 2
+    assert "is a folder" in capsys.readouterr().err and folder.is_dir()

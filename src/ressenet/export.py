@@ -85,6 +85,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
                             f"{card_path(weights).name})")
     card = card_path(weights)
     for path in (weights, card):
+        if path.is_dir():  # --overwrite replaces a file, never a folder
+            raise RessenetError(f"--out: {path} is a folder; choose a file name ending in .safetensors")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; choose another --out, or pass --overwrite to replace it")
 
