@@ -513,3 +513,20 @@ def test_export_overwrite_onto_a_folder_is_refused(trained, tmp_path, capsys):
     folder.mkdir()
     assert main(["export", str(trained), "--out", str(folder), "--overwrite"]) == 2
     assert "is a folder" in capsys.readouterr().err and folder.is_dir()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_data_loss_a_foreign_config_yaml_is_not_offered_for_deletion(tmp_path, overwrite):
+    from ressenet.engine.config import Config, apply_overrides
+    from ressenet.engine.rundir import prepare_run_dir
+    from ressenet.errors import RessenetError
+
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "config.yaml").write_text("name: their-experiment\nepochs: 3\n")
+    (out / "summary.json").write_text('{"theirs": true}')
+    cfg = apply_overrides(Config(), {"model.name": "resnet20", "run.out": str(out)}).validate()
+    with pytest.raises(RessenetError, match="not a run config of ressenet") as e:
+        prepare_run_dir(cfg, overwrite, True)
+    assert "--overwrite" not in str(e.value)
+    assert (out / "summary.json").read_text() == '{"theirs": true}' and (out / "config.yaml").exists()

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from ressenet.engine.checkpoint import atomic_write_json, atomic_write_text, remove_orphans
-from ressenet.engine.config import Config, ConfigError, diff_configs
+from ressenet.engine.config import Config, ConfigError, diff_configs, load_yaml
 from ressenet.engine.runfiles import RESULT_KEYS, RunFileError, finite, read_config_tree, read_metrics, \
     read_regular, read_summary
 from ressenet.errors import RessenetError
@@ -168,6 +168,7 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
     run = RunDir(cfg.run.out)
     out = run.path
     if run.config_file.is_file():
+        _refuse_foreign(run)
         old = _read_config(run.config_file, overwrite)
         changed = diff_configs(old, cfg.to_dict()) if old is not None else ["(unreadable config.yaml)"]
         if changed and not overwrite:
@@ -191,6 +192,24 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
             raise RessenetError(f"cannot create {out}: {e.strerror or e}; choose another --out") from None
         remove_orphans(out, RUN_FILES)  # temporary files of a writer killed mid-write
     return out, None
+
+
+# The top-level keys of a config.yaml this package writes: anything else there is another tool's file.
+RUN_SECTIONS = frozenset({"model", "data", "optim", "run", "meta"})
+
+
+def _refuse_foreign(run: RunDir) -> None:
+    """One line when ``config.yaml`` parses but is not a run config of this package: never offer --overwrite, which
+    would delete the folder's summary.json and train.log along with it."""
+    try:
+        tree = load_yaml((read_regular(run.config_file) or b"").decode("utf-8"), str(run.config_file))
+    except (ConfigError, UnicodeDecodeError, RunFileError):
+        return  # torn or unreadable: _read_config names it
+    if isinstance(tree, dict) and "model" in tree and set(tree) <= RUN_SECTIONS:
+        return
+    keys = ", ".join(map(str, list(tree)[:4])) if isinstance(tree, dict) else type(tree).__name__
+    raise RessenetError(f"{run.config_file} is not a run config of ressenet ({keys}): {run.path} belongs to "
+                        f"something else; choose another --out (nothing there was changed)")
 
 
 def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
