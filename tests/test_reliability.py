@@ -530,3 +530,14 @@ def test_data_loss_a_foreign_config_yaml_is_not_offered_for_deletion(tmp_path, o
         prepare_run_dir(cfg, overwrite, True)
     assert "--overwrite" not in str(e.value)
     assert (out / "summary.json").read_text() == '{"theirs": true}' and (out / "config.yaml").exists()
+
+
+def test_analyze_out_naming_a_file_is_refused_before_the_analysis(tmp_path, capsys, monkeypatch):
+    from ressenet.analysis import pipeline
+
+    monkeypatch.setattr(pipeline, "analyze", lambda *a, **k: pytest.fail("analysed before checking --out"))
+    target = tmp_path / "out"
+    target.write_text("a file")
+    assert main(["analyze", str(tmp_path), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "Errno" not in err and target.read_text() == "a file"
