@@ -8,6 +8,8 @@ the CLI's help never loads torch). Where things live:
 * engine/runtime.py ``run_loop``: the one training loop both drive, with stop signals and the compile decision.
 * engine/run.py ``Run``: one run's objects, step, boundary work (log, evaluate, checkpoint) and summary.
 * engine/rundir.py ``RunDir``: the run directory's files; engine/checkpoint.py: atomic writes, ``open_checkpoint``.
+* engine/runfiles.py: one validated reader per run file (summary.json, metrics.jsonl, config.yaml): a damaged
+  file is one ``RunFileError`` line naming the file and field.
 * engine/setup.py: device, precision, compile, data and model set-up; engine/evaluation.py: evaluation and eval.
 """
 from __future__ import annotations
