@@ -268,6 +268,8 @@ def test_eval_weights_on_another_dataset_normalises_as_trained(exported, tmp_pat
     write_image_folder(tmp_path / "folder", classes=classes, train_per_class=4, test_per_class=3)
     args = ["eval", "--weights", exported["weights"], "--device", "cpu", "--dataset", "imagefolder",
             "--data-root", str(tmp_path / "folder"), "--cache-dir", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 2 and "other classes" in capsys.readouterr().err  # as eval --checkpoint refuses
+    args.append("--allow-other-classes")
     assert main(args) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["dataset"] == "imagefolder" and res["images"] == 30  # all test images: the run's limits not applied

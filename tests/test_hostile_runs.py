@@ -157,7 +157,7 @@ def test_a_run_without_a_final_top1_is_named_and_not_counted(tmp_path, capsys, b
     broken.write_text(json.dumps(s))
     assert cli_main(["report", str(runs), "--out", str(tmp_path / "rep"), "--no-figures"]) == 0
     err = capsys.readouterr().err
-    assert "resnet20-cifar10-s3: summary.json's test_top1 is" in err and "skipped" in err
+    assert "resnet20-cifar10-s3/summary.json: test_top1 is" in err and "skipped" in err
     rows = [r for r in csv.DictReader((tmp_path / "rep" / "groups.csv").open()) if r["model"] == "resnet20"]
     assert len(rows) == 1 and rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2"
     assert float(rows[0]["final_top1_mean"]) == 91.0 and float(rows[0]["best_on_test_top1_mean"]) == 92.0
@@ -173,7 +173,8 @@ def test_a_grid_cell_whose_summary_has_no_result_is_not_done(tmp_path):
     from ressenet.experiments.cells import cell_state
 
     st = cell_state(cell)
-    assert st.state == "conflict" and "no number for test_top1" in st.detail and "delete it" in st.detail
+    assert st.state == "conflict" and "test_top1 is 'n/a', not a finite number" in st.detail
+    assert "delete it" in st.detail
 
 
 def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):

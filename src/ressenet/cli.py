@@ -199,7 +199,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.weights is not None:
         res = evaluate_weights(args.weights, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
-                               split=args.split, device=args.device, batch_size=args.batch_size, sha256=args.sha256)
+                               split=args.split, device=args.device, batch_size=args.batch_size, sha256=args.sha256,
+                               allow_other_classes=args.allow_other_classes)
     else:
         if args.sha256 is not None:
             raise ValueError("--sha256 checks a --weights file; a --checkpoint is checked by its own config")

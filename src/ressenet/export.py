@@ -7,6 +7,7 @@ final test accuracy, the ressenet version and commit that trained them, and the 
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from ressenet.experiments.runs import config_protocol, dataset_label, protocol_t
 from ressenet.files import atomic_write_text
 from ressenet.models import FAMILY, count_params, model_info
 from ressenet.weights import write_weights
+from ressenet.experiments.tables import md_cell
+from ressenet.weights import normalization_problem
 
 __all__ = ["export_run", "card_path"]
 
@@ -29,15 +32,9 @@ def card_path(weights: str | Path) -> Path:
 
 
 def _read_summary(run: RunDir) -> dict[str, Any] | None:
-    path = run.summary_file
-    try:
-        tree = run.read_summary()
-    except (OSError, ValueError) as e:
-        raise RessenetError(f"{path} is unreadable ({type(e).__name__}); the run's summary is damaged: finish "
-                            f"the run again (delete it and run the same train command)") from None
-    if tree is not None and not isinstance(tree, dict):
-        raise RessenetError(f"{path} holds a {type(tree).__name__}, not a run summary")
-    return tree
+    """The run's summary (engine/runfiles.py checks every field): a damaged one is refused before anything is
+    written, in one line naming the field."""
+    return run.read_summary()
 
 
 def _eval_at(run: RunDir, it: int) -> dict[str, Any] | None:
@@ -49,7 +46,12 @@ def _eval_at(run: RunDir, it: int) -> dict[str, Any] | None:
 def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[float], list[float]]:
     """The run's input mean and std: recorded in config.yaml's meta, else the data layer's constants for the run's
     dataset and mode (what it trained with)."""
-    if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
+    if "mean" in meta or "std" in meta:
+        # The loader's own rule (ressenet/weights.py): never write a file that `eval --weights` then refuses.
+        problem = normalization_problem(meta.get("mean"), meta.get("std"))
+        if problem is not None:
+            raise RessenetError(f"{RunDir(where).config_file}: meta {problem}; the file was edited or damaged: "
+                                f"restore it or train the run again")
         return [float(v) for v in meta["mean"]], [float(v) for v in meta["std"]]
 
     try:
@@ -84,6 +86,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
                             f"{card_path(weights).name})")
     card = card_path(weights)
     for path in (weights, card):
+        if path.is_dir():  # --overwrite replaces a file, never a folder
+            raise RessenetError(f"--out: {path} is a folder; choose a file name ending in .safetensors")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; choose another --out, or pass --overwrite to replace it")
 
@@ -141,6 +145,12 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
     return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
 
 
+def _md(value: Any) -> str:
+    """A value from a file or a name anyone can choose, as inert Markdown text: HTML, pipes and backticks
+    escaped, on one line (a run named with backticks and an <img onerror=...> must not become markup)."""
+    return md_cell(value).replace("`", "\\`").replace("*", "\\*").replace("_", "\\_").replace("[", "\\[")
+
+
 def _pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "not measured"
 
@@ -149,12 +159,12 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
     """The Markdown card of a weights file, from its header."""
     title = FAMILY[h["family"]].title if h.get("family") in FAMILY else h["model"]
     o, tw, d = h["options"], h["trained_with"], h["data"]
-    lines = [f"# {h['model']} trained on {h['data_label']}", ""]
+    lines = [f"# {_md(h['model'])} trained on {_md(h['data_label'])}", ""]
     if not h["finished"]:
         lines += [f"**Unfinished run**: these are the weights at iteration {h['iters']:,} of the {h['planned_iters']:,} "
                   f"it was to train (exported with `--allow-unfinished`). They are not the run's result.", ""]
     lines += [
-        f"`{filename}` holds the weights of {title}-{h['depth']} (`{h['model']}`: {h['params']:,} parameters, "
+        f"{_md(filename)} holds the weights of {title}-{h['depth']} ({_md(h['model'])}: {h['params']:,} parameters, "
         f"{h['num_classes']} classes; shortcut {o['shortcut']}, SE reduction {o['se_reduction']}, layout "
         f"{o['layout']}). It is a [safetensors](https://github.com/huggingface/safetensors) file: loading it runs "
         f"no code. Its header holds everything below.",
@@ -165,7 +175,7 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         "| data | test top-1 | test top-5 | iteration |",
         "|---|---:|---:|---:|",
-        f"| {h['data_label']} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
+        f"| {_md(h['data_label'])} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
         f"{h['test_iter'] if h['test_iter'] is not None else '-'} |",
         "",
         "Final weights, final test accuracy (not the best over training). `ressenet eval --weights` reproduces it "
@@ -174,9 +184,10 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         "## Training",
         "",
-        f"- run `{h['run']}`, seed {h['seed']}, {h['iters']:,} iterations; {h['protocol']}",
-        f"- data: {h['dataset']} ({d.get('description') or 'description not recorded'}); fingerprint "
-        f"`{d.get('fingerprint')}`; lossless: {({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
+        f"- run {_md(h['run'])}, seed {h['seed']}, {h['iters']:,} iterations; {_md(h['protocol'])}",
+        f"- data: {_md(h['dataset'])} ({_md(d.get('description') or 'description not recorded')}); fingerprint "
+        f"{_md(d.get('fingerprint'))}; lossless: "
+        f"{({True: 'yes', False: 'no (JPEG)'}).get(d.get('lossless'), 'not recorded')}",
         f"- input: 3x32x32 RGB in [0, 1], normalised with mean {tuple(h['mean'])} and std {tuple(h['std'])} "
         f"({h['normalization']} normalisation)",
         f"- trained with ressenet {tw.get('ressenet')} (commit {tw.get('git_commit') or 'not recorded'}), torch "
@@ -191,8 +202,9 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "```",
         "",
         "```",
-        f"ressenet eval --weights {filename}" + (" --data-root DIR" if h["dataset"] in ("cifar10", "cifar100",
-                                                                                          "imagefolder") else ""),
+        # pasted into a shell: quoted
+        f"ressenet eval --weights {shlex.quote(filename)}"
+        + (" --data-root DIR" if h["dataset"] in ("cifar10", "cifar100", "imagefolder") else ""),
         "```",
         "",
     ]

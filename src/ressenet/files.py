@@ -1,4 +1,5 @@
-"""File primitives at the bottom of the package: atomic writes, temporary-file clean-up, chunked hashes, the cache.
+"""File primitives at the bottom of the package: atomic writes, temporary-file clean-up, chunked hashes, the cache,
+and the finiteness check every reader applies to numbers it reads back.
 
 Every layer (data, models, weights, engine, experiments) may import this module; it imports none of them, only
 :mod:`ressenet.errors`. A crash at any moment of an atomic write leaves the previous good file in place.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from typing import IO, Any
 from ressenet.errors import RessenetError
 
 __all__ = ["CHUNK", "CACHE_ENV", "default_cache_dir", "fsync_dir", "atomic_write", "atomic_write_bytes",
-           "atomic_write_text", "atomic_write_json", "remove_orphans", "file_hash", "sha256_file"]
+           "atomic_write_text", "atomic_write_json", "remove_orphans", "file_hash", "sha256_file", "finite"]
 
 CHUNK = 1 << 20  # bytes read at a time: hashing and copying large files in bounded memory
 CACHE_ENV = "RESSENET_CACHE"
@@ -109,3 +111,13 @@ def file_hash(path: str | Path, algorithm: str = "sha256", salt: bytes = b"") ->
 def sha256_file(path: str | Path) -> str:
     """sha256 hex digest of a file (a weights file's name and its check on download)."""
     return file_hash(path)
+
+
+def finite(value: Any) -> bool:
+    """Whether ``value`` is a number (not a bool) that is finite as a float (a 400-digit integer is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ressenet.errors import RessenetError
-from ressenet.files import atomic_write_bytes, default_cache_dir, sha256_file
+from ressenet.errors import RessenetError, quote
+from ressenet.files import atomic_write_bytes, default_cache_dir, finite, sha256_file
 
 __all__ = ["HEADER_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "sha256_file", "write_weights", "read_header",
            "fetch_weights", "check_expected", "read_tensors"]
@@ -65,6 +65,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
         RessenetError: not a safetensors file (e.g. a pickle), or one without a valid ressenet header.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RessenetError(f"{path} is a folder; pass the .safetensors file inside it (`ressenet export RUN_DIR` "
+                            f"writes RUN_DIR/<run name>.safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; {_EXPORT_FIX} or pass the right path")
     safetensors = _need_safetensors()
@@ -72,6 +75,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
         with safetensors.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in f.keys()}
     except Exception as e:  # SafetensorError for a pickle, a truncated file, a bad header; OSError
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         hint = " (a last.pt checkpoint is evaluated with --checkpoint)" if path.suffix == ".pt" else ""
@@ -81,8 +85,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
                             f"`ressenet export`); {_EXPORT_FIX}")
     try:
         header = json.loads(meta[HEADER_KEY])
-    except ValueError as e:
-        raise RessenetError(f"{path}: its ressenet header is not valid JSON ({e}); {_EXPORT_FIX} again") from None
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise RessenetError(f"{path}: its ressenet header is not valid JSON ({why}); {_EXPORT_FIX} again") from None
     missing = [k for k in _REQUIRED if not isinstance(header, dict) or k not in header]
     if missing:
         raise RessenetError(f"{path}: its ressenet header lacks {', '.join(missing)}; {_EXPORT_FIX} again")
@@ -93,21 +98,57 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if bad:
         raise RessenetError(f"{path}: its ressenet header has a malformed {', '.join(bad)}; the file was edited or "
                             f"damaged; {_EXPORT_FIX} again")
+    # The class count must be the head's before anything is built from it: a header saying 1e8 classes over a
+    # 10-class head would otherwise allocate a 25 GB layer just to find the shapes differ.
+    if shapes.get("fc.weight", (None,))[0] != header["num_classes"]:
+        raise RessenetError(f"{path}: its header says {header['num_classes']} classes but its fc.weight has shape "
+                            f"{list(shapes.get('fc.weight', ()))}; the file was edited or damaged; {_EXPORT_FIX} again")
+    odd = sorted(k for k, t in dtypes.items() if t != _STORED_DTYPES.get(k.rsplit(".", 1)[-1], "F32"))
+    if odd:
+        raise RessenetError(f"{path}: tensor {odd[0]} is stored as {dtypes[odd[0]]}, not "
+                            f"{_STORED_DTYPES.get(odd[0].rsplit('.', 1)[-1], 'F32')} as `ressenet export` writes it; "
+                            f"the file was edited or damaged; {_EXPORT_FIX} again")
     return {**header, "tensors": shapes}
+
+
+# The dtype `ressenet export` stores each tensor in, by the last part of its name (the rest are float32).
+_STORED_DTYPES = {"num_batches_tracked": "I64"}
+
+
+def _int_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+def _three(v: Any, low: float = -1e6) -> bool:
+    """Three finite numbers between ``low`` and 1e6: one per RGB channel."""
+    return isinstance(v, list) and len(v) == 3 and all(finite(x) and low <= x <= 1e6 for x in v)
+
+
+def normalization_problem(mean: Any, std: Any) -> str | None:
+    """Why ``mean``/``std`` cannot normalise an RGB input (the one rule of the exporter and the loader), or None.
+
+    Three finite numbers each; every std between 1e-6 and 1e6 (a std of 1e-300 or NaN makes every logit NaN).
+    """
+    if not _three(mean):
+        return f"mean {quote(mean)} is not three finite numbers (one per RGB channel)"
+    if not _three(std, 1e-6):
+        return f"std {quote(std)} is not three numbers between 1e-6 and 1e6 (one per RGB channel)"
+    return None
 
 
 def _bad_fields(h: dict[str, Any]) -> list[str]:
     """The header fields whose type is wrong (a hand-edited or hostile header is refused, not half-used)."""
-    def numbers(v: Any) -> bool:
-        return (isinstance(v, list) and len(v) == 3
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v))
-
     checks = {"model": isinstance(h["model"], str),
               "options": isinstance(h["options"], dict) and set(h["options"]) <= set(MODEL_OPTIONS),
               "num_classes": isinstance(h["num_classes"], int) and not isinstance(h["num_classes"], bool)
               and h["num_classes"] > 0,
-              "mean": numbers(h["mean"]), "std": numbers(h["std"]) and all(x > 0 for x in h["std"]),
-              "config": isinstance(h.get("config", {}), dict), "data": isinstance(h.get("data", {}), dict)}
+              "mean": _three(h["mean"]), "std": _three(h["std"], 1e-6),  # one rule: normalization_problem
+              "config": isinstance(h.get("config", {}), dict), "data": isinstance(h.get("data", {}), dict),
+              "trained_with": isinstance(h.get("trained_with", {}), dict),
+              # an option the model builder would take in another type (se_reduction: true is not 1)
+              "options.se_reduction": isinstance(h["options"], dict) and _int_or_none(h["options"].get("se_reduction")),
+              "options.shortcut/layout": isinstance(h["options"], dict) and all(
+                  isinstance(h["options"].get(k), (str, type(None))) for k in ("shortcut", "layout"))}
     return [k for k, ok in checks.items() if not ok]
 
 
@@ -141,7 +182,9 @@ def fetch_weights(source: str | os.PathLike[str], *, sha256: str | None = None, 
             raise RessenetError(f"downloading {url} needs the file's sha256, to check what arrives: pass sha256=HEX "
                                 f"or append #sha256=HEX to the URL (the file's model card lists it)")
         expected = _check_hex(expected)
-        name = Path(urllib.parse.unquote(parts.path)).name or "weights.safetensors"
+        name = Path(urllib.parse.unquote(parts.path)).name
+        if name in ("", ".", "..") or len(name.encode()) > 200:  # a cache file name must be one short component
+            name = "weights.safetensors"
         dest = _weights_cache(cache_dir) / expected[:16] / name
         if dest.is_file():
             got = sha256_file(dest)
@@ -151,6 +194,8 @@ def fetch_weights(source: str | os.PathLike[str], *, sha256: str | None = None, 
             return dest, got
         return dest, _download(url, dest, expected, sys.stderr.isatty() if progress is None else progress)
     path = Path(text)
+    if path.is_dir():
+        read_header(path)  # one line saying it is a folder
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; {_EXPORT_FIX}, or pass a URL")
     got = sha256_file(path)
@@ -167,6 +212,56 @@ def _check_hex(digest: str) -> str:
     return d
 
 
+# Seconds to connect and for each read: a server that sends headers and stalls is an error, not a hang.
+DOWNLOAD_TIMEOUT = 60.0
+# A temporary download file untouched this long belongs to a killed process (a live one writes every read).
+STALE_PART_SECONDS = 3600
+
+
+def _fetch_url(url: str, dest: Path, progress: bool) -> None:
+    """``url``'s bytes into ``dest``, with :data:`DOWNLOAD_TIMEOUT` on the connection and on every read."""
+    import urllib.request
+
+    from tqdm import tqdm
+
+    headers = {"User-Agent": "ressenet"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:  # user:password@host: sent as HTTP basic authentication, not as a host name
+        import base64
+
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        url = _shown_url(url)
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as resp, dest.open("wb") as f:
+        total = resp.headers.get("Content-Length")
+        with tqdm(total=int(total) if total and total.isdigit() else None, unit="B", unit_scale=True,
+                  disable=not progress) as bar:
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Removes the temporary files of downloads of ``dest`` that were killed (SIGKILL leaves them)."""
+    import time
+
+    for part in dest.parent.glob(f".{dest.name}.*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > STALE_PART_SECONDS:
+                part.unlink()
+        except OSError:
+            pass  # another process removed it, or it is not ours to remove
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without the user name and password it may carry (error messages end up in logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+
+
 def _download(url: str, dest: Path, expected: str, progress: bool) -> str:
     """Downloads ``url`` to a temporary name beside ``dest``; renames it to ``dest`` only when its sha256 is
     ``expected`` (a bad file is deleted, never cached)."""
@@ -178,16 +273,20 @@ def _download(url: str, dest: Path, expected: str, progress: bool) -> str:
         raise RessenetError(f"cannot write to the weights cache {dest.parent}: {e.strerror or e}; set "
                             f"$RESSENET_CACHE (or cache_dir=) to a writable folder") from None
     tmp = Path(tmp_name)
+    _remove_stale_parts(dest)
     try:
         try:
-            torch.hub.download_url_to_file(url, str(tmp), progress=progress)
+            _fetch_url(url, tmp, progress)
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
-            raise RessenetError(f"cannot download {url}: {reason}; check the URL and the network") from None
+            if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
+                reason = f"no data for {DOWNLOAD_TIMEOUT:g} s"
+            raise RessenetError(f"cannot download {_shown_url(url)}: {reason}; check the URL and the network") \
+                from None
         got = sha256_file(tmp)
         if got != expected:
-            raise RessenetError(f"{url} arrived with sha256 {got}, not {expected}; it was not cached: check the URL "
-                                f"and the checksum (the model card lists it)")
+            raise RessenetError(f"{_shown_url(url)} arrived with sha256 {got}, not {expected}; it was not cached: "
+                                f"check the URL and the checksum (the model card lists it)")
         os.replace(tmp, dest)
         return got
     finally:
@@ -234,4 +333,11 @@ def read_tensors(path: str | Path, header: dict[str, Any], expected: dict[str, t
                             f"edited; {_EXPORT_FIX} again")
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    tensors = load_file(str(path))
+    for name, t in tensors.items():
+        # Non-finite weights or a negative BatchNorm variance give NaN logits: refuse them before any use.
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RessenetError(f"{path}: tensor {name} holds NaN or infinite values; {_EXPORT_FIX} again")
+        if name.endswith("running_var") and bool((t < 0).any()):
+            raise RessenetError(f"{path}: tensor {name} holds a negative variance; {_EXPORT_FIX} again")
+    return tensors

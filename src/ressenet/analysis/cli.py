@@ -43,6 +43,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import sys
 
     check_choice("run.device", args.device)
+    from ressenet.errors import not_a_folder
+
+    if args.out is not None and (blocked := not_a_folder(args.out)) is not None:
+        raise blocked  # before the analysis, which takes minutes, not after it
 
     path = analyze(args.run_dirs, args.out, device=args.device, data_root=args.data_root, cache_dir=args.cache_dir,
                    batch_size=args.batch_size, blocks=args.blocks, reliance=args.reliance,

@@ -12,7 +12,7 @@ from ressenet.analysis.reliance import RunAnalysis, analyze_run
 from ressenet.analysis.render import write_outputs
 from ressenet.analysis.sites import missing_blocks_message, se_modules
 from ressenet.engine.evaluation import data_as_given
-from ressenet.engine.setup import load_data, resolve_device
+from ressenet.engine.setup import RunData, load_data, resolve_device
 from ressenet.errors import RessenetError
 from ressenet.gradflow import grad_flow_section
 

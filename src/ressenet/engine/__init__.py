@@ -11,6 +11,8 @@ the CLI's help never loads torch). Where things live:
   (``RunData``), the model. engine/run.py ``Run``: one run's objects, step, boundary work and summary.
 * engine/rundir.py ``RunDir``: the run directory's files; engine/checkpoint.py: atomic writes, ``open_checkpoint``,
   ``restore_checkpoint``; engine/evaluation.py: evaluation and eval.
+* engine/runfiles.py: one validated reader per run file (summary.json, metrics.jsonl, config.yaml): a damaged
+  file is one ``RunFileError`` line naming the file and field.
 """
 from __future__ import annotations
 

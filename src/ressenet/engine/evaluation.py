@@ -106,8 +106,7 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     order, which would score every swapped class as wrong) are refused unless ``allow_other_classes``; data whose
     content differs from the training data's gives a note, and ``same_data`` in the result is False.
     """
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise RessenetError(f"--batch-size {batch_size}: expected a positive number of images per batch")
+    _check_batch_size(batch_size)
     ckpt = open_checkpoint(path, fix=EVAL_FIX)
     state, cfg = ckpt.state, ckpt.config
     other_data = dataset is not None and dataset != cfg.data.dataset
@@ -126,6 +125,12 @@ def evaluate_checkpoint(path: str | Path, *, dataset: str | None = None, data_ro
     res = _evaluate_on(model, cfg, data, split, dev, path, "trained without a validation split", precision)
     return {"checkpoint": str(path), "model": cfg.model.name, "dataset": cfg.data.dataset, "split": split,
             "data_root": cfg.data.data_root, "iter": state.get("iter"), **res, "same_data": same_data}
+
+
+def _check_batch_size(batch_size: int | None) -> None:
+    """The one rule of both evaluations: a given batch size is a positive number of images."""
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise RessenetError(f"--batch-size {batch_size}: expected a positive number of images per batch")
 
 
 def run_precision(recorded: Any, run_dir: Path | None, cfg: Config, device: torch.device) -> str:
@@ -184,12 +189,14 @@ def _evaluate_on(model: nn.Module, cfg: Config, data: RunData, split: str, dev: 
 
 def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,
                      cache_dir: str | None = None, split: str = "test", device: str = "auto",
-                     batch_size: int | None = None, sha256: str | None = None) -> dict[str, Any]:
+                     batch_size: int | None = None, sha256: str | None = None,
+                     allow_other_classes: bool = False) -> dict[str, Any]:
     """Top-1/top-5/loss of a weights file ``ressenet export`` wrote (a path or URL), on a split of the data it was
     trained on (the header's config: the same test images, so the run's final test top-1 is reproduced) or of
     ``dataset``. The inputs are normalised as the weights were trained (the header's mean and std), whatever the
     data. As with checkpoints, the header's data settings are data: no download, no cache or folder it names.
     """
+    _check_batch_size(batch_size)
     local, digest = fetch_weights(path, sha256=sha256, cache_dir=cache_dir)
     header = read_header(local)
     try:
@@ -206,10 +213,16 @@ def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root:
     if n != header["num_classes"]:
         raise RessenetError(f"{local} predicts {header['num_classes']} classes and {cfg.data.dataset} at "
                             f"{cfg.data.data_root or 'the default root'} has {n}; evaluate it on data with its classes")
+    # The same rule as a checkpoint's: other class names mean the labels mean other things.
+    recorded = header.get("data") or {}
+    same_data = _check_eval_data(local, {"classes": recorded.get("classes"),
+                                         "data_fingerprint": recorded.get("fingerprint")}, cfg, data,
+                                 allow_other_classes)
     data = dataclasses.replace(data, mean=tuple(header["mean"]), std=tuple(header["std"]))
     model = load_pretrained(local)
     precision = run_precision((header.get("trained_with") or {}).get("precision"), None, cfg, dev)
     res = _evaluate_on(model, cfg, data, split, dev, local, "evaluated on data without a validation split "
                                                             "(data.val_split=0)", precision)
     return {"weights": str(local), "sha256": digest, "model": header["model"], "dataset": cfg.data.dataset,
-            "split": split, "data_root": cfg.data.data_root, "iter": header.get("iters"), **res}
+            "split": split, "data_root": cfg.data.data_root, "iter": header.get("iters"), **res,
+            "same_data": same_data}

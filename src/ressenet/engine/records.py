@@ -9,8 +9,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ressenet.engine.runfiles import parse_metrics_line, read_regular
+
 from ressenet.engine.config import Config
-from ressenet.engine.rundir import RunDir
 from ressenet.engine.setup import RunData
 from ressenet.engine.tensorboard import EventLog, read_metrics
 from ressenet.files import atomic_write_text
@@ -26,14 +27,14 @@ class MetricsLog:
         self.events = None  # TensorBoard event files beside metrics.jsonl (run.tensorboard; engine/tensorboard.py)
         if enabled and resume_iter is not None and path.exists():
             # Undecodable bytes (a torn or damaged line) become U+FFFD and that line is dropped as unreadable.
-            text = path.read_bytes().decode("utf-8", errors="replace")
+            text = (read_regular(path) or b"").decode("utf-8", errors="replace")  # a FIFO: one line, no hang
             keep = [ln for ln in text.splitlines() if ln.strip() and _line_iter(ln) <= resume_iter]
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
         elif enabled and resume_iter is None:
             path.unlink(missing_ok=True)
         if enabled and tensorboard:
             # On resume, the events are rewritten from the lines kept above, then appended to: the same steps.
-            self.events = EventLog(path.parent, read_metrics(RunDir(path.parent)))
+            self.events = EventLog(path.parent, read_metrics(path))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -45,10 +46,8 @@ class MetricsLog:
 
 
 def _line_iter(line: str) -> int:
-    try:
-        return int(json.loads(line)["iter"])
-    except (ValueError, KeyError, TypeError):
-        return 1 << 62  # an unreadable (torn) line is dropped
+    rec = parse_metrics_line(line)  # a torn line, or an iter no int64 holds (1e999): dropped
+    return rec["iter"] if rec is not None else 1 << 63
 
 
 class Progress:

@@ -1,20 +1,21 @@
 """The run directory: create it, or find what it holds (a finished run, a resumable one, another configuration)."""
 from __future__ import annotations
 
-import json
-import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ressenet.engine.config import Config, ConfigError, diff_configs, dotted_value
+from ressenet.engine.runfiles import (RESULT_KEYS, RunFileError, finite, read_config_tree, read_metrics, read_regular,
+                                      read_summary)
 from ressenet.engine.yamlfile import load_yaml
-from ressenet.files import atomic_write_json, atomic_write_text, remove_orphans
 from ressenet.errors import RessenetError
 from ressenet.files import atomic_write_json, atomic_write_text, remove_orphans
 
-__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir"]
+__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir", "portable_paths"]
 
 class RunDir:
     """One run's directory and what it holds: the only place its file names are spelled.
@@ -83,45 +84,35 @@ class RunDir:
         return self.summary_file.is_file() or self.last.is_file() or self.metrics_file.is_file()
 
     def read_config(self) -> Any:
-        """``config.yaml`` parsed (safe, strict: engine/yamlfile.py ``load_yaml``), or None when there is none.
+        """``config.yaml`` as a mapping of sections (engine/runfiles.py), or None when there is none.
 
         Raises:
-            ConfigError: it is not valid YAML (one line naming the file); OSError, UnicodeDecodeError.
+            RunFileError: it is torn, not a run config, or not a regular file (one line naming the file).
         """
-        if not self.config_file.is_file():
-            return None
-        return load_yaml(self.config_file.read_text(encoding="utf-8"), str(self.config_file))
+        return read_config_tree(self.config_file)
 
     def read_summary(self) -> Any:
-        """``summary.json`` parsed, or None when there is none. Raises OSError or ValueError when unreadable."""
-        if not self.summary_file.is_file():
-            return None
-        return json.loads(self.summary_file.read_text(encoding="utf-8"))
+        """A finished run's ``summary.json`` (validated: engine/runfiles.py), or None when there is none.
+
+        Raises:
+            RunFileError: unreadable, or a field of the wrong type or range (one line naming the file and field).
+        """
+        return read_summary(self.summary_file)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        atomic_write_json(self.summary_file, summary)
+        atomic_write_json(self.summary_file, portable_paths(summary))
 
     def write_config(self, tree: dict[str, Any]) -> None:
-        atomic_write_text(self.config_file, yaml.safe_dump(tree, sort_keys=False))
+        atomic_write_text(self.config_file, yaml.safe_dump(portable_paths(tree), sort_keys=False))
 
     def metrics_text(self) -> str:
         """``metrics.jsonl``'s text ("" when there is none); undecodable bytes become U+FFFD (their line is then
-        unreadable and skipped by :meth:`metrics`)."""
-        if not self.metrics_file.is_file():
-            return ""
-        return self.metrics_file.read_bytes().decode("utf-8", errors="replace")
+        unreadable and skipped by :meth:`metrics`). Raises RunFileError for a FIFO, a device or a huge file."""
+        return (read_regular(self.metrics_file) or b"").decode("utf-8", errors="replace")
 
     def metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
         """The records of ``metrics.jsonl`` (of one ``kind`` when given), skipping torn or unreadable lines."""
-        out = []
-        for line in self.metrics_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
-                out.append(rec)
-        return out
+        return read_metrics(self.metrics_file, kind)
 
     def recorded_choices(self) -> dict[str, Any]:
         """What a run that is being resumed chose when it started (``meta`` of its ``config.yaml``: precision,
@@ -130,18 +121,38 @@ class RunDir:
             return {}
         try:
             meta = (self.read_config() or {}).get("meta") or {}
-        except (OSError, UnicodeDecodeError, ConfigError, AttributeError):
+        except (OSError, UnicodeDecodeError, ConfigError, RunFileError, AttributeError):
             return {}  # prepare_run_dir has already refused an unreadable config.yaml in one line
         return {k: meta[k] for k in ("precision", "compile", "channels_last") if k in meta} \
             if isinstance(meta, dict) else {}
 
 
+def portable_paths(value: Any, base: str | Path | None = None) -> Any:
+    """``value`` (nested dicts, lists, strings) with the absolute prefix of ``base`` (default: the current
+    directory) cut from every string, so the recorded ``run.out`` and ``data.data_root`` read as relative paths.
+
+    Run directories get committed (results/): a path of the machine that trained them says nothing to a reader and
+    names that machine's folders. Paths outside ``base`` are kept as given.
+    """
+    root = str(Path(base if base is not None else Path.cwd()).absolute())
+    # The prefix where a path starts (not inside a longer one: /mnt/work/main/x is not under /work/main).
+    prefix = re.compile(rf"(?<![\w.~/-]){re.escape(root.rstrip(os.sep) + os.sep)}")
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, str):
+            return "." if v == root else prefix.sub("", v)
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(cut(x) for x in v)
+        return v
+
+    return cut(value)
+
+
 # What a run writes and --overwrite removes (train.log is the grid's, and .lock the lock's).
 RUN_FILES = (RunDir.CONFIG, RunDir.METRICS, RunDir.LAST, RunDir.BEST, RunDir.SUMMARY)
 
-# The numbers every finished run's summary.json has (train prints them, the report's tables and the grid's "done"
-# count on them): a summary lacking one is not a finished run.
-RESULT_KEYS = ("test_top1", "test_top5", "best_test_top1", "best_test_top5", "iters", "wall_seconds")
 
 
 def missing_results(summary: Any) -> list[str]:
@@ -149,8 +160,7 @@ def missing_results(summary: Any) -> list[str]:
     summary that is not a mapping)."""
     if not isinstance(summary, dict):
         return list(RESULT_KEYS)
-    return [k for k in RESULT_KEYS if not (isinstance(summary.get(k), (int, float)) and
-                                          not isinstance(summary.get(k), bool) and math.isfinite(summary[k]))]
+    return [k for k in RESULT_KEYS if not finite(summary.get(k))]
 
 
 def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, dict[str, Any] | None]:
@@ -158,6 +168,7 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
     run = RunDir(cfg.run.out)
     out = run.path
     if run.config_file.is_file():
+        _refuse_foreign(run)
         old = _read_config(run.config_file, overwrite)
         changed = diff_configs(old, cfg.to_dict()) if old is not None else ["(unreadable config.yaml)"]
         if changed and not overwrite:
@@ -169,16 +180,7 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
             for name in RUN_FILES + (RunDir.LOG,):
                 (out / name).unlink(missing_ok=True)
         elif run.summary_file.is_file() and not overwrite:
-            fix = "delete it to finish the run again from its last.pt, or pass --overwrite"
-            try:
-                summary = run.read_summary()
-            except (OSError, ValueError) as e:
-                raise RessenetError(f"{run.summary_file} is unreadable ({type(e).__name__}); {fix}") from None
-            missing = missing_results(summary)
-            if missing:
-                raise RessenetError(f"{run.summary_file} holds no finished run's result (a "
-                                    f"{type(summary).__name__} without a number for {', '.join(missing)}); {fix}")
-            return out, summary
+            return out, run.read_summary()  # a damaged summary: one RunFileError line naming its field
         elif overwrite and is_main:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -193,17 +195,30 @@ def prepare_run_dir(cfg: Config, overwrite: bool, is_main: bool) -> tuple[Path, 
     return out, None
 
 
+# The top-level keys of a config.yaml this package writes: anything else there is another tool's file.
+RUN_SECTIONS = frozenset({"model", "data", "optim", "run", "meta"})
+
+
+def _refuse_foreign(run: RunDir) -> None:
+    """One line when ``config.yaml`` parses but is not a run config of this package: never offer --overwrite, which
+    would delete the folder's summary.json and train.log along with it."""
+    try:
+        tree = load_yaml((read_regular(run.config_file) or b"").decode("utf-8"), str(run.config_file))
+    except (ConfigError, UnicodeDecodeError, RunFileError):
+        return  # torn or unreadable: _read_config names it
+    if isinstance(tree, dict) and "model" in tree and set(tree) <= RUN_SECTIONS:
+        return
+    keys = ", ".join(map(str, list(tree)[:4])) if isinstance(tree, dict) else type(tree).__name__
+    raise RessenetError(f"{run.config_file} is not a run config of ressenet ({keys}): {run.path} belongs to "
+                        f"something else; choose another --out (nothing there was changed)")
+
+
 def _read_config(path: Path, overwrite: bool) -> dict[str, Any] | None:
     """A run directory's config.yaml as a mapping; one line naming it when it is not one (None with --overwrite)."""
     try:
-        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, UnicodeDecodeError, ConfigError) as e:
-        why = str(e).removeprefix(f"{path}").strip(" :") if isinstance(e, ConfigError) else type(e).__name__
-    else:
-        if isinstance(tree, dict):
-            return tree
-        why = f"holds a {type(tree).__name__}, not a mapping"
-    if overwrite:
-        return None
-    raise RessenetError(f"{path} is not a readable run config ({why}); move the directory away or pass --overwrite")
+        return read_config_tree(path)
+    except RunFileError as e:
+        if overwrite:
+            return None
+        raise RessenetError(f"{e} (or pass --overwrite)") from None
 

@@ -15,10 +15,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ressenet.engine import runfiles
 from ressenet.engine.rundir import RunDir
+from ressenet.engine.runfiles import RunFileError
 from ressenet.errors import RessenetError
 
-__all__ = ["TAGS", "EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs", "require_tensorboard"]
+__all__ = ["TAGS", "EVENTS_GLOB", "OWN_EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs",
+           "require_tensorboard"]
 
 # metrics.jsonl key -> TensorBoard tag. "grads" lines (--log-grad-stats) are per-layer tables, left to `ressenet analyze`.
 TAGS: dict[str, str] = {
@@ -28,6 +31,10 @@ TAGS: dict[str, str] = {
     "val_top1": "val/top1", "val_top5": "val/top5", "val_loss": "val/loss",
 }
 EVENTS_GLOB = "events.out.tfevents.*"
+# The suffix of the event files this package writes: the only ones it ever removes (another tool's event files in the
+# same folder are the user's, and stay).
+OWN_SUFFIX = ".ressenet"
+OWN_EVENTS_GLOB = f"{EVENTS_GLOB}{OWN_SUFFIX}"
 
 
 def require_tensorboard() -> Any:
@@ -49,10 +56,13 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
             and math.isfinite(record[key])}
 
 
-def read_metrics(run: RunDir) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl that carry an iteration (read by :meth:`RunDir.metrics`, which skips a
-    torn or damaged line, as resume skips it)."""
-    return [rec for rec in run.metrics() if isinstance(rec.get("iter"), int)]
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (a torn or damaged line is skipped, as resume skips it; engine/runfiles.py).
+
+    Raises:
+        RunFileError: not a regular file (a FIFO would block), or beyond the size bound.
+    """
+    return runfiles.read_metrics(path)
 
 
 class EventLog:
@@ -61,9 +71,10 @@ class EventLog:
     def __init__(self, folder: Path, records: Iterable[dict[str, Any]] = ()) -> None:
         writer_cls = require_tensorboard()
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob(EVENTS_GLOB):  # the run's earlier events; rewritten below from metrics.jsonl
-            old.unlink()
-        self.writer = writer_cls(log_dir=str(folder))
+        for old in folder.glob(OWN_EVENTS_GLOB):  # the run's earlier events; rewritten below from metrics.jsonl
+            if old.is_file() and not old.is_symlink():
+                old.unlink()
+        self.writer = writer_cls(log_dir=str(folder), filename_suffix=OWN_SUFFIX)
         for rec in records:
             self._add(rec)
         self.writer.flush()
@@ -96,19 +107,23 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
     done = []
 
     for found in RunDir.with_metrics_below(root):
-        run = found.path
+        run, metrics = found.path, found.metrics_file
         rel = str(run.relative_to(root)) if run != root else "."
         target = run if out is None else Path(out) / run.relative_to(root)
         if any(target.glob(EVENTS_GLOB)) and not overwrite:
             done.append((rel, "has event files already; skipped (--overwrite rewrites them)"))
             continue
         try:
-            records = read_metrics(found)
-        except OSError as e:
-            done.append((rel, f"metrics.jsonl unreadable ({e.strerror or e}); skipped"))
+            records = read_metrics(metrics)
+        except RunFileError as e:  # one damaged run is skipped; the others are converted
+            done.append((rel, f"{e}; skipped"))
             continue
-        log = EventLog(target, records)
-        log.close()
+        try:
+            EventLog(target, records).close()
+        except OSError as e:
+            done.append((rel, f"cannot write event files in {target} ({e.strerror or type(e).__name__}); skipped "
+                              f"(for a read-only tree pass --out DIR)"))
+            continue
         n = sum(1 for r in records if scalars(r))
         done.append((rel, f"{n} records -> {target}"))
     if not done:

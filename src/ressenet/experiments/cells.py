@@ -10,10 +10,10 @@ from typing import Any
 
 from ressenet.engine.config import ConfigError, diff_configs, flatten_config
 from ressenet.engine.lock import describe as describe_holder, lock_holder
-from ressenet.engine.yamlfile import load_yaml
-from ressenet.engine.rundir import RunDir, missing_results
+from ressenet.engine.rundir import RunDir
+from ressenet.engine.runfiles import RunFileError
 from ressenet.engine.setup import load_data
-from ressenet.errors import RessenetError
+from ressenet.errors import RessenetError, not_a_folder
 from ressenet.experiments.gridspec import Cell, GridSpec
 from ressenet.experiments.runs import last_iteration
 
@@ -43,15 +43,25 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
 
 
 def _existing_config(out: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The config a cell's directory records (its summary's, else config.yaml's); RunFileError when torn."""
     if summary is not None and isinstance(summary.get("config"), dict):
         return summary["config"]
-    path = RunDir(out).config_file
-    if path.is_file():
-        try:
-            tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
-        except (OSError, ValueError):  # unreadable (ConfigError is a ValueError): the cell is reported as a conflict
-            return None
-        return tree if isinstance(tree, dict) else None
+    return RunDir(out).read_config()
+
+
+def _not_a_run_dir(out: Path) -> str | None:
+    """Why ``out`` cannot be a cell's run directory (a file, a link, a file above it), or None."""
+    if out.is_symlink():
+        return f"{out} is a symbolic link; the grid writes only into real folders under --runs-dir: replace the link"
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a run directory; move it away"
+    blocked = not_a_folder(out, "--runs-dir")
+    if blocked is not None:
+        return str(blocked)
+    run = RunDir(out)
+    for path in (run.config_file, run.metrics_file, run.summary_file, run.last):
+        if (path.exists() or path.is_symlink()) and not path.is_file():  # a FIFO would block the trainer
+            return f"{path} is not a regular file (a FIFO, device or folder); move it away"
     return None
 
 
@@ -94,18 +104,21 @@ def cell_state(cell: Cell, fingerprints: dict[tuple, str | None] | None = None) 
     """
     out = cell.out
     run = RunDir(out)
+    why = _not_a_run_dir(out)
+    if why is not None:
+        return CellState("conflict", why)
     summary_path = run.summary_file
     holder = lock_holder(out)
     if holder is not None and not summary_path.is_file():
         return CellState("running", f"trained by {describe_holder(holder)}")
-    summary = read_json_object(summary_path) if summary_path.is_file() else None
-    if summary_path.is_file() and summary is None:
-        return CellState("conflict", "summary.json is unreadable")
-    if summary is not None and missing_results(summary):  # neither done (report skips it) nor resumable as it is
-        return CellState("conflict", f"summary.json has no number for {', '.join(missing_results(summary))}; "
-                                     f"delete it to finish the run from its last.pt")
-    started = run.started()
-    existing = _existing_config(out, summary) if started or run.config_file.is_file() else None
+    # A damaged summary or a torn config.yaml is neither done (report skips it) nor resumable as it is: the trainer
+    # would refuse it, so the listing says conflict with the reader's line, not pending.
+    try:
+        summary = run.read_summary()
+        started = run.started()
+        existing = _existing_config(out, summary) if started or run.config_file.exists() else None
+    except RunFileError as e:
+        return CellState("conflict", str(e))
     if existing is not None:
         bad = _conflicts(cell, existing)
         if bad:

@@ -131,7 +131,7 @@ def _fuse(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     """``--jobs N|auto`` as a process count; auto on the CPU says what it chose."""
-    value = str(getattr(args, "jobs", "auto") or "auto")
+    value = str(getattr(args, "jobs", "auto"))  # "" is a mistake, not auto: resolve_jobs names it
     gpus = _gpus(args.gpus) or []
     if value != "auto":
         return resolve_jobs(value, gpus=gpus, cuda=False)
@@ -158,6 +158,10 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None, GridResult | 
     ``GridResult`` or None when nothing ran)."""
     spec, runs_dir, cells = _cells(args)
     fuse = _fuse(args)
+    if str(getattr(args, "jobs", "auto")) != "auto":  # checked before a dry run too: it lists what a run would do
+        from ressenet.experiments.runner import resolve_jobs
+
+        resolve_jobs(str(args.jobs), gpus=[], cuda=False)
     if args.dry_run:
         print(format_plan(spec, cells, runs_dir))
         return spec, runs_dir, 0, None

@@ -30,7 +30,7 @@ from ressenet.experiments.contrasts import (PRIMARY_TEST, Contrast, contrast_tab
                                             title_of)
 from ressenet.experiments.costs import PAPER_FAMILIES, missing_section
 from ressenet.experiments.paper import paper_result
-from ressenet.experiments.readme_block import refresh_readme
+from ressenet.experiments.readme_block import check_readme, refresh_readme
 from ressenet.experiments.runs import PAPER_DEPTHS, FinishedRun, Group, collect_runs, family_order, group_runs
 from ressenet.experiments.schedule_page import ScheduleSection, provenance, schedule_section
 from ressenet.experiments.stats import fmt_num, summarize
@@ -180,6 +180,8 @@ def write_findings(runs_dir: str | Path, out_md: str | Path, *, partial_dirs: Se
                    figures: bool = True) -> Path:
     """Writes the findings page (and its figures in ``<out_md stem>/``); refreshes README's block if asked."""
     runs_dir, out_md = Path(runs_dir), Path(out_md)
+    if readme is not None:  # before anything is written: a slip must not leave the README replaced by the page
+        check_readme(Path(readme), out_md)
     runs, unfinished, problems = collect_runs(runs_dir)
     groups, others = _paper_groups(runs)
     fig_dir = out_md.with_suffix("")

@@ -38,7 +38,7 @@ from ressenet.errors import quote
 from ressenet.models import is_model
 
 __all__ = ["GridSpec", "Cell", "PRESET_DIR", "AXIS_KEYS", "MAX_SEEDS", "MAX_CELLS", "list_presets", "load_grid",
-           "parse_seeds", "expand_grid", "value_text"]
+           "parse_seeds", "expand_grid", "value_text", "check_grid_name"]
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 GRID_KEYS = frozenset({"name", "description", "seeds", "depths", "models", "datasets", "variants", "config"})
@@ -49,6 +49,9 @@ MAX_TAG_CHARS = 80
 # --seeds 100000000 would otherwise fill the memory listing cells.
 MAX_SEEDS = 1_000
 MAX_CELLS = 10_000
+# A grid's name becomes the default runs/<name> and reports/<name> folders and the Slurm job's name: a name from a
+# file anyone can write must be one path component that no shell or path can read as anything else.
+GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -142,7 +145,7 @@ def load_grid(preset: str | Path) -> GridSpec:
         raise ConfigError(f"{where}: variants must be a list of override mappings, "
                           f"e.g. [{{}}, {{data.val_split: 5000}}]")
     spec = GridSpec(
-        name=str(tree.get("name") or path.stem),
+        name=check_grid_name(tree.get("name") or path.stem, where),
         description=" ".join(str(tree.get("description", "")).split()),
         models=models,
         datasets=tuple(datasets),
@@ -158,6 +161,16 @@ def load_grid(preset: str | Path) -> GridSpec:
     for v in spec.variants:
         _check_overrides({**spec.base, **v}, where)
     return spec
+
+
+def check_grid_name(name: Any, where: str) -> str:
+    """``name`` when it is a safe grid name (letters, digits, ``_.+-``, no ``..``), else one line naming the fix."""
+    text = str(name)
+    if not GRID_NAME.fullmatch(text) or ".." in text:
+        raise ConfigError(f"{where}: grid name {text[:60]!r} is not a safe name (letters, digits and _.+- only, "
+                          f"starting with a letter or digit, at most 100 characters); it names the runs/ and "
+                          f"reports/ folders and the Slurm job, so rename it, e.g. name: my_grid")
+    return text
 
 
 def _expand_models(models: Any, depths: Any, where: str) -> tuple[str, ...]:

@@ -3,6 +3,7 @@ training several compatible cells, engine/fused.py), and the commands file plus 
 ``ressenet grid --emit``."""
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
     Slurm script or None when nothing is left to run, left-out conflicting cells).
     """
     path = Path(path)
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,128}", job_name):  # sbatch reads the line; bash would run a newline's rest
+        raise ConfigError(f"Slurm job name {job_name[:60]!r} is not safe in a script; use letters, digits and _.+-")
     todo, conflicts = [], []
     for c in cells:
         st = cell_state(c)
@@ -170,14 +173,19 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
     logs.mkdir(parents=True, exist_ok=True)
     script.write_text(_SLURM_TEMPLATE.format(
         n=len(jobs), job=job_name, logs=shlex.quote(str(logs.absolute())), commands=shlex.quote(str(path.absolute())),
-        file=path.name))
+        file=_comment_text(path.name), script=_comment_text(script.name)))
     return path, script, conflicts
+
+
+def _comment_text(name: str) -> str:
+    """A file name as text that stays inside one comment line of a script (no newline or control character)."""
+    return "".join(ch if ch.isprintable() else "?" for ch in name)
 
 
 _SLURM_TEMPLATE = """#!/bin/bash
 # Slurm job array: task i runs line i of {file} (one `ressenet train` per unfinished grid cell or fused group
 # of cells, {n} in all).
-# Submit with `sbatch {file}.slurm` after adjusting partition, time and resources to your cluster. Each run resumes
+# Submit with `sbatch {script}` after adjusting partition, time and resources to your cluster. Each run resumes
 # from its last.pt when requeued, and a finished run returns at once, so resubmitting the array is safe.
 #SBATCH --job-name={job}
 #SBATCH --array=1-{n}

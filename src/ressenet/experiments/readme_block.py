@@ -16,7 +16,7 @@ from ressenet.experiments.runs import Group
 from ressenet.experiments.stats import fmt_num, fmt_p
 from ressenet.experiments.tables import Block, render
 
-__all__ = ["refresh_readme", "rel", "README_START", "README_END"]
+__all__ = ["check_readme", "refresh_readme", "rel", "README_START", "README_END"]
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -41,12 +41,27 @@ def _block_lines(lines: list[str], readme: Path) -> tuple[int, int]:
     return starts[0], ends[0]
 
 
+def check_readme(readme: Path, out_md: Path) -> tuple[list[str], int, int]:
+    """The README's lines and its block's (start, end) line indices; called before anything is written.
+
+    Raises:
+        ValueError: the README is the findings page itself, is unreadable, or lacks exactly one pair of markers.
+    """
+    if Path(readme).resolve() == Path(out_md).resolve():
+        raise ValueError(f"--findings and --readme both name {readme}: the page would replace the README; give the "
+                         f"findings page its own file, e.g. --findings docs/findings.md")
+    try:
+        text = Path(readme).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"README {readme} cannot be read ({type(e).__name__}); check --readme") from None
+    lines = text.splitlines(keepends=True)
+    return (lines, *_block_lines(lines, readme))
+
+
 def refresh_readme(readme: Path, groups: Sequence[Group], tests: Sequence[Contrast], out_md: Path,
                    extra: Sequence[Block] = ()) -> None:
     """Replaces the README's block with the full-protocol table, one sentence, and the shorter schedules' blocks."""
-    text = readme.read_text()
-    lines = text.splitlines(keepends=True)
-    start, end = _block_lines(lines, readme)
+    lines, start, end = check_readme(readme, out_md)
     page = rel(out_md, readme.parent)
     block: list[Block] = [README_START, ""]
     rows = []

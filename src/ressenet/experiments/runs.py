@@ -5,9 +5,6 @@ the figures and the findings page. It never trains and never writes.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +13,9 @@ from typing import Any
 
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.config import RESULT_NEUTRAL_KEYS, Config, ConfigError, config_from_dict, flatten_config
-from ressenet.engine.rundir import RunDir, missing_results
-from ressenet.engine.yamlfile import load_yaml
-from ressenet.errors import quote
+from ressenet.engine.rundir import RunDir
+from ressenet.engine.runfiles import RunFileError, finite, read_config_tree, read_regular
+from ressenet.engine.runfiles import last_iteration as last_metrics_iteration
 from ressenet.experiments.stats import Summary, summarize
 from ressenet.models import FAMILIES, family_order, model_info
 
@@ -108,15 +105,16 @@ class FinishedRun:
 
 
 def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    return float(v) if finite(v) else None  # a 400-digit integer is no float: not a value
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
+    """A finished run's config.yaml, or {} when torn (its summary holds the config); RunFileError for a FIFO."""
+    read_regular(path)  # a FIFO, a device or a huge file: RunFileError, and the run is skipped
     try:
-        tree = load_yaml(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, ValueError):  # ValueError: UnicodeDecodeError, ConfigError
+        return read_config_tree(path) or {}
+    except RunFileError:
         return {}
-    return tree if isinstance(tree, dict) else {}
 
 
 def config_protocol(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -164,30 +162,22 @@ def collect_runs(runs_dir: str | Path) -> tuple[list[FinishedRun], list[tuple[st
         d, path = found.path, found.summary_file
         finished_dirs.add(d)
         rel = str(d.relative_to(root)) if d != root else "."
+        # A damaged run is left out of every table (each group's n counts exactly the runs behind its numbers)
+        # with the reader's one line naming its file and field.
         try:
-            summary = json.loads(path.read_text())
-            if not isinstance(summary, dict):
-                raise ValueError("not a mapping")
-        except (OSError, ValueError) as e:
-            problems.append(f"{rel}: summary.json unreadable ({e}); skipped")
+            summary = found.read_summary()
+            if not isinstance(summary.get("model"), str):
+                raise RunFileError(f"{path}: model is missing, not a model name; delete it and run the run again")
+            cfg_file = _load_yaml(found.config_file)
+            (read_regular(found.metrics_file) or b"").decode("utf-8")
+        except RunFileError as e:
+            problems.append(f"{e}; skipped")
             continue
-        cfg_file = _load_yaml(found.config_file)
+        except UnicodeDecodeError:
+            problems.append(f"{rel}: metrics.jsonl is unreadable (not UTF-8); skipped")
+            continue
         config = summary.get("config") if isinstance(summary.get("config"), dict) else cfg_file
         meta = cfg_file.get("meta") if isinstance(cfg_file.get("meta"), dict) else {}
-        if not isinstance(summary.get("model"), str):
-            problems.append(f"{rel}: summary.json's model is a {type(summary.get('model')).__name__}, not a model "
-                            f"name; skipped")
-            continue
-        missing = missing_results(summary)
-        if missing:  # left out of every table, so that each group's n counts exactly the runs behind its numbers
-            problems.append(f"{rel}: summary.json's {missing[0]} is {quote(summary.get(missing[0]))}, not a number; "
-                            f"skipped (delete its summary.json and run it again to finish it)")
-            continue
-        try:
-            found.metrics_file.read_bytes().decode("utf-8") if found.metrics_file.is_file() else ""
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"{rel}: metrics.jsonl is unreadable ({type(e).__name__}); skipped")
-            continue
         model = summary["model"]
         family, depth = parse_model(model)
         label, compare_to = dataset_label(summary, config)
@@ -260,18 +250,4 @@ def label_order(label: str) -> tuple:
 
 def last_iteration(out: Path) -> int | None:
     """The ``iter`` of the last line of ``metrics.jsonl`` (None when absent or empty)."""
-    path = RunDir(out).metrics_file
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["iter"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
+    return last_metrics_iteration(RunDir(out).metrics_file)

@@ -87,6 +87,9 @@ def create_model(name: str, pretrained: str | os.PathLike[str] | bool | None = N
         raise ValueError("ressenet publishes no weights to download by name: pass pretrained=PATH_OR_URL of a file "
                          "`ressenet export RUN_DIR` wrote")
     if pretrained is not None and pretrained is not False:
+        if not isinstance(pretrained, (str, os.PathLike)):  # 0, 1.0, a dict: a slip, not a file
+            raise ValueError(f"pretrained={pretrained!r}: expected the path or URL of a weights file "
+                             f"`ressenet export` wrote (or None)")
         return load_pretrained(pretrained, name=name, **kwargs)
     return _MODELS[name](**{k: v for k, v in kwargs.items() if v is not None})
 
@@ -108,6 +111,12 @@ def load_pretrained(source: str | os.PathLike[str], *, sha256: str | None = None
         map_location: Device the model is moved to.
         name, options: What the caller expects (``create_model(name, pretrained=...)`` passes its arguments).
     """
+    try:  # checked before any download: a device that is not there is one line, not an AssertionError after
+        device = torch.device(map_location)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"map_location={map_location!r}: not a device ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RessenetError(f"map_location={map_location!r}: this machine has no CUDA device; use 'cpu'")
     path, digest = fetch_weights(source, sha256=sha256, cache_dir=cache_dir)
     header = read_header(path)
     check_expected(header, path, name, **options)
