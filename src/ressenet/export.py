@@ -58,8 +58,9 @@ def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[fl
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinished: bool = False,
                overwrite: bool = False) -> dict[str, Any]:
-    """Writes ``out`` (default ``RUN_DIR/<run name>.safetensors``) and its card; returns the header, the paths and
-    the sha256.
+    """Writes ``out`` (default ``RUN_DIR/<run name>.safetensors``; an existing folder: ``<model>-<first 8 hex of
+    its sha256>.safetensors`` in it, as published weights are named) and its card; returns the header, the paths
+    and the sha256.
 
     Raises:
         RessenetError: no run there, an unfinished run (unless ``allow_unfinished``), weights that do not fit the
@@ -77,7 +78,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
     if not ckpt_path.is_file():
         raise RessenetError(f"{run} holds no last.pt: not a run directory of ressenet train, or its checkpoint was "
                             f"not kept (results/ archives keep no weights); export the run where it was trained")
-    weights = Path(out) if out is not None else run / f"{run.resolve().name}.safetensors"
+    hashed = out is not None and Path(out).is_dir()  # a folder: the file is named by its hash (the weights/ zoo)
+    weights = (Path(out) / f".{run.resolve().name}.part.safetensors" if hashed else
+               Path(out) if out is not None else run / f"{run.resolve().name}.safetensors")
     if weights.suffix != ".safetensors":
         raise RessenetError(f"--out {weights} must end in .safetensors (its model card goes beside it, as "
                             f"{card_path(weights).name})")
@@ -137,10 +140,25 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         "run": run.resolve().name, "config": cfg.to_dict(),
     }
     digest = write_weights(weights, model.state_dict(), header)
+    if hashed:
+        weights = _hash_named(weights, cfg.model.name, digest, overwrite)
+        card = card_path(weights)
     from ressenet.engine.checkpoint import atomic_write_text
 
     atomic_write_text(card, model_card(header, weights.name, digest))
     return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
+
+
+def _hash_named(tmp: Path, model: str, digest: str, overwrite: bool) -> Path:
+    """Renames a written file to ``<model>-<first 8 hex of its sha256>.safetensors`` beside it."""
+    from ressenet.pretrained import hashed_name
+
+    final = tmp.with_name(hashed_name(model, digest))
+    if not overwrite and (final.exists() or card_path(final).exists()):
+        tmp.unlink()
+        raise FileExistsError(f"{final} or its card exists; pass --overwrite to replace them")
+    tmp.replace(final)
+    return final
 
 
 def _pct(v: Any) -> str:
