@@ -16,7 +16,7 @@ from ressenet.experiments.runs import Group
 from ressenet.experiments.stats import fmt_num, fmt_p
 from ressenet.experiments.tables import Block, render
 
-__all__ = ["refresh_readme", "rel", "README_START", "README_END"]
+__all__ = ["refresh_readme", "rel", "block_lines", "README_START", "README_END"]
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -26,16 +26,17 @@ def rel(path: Path, base: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(base).resolve())
 
 
-def _block_lines(lines: list[str], readme: Path) -> tuple[int, int]:
-    """(start, end) line indices of the one marker pair."""
-    empty = README_START + README_END  # an empty block on one line
-    starts = [i for i, ln in enumerate(lines) if ln.strip() in (README_START, empty)]
-    ends = [i for i, ln in enumerate(lines) if ln.strip() in (README_END, empty)]
+def block_lines(lines: list[str], readme: Path, start: str = README_START, end: str = README_END,
+                where: str = "where the findings summary goes") -> tuple[int, int]:
+    """(start, end) line indices of the one ``start`` ... ``end`` marker pair."""
+    empty = start + end  # an empty block on one line
+    starts = [i for i, ln in enumerate(lines) if ln.strip() in (start, empty)]
+    ends = [i for i, ln in enumerate(lines) if ln.strip() in (end, empty)]
     if not starts or not ends:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block; add the two markers, each on a "
-                         f"line of its own, where the findings summary goes")
+        raise ValueError(f"{readme} has no {start} ... {end} block; add the two markers, each on a line of its own, "
+                         f"{where}")
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-        raise ValueError(f"{readme} has {len(starts)} {README_START} and {len(ends)} {README_END} line(s)"
+        raise ValueError(f"{readme} has {len(starts)} {start} and {len(ends)} {end} line(s)"
                          f"{', the end first' if len(starts) == len(ends) == 1 else ''}: which block to replace is "
                          f"ambiguous; keep one start line followed by one end line")
     return starts[0], ends[0]
@@ -46,7 +47,7 @@ def refresh_readme(readme: Path, groups: Sequence[Group], tests: Sequence[Contra
     """Replaces the README's block with the full-protocol table, one sentence, and the shorter schedules' blocks."""
     text = readme.read_text()
     lines = text.splitlines(keepends=True)
-    start, end = _block_lines(lines, readme)
+    start, end = block_lines(lines, readme)
     page = rel(out_md, readme.parent)
     block: list[Block] = [README_START, ""]
     rows = []
