@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a last.pt or best.pt that `ressenet train` wrote")
     which.add_argument("--weights", metavar="FILE_OR_URL",
-                       help="a .safetensors file that `ressenet export` wrote (path or URL); evaluated on the data "
-                            "its header names (or --dataset), normalised as it was trained")
+                       help="a .safetensors file that `ressenet export` wrote (path or URL), or a published model's "
+                            "name (MODEL or MODEL:TAG, `ressenet models --pretrained`); evaluated on the data its "
+                            "header names (or --dataset), normalised as it was trained")
     p.add_argument("--sha256", default=None, help="with --weights: the file's expected sha256 (needed for a URL "
                                                   "without #sha256=HEX; the model card lists it)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
@@ -239,7 +240,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.weights is not None:
         from ressenet.engine.evaluation import evaluate_weights
+        from ressenet.models import is_model
+        from ressenet.pretrained import get_weights, weights_path
 
+        name, _, tag = args.weights.partition(":")
+        if is_model(name) and not os.path.exists(args.weights):  # a published file by its model's name
+            w = get_weights(name, tag or None)
+            args.weights, args.sha256 = str(weights_path(w, args.cache_dir)), w.sha256
         res = evaluate_weights(args.weights, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
                                split=args.split, device=args.device, batch_size=args.batch_size, sha256=args.sha256)
     else:
