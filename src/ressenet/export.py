@@ -167,10 +167,14 @@ def _pct(v: Any) -> str:
 
 def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
     """The Markdown card of a weights file, from its header."""
+    from ressenet.experiments.runs import _protocol
+    from ressenet.experiments.schedule_page import schedule_text
     from ressenet.models import FAMILY
 
     title = FAMILY[h["family"]].title if h.get("family") in FAMILY else h["model"]
     o, tw, d = h["options"], h["trained_with"], h["data"]
+    # What the accuracy is of, in full: "CIFAR-10 (JPEG copy), paper protocol compressed 8x (...), bf16, seed 0"
+    label = f"{h['data_label']}, {schedule_text(_protocol(h.get('config') or {}))}, seed {h['seed']}"
     lines = [f"# {h['model']} trained on {h['data_label']}", ""]
     if not h["finished"]:
         lines += [f"**Unfinished run**: these are the weights at iteration {h['iters']:,} of the {h['planned_iters']:,} "
@@ -187,7 +191,7 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         "| data | test top-1 | test top-5 | iteration |",
         "|---|---:|---:|---:|",
-        f"| {h['data_label']} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
+        f"| {label} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
         f"{h['test_iter'] if h['test_iter'] is not None else '-'} |",
         "",
         "Final weights, final test accuracy (not the best over training). `ressenet eval --weights` reproduces it "
