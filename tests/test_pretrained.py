@@ -8,13 +8,18 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ressenet
+import ressenet.weights as weights_module
 from ressenet import pretrained as zoo
 from ressenet.cli import main
+from ressenet.data import read_binary_batch
 from ressenet.errors import RessenetError
+from ressenet.experiments.zoo import pretrained_block
 from ressenet.models import count_macs, count_params
 from ressenet.weights import read_header, sha256_file
 
@@ -25,13 +30,11 @@ LABEL = "CIFAR-10 (JPEG copy), paper protocol compressed 8x, seed 0"
 
 def _no_weight_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """Makes reading a weights file's header or tensors fail the test: a refusal must come before either."""
-    import ressenet.weights as w
-
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("a weights file was read before the refusal")
 
-    monkeypatch.setattr(w, "read_header", boom)
-    monkeypatch.setattr(w, "read_tensors", boom)
+    monkeypatch.setattr(weights_module, "read_header", boom)
+    monkeypatch.setattr(weights_module, "read_tensors", boom)
 
 
 def _one_line(e: pytest.ExceptionInfo) -> str:
@@ -156,9 +159,6 @@ def test_cache_then_url_with_the_hash_checked(tmp_path, monkeypatch):
 
 
 def test_transforms_normalise_as_the_weights_were_trained():
-    import numpy as np
-    from PIL import Image
-
     model = ressenet.create_model("res_se_net20", pretrained=True)
     img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     x = ressenet.transforms(model)(Image.fromarray(img))
@@ -187,18 +187,12 @@ def test_models_pretrained_lists_every_published_file(capsys):
 
 
 def test_readme_table_is_generated_from_the_manifest():
-    from ressenet.experiments.zoo import pretrained_block
-
     block = "\n".join(pretrained_block(REPO / "results" / "compressed"))
     assert block in (REPO / "README.md").read_text(), \
         "README's table of published weights is stale: run `ressenet models --pretrained --readme README.md`"
 
 
 def test_readme_example_classifies_a_cifar_image(tmp_path, monkeypatch, capsys, shared_data_dir):
-    from PIL import Image
-
-    from ressenet.data import read_binary_batch
-
     images, labels, _ = read_binary_batch(shared_data_dir / "cifar-10-lossless-subset" / "data_batch_1_first4000.bin")
     Image.fromarray(images[list(labels).index(3)].transpose(1, 2, 0)).save(tmp_path / "cat.png")
     readme = (REPO / "README.md").read_text()
