@@ -136,7 +136,12 @@ def test_export_into_a_folder_names_the_file_by_its_hash_and_prints_a_manifest_r
     assert main(["export", str(finished_run), "--out", str(folder), "--overwrite", "--tag", "tiny"]) == 0
     assert {p.name for p in folder.iterdir()} == {Path(first["weights"]).name, Path(first["card"]).name}
     row = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert row["sha256"] == first["sha256"] and _row(0, row, folder).tag == "tiny"
+    assert row["sha256"] == first["sha256"]
+    with pytest.raises(RessenetError, match="meta.trained_with.cpu"):  # what only the publisher knows
+        _row(0, row, folder)
+    row["meta"]["trained_with"]["cpu"] = row["meta"]["measured_with"]["cpu"] = "a CPU"
+    row["meta"]["measured_with"]["torch"] = "2.x"
+    assert _row(0, row, folder).tag == "tiny"
     assert main(["export", str(finished_run), "--tag", "tiny"]) == 2
 
 

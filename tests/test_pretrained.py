@@ -126,6 +126,7 @@ def test_a_manifest_hash_that_does_not_match_is_refused(tmp_path, monkeypatch):
     (lambda r: r.update(tag="C10"), "tag"),
     (lambda r: r["meta"].pop("test_top1"), "meta.test_top1"),
     (lambda r: r.update(default=False), "default rows"),
+    (lambda r: r["meta"]["measured_with"].update(cpu="CPU MODEL (fill in)"), "meta.measured_with.cpu"),
 ])
 def test_a_malformed_manifest_is_refused_naming_the_row(tmp_path, edit, problem):
     tree = json.loads(zoo.MANIFEST.read_text())

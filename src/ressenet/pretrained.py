@@ -97,6 +97,11 @@ def _row(i: int, raw: Any, where: Path) -> Weights:
         ok = isinstance(meta.get(key), (int, float) if typ is float else typ) and not isinstance(meta.get(key), bool)
         if not ok:
             raise bad(f"has no meta.{key} of type {typ.__name__}")
+    unfilled = [f"meta.{k}.{f}" for k in ("trained_with", "measured_with") for f in ("torch", "cpu")
+                if not isinstance(meta[k].get(f), str) or "fill in" in meta[k][f]]
+    if unfilled:
+        raise bad(f"does not say {', '.join(unfilled)} (the torch build and CPU kind the file was trained and measured "
+                  f"on)")
     shift = meta.get("jpeg_shift", {"images": 1, "exact_top1": 0, "jpeg_top1": 0})  # optional: measured or absent
     if not (isinstance(shift, dict) and set(shift) == {"images", "exact_top1", "jpeg_top1"}
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in shift.values())):
@@ -144,7 +149,7 @@ def get_weights(model: str, tag: str | None = None) -> Weights:
     rows = [w for w in manifest() if w.model == model]
     if not rows:
         have = sorted({w.model for w in manifest()})
-        raise RessenetError(f"ressenet publishes no weights for {model}; models with weights: {', '.join(have)} "
+        raise RessenetError(f"ressenet publishes no weights for {model}; models with weights: {', '.join(have) or 'none yet'} "
                             f"(`ressenet models --pretrained`); for another model pass pretrained=PATH_OR_URL of a "
                             f"file `ressenet export RUN_DIR` wrote")
     found = [w for w in rows if (w.default if tag is None else w.tag == tag)]
