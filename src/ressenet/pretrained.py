@@ -148,10 +148,10 @@ def get_weights(model: str, tag: str | None = None) -> Weights:
     line that names what exists."""
     rows = [w for w in manifest() if w.model == model]
     if not rows:
-        have = sorted({w.model for w in manifest()})
-        raise RessenetError(f"ressenet publishes no weights for {model}; models with weights: {', '.join(have) or 'none yet'} "
-                            f"(`ressenet models --pretrained`); for another model pass pretrained=PATH_OR_URL of a "
-                            f"file `ressenet export RUN_DIR` wrote")
+        have = ", ".join(sorted({w.model for w in manifest()})) or "none yet"
+        raise RessenetError(f"ressenet publishes no weights for {model}; models with weights: {have} (`ressenet "
+                            f"models --pretrained`); for another model pass pretrained=PATH_OR_URL of a file "
+                            f"`ressenet export RUN_DIR` wrote")
     found = [w for w in rows if (w.default if tag is None else w.tag == tag)]
     if not found:
         raise RessenetError(f"{model} has no weights tagged {tag!r}; its tags: {', '.join(w.tag for w in rows)}")
