@@ -1,6 +1,8 @@
-"""torch.hub entry points: ``torch.hub.load(repo_dir, "res_se_net20", source="local", num_classes=10)``.
+"""torch.hub entry points: ``torch.hub.load(repo_dir, "res_se_net20", source="local", pretrained=True)``.
 
-Every registered model name is an entry point. Works from a checkout without installing the package.
+Every registered model name is an entry point. Works from a checkout without installing the package;
+``pretrained=True`` (or a tag) loads the published weights from the checkout's ``weights/`` folder, as
+``ressenet.create_model`` does.
 """
 import sys
 from pathlib import Path
@@ -20,8 +22,8 @@ def _entry(name: str):
         return _create_model(name, **kwargs)
 
     factory.__name__ = name
-    factory.__doc__ = (f"{name} (ressenet); options: num_classes, shortcut, se_reduction, layout; pretrained=PATH_OR_URL "
-                       f"of a file `ressenet export` wrote.")
+    factory.__doc__ = (f"{name} (ressenet); options: num_classes, shortcut, se_reduction, layout; pretrained=True (the "
+                       f"published weights), a tag, or PATH_OR_URL of a file `ressenet export` wrote.")
     return factory
 
 

@@ -121,6 +121,30 @@ def test_export_cli_prints_where_and_the_checksum(finished_run, tmp_path, capsys
     assert sha256_file(out) in text and str(out.with_suffix(".md")) in text and "test top-1" in text
 
 
+def test_export_into_a_folder_names_the_file_by_its_hash_and_prints_a_manifest_row(finished_run, tmp_path,
+                                                                                    capsys):
+    """The weights/ zoo's naming: one run exported twice is one file (safetensors' metadata order is fixed), and
+    ``--tag`` prints a row the manifest reader accepts."""
+    import json
+
+    from ressenet.pretrained import _row
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    first = export_run(finished_run, folder)
+    assert Path(first["weights"]).name == f"resnet20-{first['sha256'][:8]}.safetensors"
+    assert main(["export", str(finished_run), "--out", str(folder), "--overwrite", "--tag", "tiny"]) == 0
+    assert {p.name for p in folder.iterdir()} == {Path(first["weights"]).name, Path(first["card"]).name}
+    row = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert row["sha256"] == first["sha256"]
+    with pytest.raises(RessenetError, match="meta.trained_with.cpu"):  # what only the publisher knows
+        _row(0, row, folder)
+    row["meta"]["trained_with"]["cpu"] = row["meta"]["measured_with"]["cpu"] = "a CPU"
+    row["meta"]["measured_with"]["torch"] = "2.x"
+    assert _row(0, row, folder).tag == "tiny"
+    assert main(["export", str(finished_run), "--tag", "tiny"]) == 2
+
+
 def test_export_defaults_into_the_run_directory(finished_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(finished_run, run)
@@ -177,7 +201,7 @@ def test_a_header_for_another_model_options_or_classes_is_refused_before_copying
         assert text in str(e.value) and "\n" not in str(e.value)
     assert "reset_classifier" in str(pytest.raises(RessenetError, ressenet.create_model, "resnet20",
                                                    pretrained=f, num_classes=100).value)
-    with pytest.raises(ValueError, match="publishes no weights"):
+    with pytest.raises(RessenetError, match="publishes no weights for resnet20; models with weights: "):
         ressenet.create_model("resnet20", pretrained=True)
 
 

@@ -70,7 +70,7 @@ def test_findings_without_comparable_runs_says_no_answer(tmp_path):
     readme.write_text("<!-- findings:start --><!-- findings:end -->\n")
     text = write_findings(runs, tmp_path / "f.md", readme=readme, figures=False).read_text()
     assert "No comparison is possible yet" in text
-    assert "No answer yet" in readme.read_text()
+    assert "there is no answer yet" in readme.read_text()
     assert "In all: 119 runs" in text  # 120 cells x seeds, minus the one run present
 
 

@@ -1,6 +1,6 @@
 """Command-line front end: it parses arguments and calls library functions, nothing more.
 
-    ressenet models [FILTER] [--json]
+    ressenet models [FILTER] [--json] [--pretrained]
     ressenet data info|download ...
     ressenet train --model res_se_net20 --dataset cifar10 --out runs/x
     ressenet eval --checkpoint runs/x/last.pt   (or --weights runs/x/x.safetensors)
@@ -32,8 +32,10 @@ from ressenet.engine.tensorboard import convert_runs
 from ressenet.engine.train import train
 from ressenet.errors import USER_ERRORS, RessenetError
 from ressenet.experiments.cli import add_experiment_commands
+from ressenet.experiments.zoo import manifest_row, refresh_pretrained_block
 from ressenet.export import export_run
-from ressenet.models import describe_model, list_models
+from ressenet.models import describe_model, is_model, list_models
+from ressenet.pretrained import get_weights, list_pretrained, weights_path
 from ressenet.options import TRAIN_FLAGS, TRAIN_SWITCHES, add_train_options, train_overrides
 
 __all__ = ["main", "build_parser", "train_overrides", "TRAIN_FLAGS", "TRAIN_SWITCHES"]
@@ -49,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10,
                    help="classes of the head the parameters are counted with (default 10; CIFAR-100: 100)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the published weights (create_model(name, pretrained=True)) with their accuracy")
+    p.add_argument("--readme", metavar="FILE", default=None,
+                   help="with --pretrained: rewrite FILE's table of published weights (its pretrained:start/end "
+                        "block) from the manifest and --results")
+    p.add_argument("--results", metavar="DIR", default="results/compressed",
+                   help="with --readme: the finished runs whose seeds give each family's mean ± SD")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("data", help="inspect or download datasets")
@@ -87,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--checkpoint", help="a last.pt or best.pt that `ressenet train` wrote")
     which.add_argument("--weights", metavar="FILE_OR_URL",
-                       help="a .safetensors file that `ressenet export` wrote (path or URL); evaluated on the data "
-                            "its header names (or --dataset), normalised as it was trained")
+                       help="a .safetensors file that `ressenet export` wrote (path or URL), or a published model's "
+                            "name (MODEL or MODEL:TAG, `ressenet models --pretrained`); evaluated on the data its "
+                            "header names (or --dataset), normalised as it was trained")
     p.add_argument("--sha256", default=None, help="with --weights: the file's expected sha256 (needed for a URL "
                                                   "without #sha256=HEX; the model card lists it)")
     p.add_argument("--dataset", default=None, help="default: the checkpoint's")
@@ -114,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unfinished", action="store_true",
                    help="export the weights of a run that has not finished (the card and header say so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE and its card")
+    p.add_argument("--tag", default=None,
+                   help="with --out weights/ (a folder: the file is named <model>-<sha256[:8]>.safetensors): print "
+                        "the manifest row of the published file under this tag, e.g. c10-jpeg-compressed")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("tensorboard", help="TensorBoard event files for runs trained without --tensorboard")
@@ -130,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.pretrained or args.readme:
+        return _pretrained_models(args)
     names = list_models(args.filter)
     if not names:
         print(f"no model matches {args.filter!r}; run `ressenet models` for all names", file=sys.stderr)
@@ -142,6 +157,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:32} {r['params']:>10,} {r['macs'] / 1e6:>9.1f} {r['se_blocks']:>4} {r['bridges']:>7}  "
               f"{r['block']}")
+    return 0
+
+
+def _pretrained_models(args: argparse.Namespace) -> int:
+    """``ressenet models --pretrained``: the manifest's rows (ressenet/pretrained.py), or the README table of them."""
+    if args.readme:
+        changed = refresh_pretrained_block(args.readme, args.results)
+        print(f"{args.readme}: table of published weights {'rewritten' if changed else 'already current'}")
+        return 0
+    rows = list_pretrained(args.filter)
+    if args.json:
+        print(json.dumps([{**vars(w), "label": w.label} for w in rows], indent=2))
+        return 0
+    print(f"{'model':30} {'tag':22} {'top-1':>6} {'top-5':>6} {'size':>7}  file")
+    for w in rows:
+        print(f"{w.model:30} {w.tag + (' *' if w.default else ''):22} {w.meta['test_top1']:6.2f} "
+              f"{w.meta['test_top5']:6.2f} {w.size / 1e6:5.1f}MB  {w.file}")
+    labels = sorted({w.label for w in rows})
+    print(f"top-1/top-5: test set of {'; '.join(labels) or 'none'}. * default tag (pretrained=True); another: "
+          f"pretrained=\"TAG\"")
     return 0
 
 
@@ -198,6 +233,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_choice("run.device", args.device)
 
     if args.weights is not None:
+        name, _, tag = args.weights.partition(":")
+        if is_model(name) and not os.path.exists(args.weights):  # a published file by its model's name
+            w = get_weights(name, tag or None)
+            args.weights, args.sha256 = str(weights_path(w, args.cache_dir)), w.sha256
         res = evaluate_weights(args.weights, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
                                split=args.split, device=args.device, batch_size=args.batch_size, sha256=args.sha256,
                                allow_other_classes=args.allow_other_classes)
@@ -216,12 +255,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.tag is not None and not (args.out and os.path.isdir(args.out)):
+        raise ValueError("--tag prints the manifest row of a published file: give --out weights/ (the folder), which "
+                         "names the file by its hash")
     res = export_run(args.run_dir, args.out, allow_unfinished=args.allow_unfinished, overwrite=args.overwrite)
     h = res["header"]
     acc = (f"test top-1 {h['test_top1']:.2f}% top-5 {h['test_top5']:.2f}% on {h['data_label']}"
            if h["test_top1"] is not None else "not evaluated at this iteration")
     state = "" if h["finished"] else f" (UNFINISHED: iteration {h['iters']} of {h['planned_iters']})"
     print(f"{h['model']}{state}: {acc}\n  weights {res['weights']}\n  card    {res['card']}\n  sha256  {res['sha256']}")
+    if args.tag is not None:
+        row = manifest_row(res["weights"], tag=args.tag)
+        print("manifest row (add it to src/ressenet/pretrained.json; record `ressenet eval --weights`'s top-1/top-5 "
+              "and the CPU and torch of both):\n" + json.dumps(row))
     return 0
 
 

@@ -17,11 +17,12 @@ from ressenet.engine.checkpoint import open_checkpoint
 from ressenet.engine.rundir import RunDir
 from ressenet.errors import RessenetError
 from ressenet.experiments.runs import config_protocol, dataset_label, protocol_text
+from ressenet.experiments.schedule_page import schedule_text
+from ressenet.experiments.tables import md_cell
 from ressenet.files import atomic_write_text
 from ressenet.models import FAMILY, count_params, model_info
-from ressenet.weights import write_weights
-from ressenet.experiments.tables import md_cell
-from ressenet.weights import normalization_problem
+from ressenet.pretrained import hashed_name
+from ressenet.weights import normalization_problem, write_weights
 
 __all__ = ["export_run", "card_path"]
 
@@ -66,8 +67,9 @@ def _normalization(cfg: Any, meta: dict[str, Any], where: Path) -> tuple[list[fl
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfinished: bool = False,
                overwrite: bool = False) -> dict[str, Any]:
-    """Writes ``out`` (default ``RUN_DIR/<run name>.safetensors``) and its card; returns the header, the paths and
-    the sha256.
+    """Writes ``out`` (default ``RUN_DIR/<run name>.safetensors``; an existing folder: ``<model>-<first 8 hex of
+    its sha256>.safetensors`` in it, as published weights are named) and its card; returns the header, the paths
+    and the sha256.
 
     Raises:
         RessenetError: no run there, an unfinished run (unless ``allow_unfinished``), weights that do not fit the
@@ -80,7 +82,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
     if not ckpt_path.is_file():
         raise RessenetError(f"{run} holds no last.pt: not a run directory of ressenet train, or its checkpoint was "
                             f"not kept (results/ archives keep no weights); export the run where it was trained")
-    weights = Path(out) if out is not None else run / f"{run.resolve().name}.safetensors"
+    hashed = out is not None and Path(out).is_dir()  # a folder: the file is named by its hash (the weights/ zoo)
+    weights = (Path(out) / f".{run.resolve().name}.part.safetensors" if hashed else
+               Path(out) if out is not None else run / f"{run.resolve().name}.safetensors")
     if weights.suffix != ".safetensors":
         raise RessenetError(f"--out {weights} must end in .safetensors (its model card goes beside it, as "
                             f"{card_path(weights).name})")
@@ -141,6 +145,9 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
         "run": run.resolve().name, "config": cfg.to_dict(),
     }
     digest = write_weights(weights, model.state_dict(), header)
+    if hashed:
+        weights = _hash_named(weights, cfg.model.name, digest, overwrite)
+        card = card_path(weights)
     atomic_write_text(card, model_card(header, weights.name, digest))
     return {"weights": str(weights), "card": str(card), "sha256": digest, "header": header}
 
@@ -151,6 +158,16 @@ def _md(value: Any) -> str:
     return md_cell(value).replace("`", "\\`").replace("*", "\\*").replace("_", "\\_").replace("[", "\\[")
 
 
+def _hash_named(tmp: Path, model: str, digest: str, overwrite: bool) -> Path:
+    """Renames a written file to ``<model>-<first 8 hex of its sha256>.safetensors`` beside it."""
+    final = tmp.with_name(hashed_name(model, digest))
+    if not overwrite and (final.exists() or card_path(final).exists()):
+        tmp.unlink()
+        raise FileExistsError(f"{final} or its card exists; pass --overwrite to replace them")
+    tmp.replace(final)
+    return final
+
+
 def _pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "not measured"
 
@@ -159,6 +176,8 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
     """The Markdown card of a weights file, from its header."""
     title = FAMILY[h["family"]].title if h.get("family") in FAMILY else h["model"]
     o, tw, d = h["options"], h["trained_with"], h["data"]
+    # What the accuracy is of, in full: "CIFAR-10 (JPEG copy), paper protocol compressed 8x (...), bf16, seed 0"
+    label = _md(f"{h['data_label']}, {schedule_text(config_protocol(h.get('config') or {}))}, seed {h['seed']}")
     lines = [f"# {_md(h['model'])} trained on {_md(h['data_label'])}", ""]
     if not h["finished"]:
         lines += [f"**Unfinished run**: these are the weights at iteration {h['iters']:,} of the {h['planned_iters']:,} "
@@ -175,7 +194,7 @@ def model_card(h: dict[str, Any], filename: str, digest: str) -> str:
         "",
         "| data | test top-1 | test top-5 | iteration |",
         "|---|---:|---:|---:|",
-        f"| {_md(h['data_label'])} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
+        f"| {label} | {_pct(h['test_top1'])} | {_pct(h['test_top5'])} | "
         f"{h['test_iter'] if h['test_iter'] is not None else '-'} |",
         "",
         "Final weights, final test accuracy (not the best over training). `ressenet eval --weights` reproduces it "

@@ -25,7 +25,7 @@ from ressenet.errors import RessenetError, quote
 from ressenet.files import atomic_write_bytes, default_cache_dir, finite, sha256_file
 
 __all__ = ["HEADER_KEY", "FORMAT_VERSION", "MODEL_OPTIONS", "sha256_file", "write_weights", "read_header",
-           "fetch_weights", "check_expected", "read_tensors"]
+           "fetch_weights", "cached_path", "check_expected", "read_tensors"]
 
 HEADER_KEY = "ressenet"  # the safetensors metadata entry holding this package's JSON header
 FORMAT_VERSION = 1
@@ -53,8 +53,21 @@ def write_weights(path: str | Path, state_dict: dict[str, torch.Tensor], header:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     data = save(tensors, metadata={"format": "pt", HEADER_KEY: json.dumps({"format_version": FORMAT_VERSION,
                                                                            **header}, sort_keys=True)})
+    data = _sorted_header(data)
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors bytes with the JSON header's keys sorted. safetensors writes its metadata in hash-map
+    order, which changes from process to process; sorted, one run exported twice has one sha256 (and one file name
+    in weights/). The header keeps its length (space-padded, as safetensors pads it), so no offset moves."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = header.encode()
+    if len(raw) > n:
+        raise RuntimeError(f"a sorted safetensors header grew from {n} to {len(raw)} bytes; report this bug")
+    return data[:8] + raw.ljust(n) + data[8 + n:]
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -160,6 +173,11 @@ def _weights_cache(cache_dir: str | Path | None) -> Path:
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "weights"
 
 
+def cached_path(name: str, sha256: str, cache_dir: str | Path | None = None) -> Path:
+    """Where a download of the file ``name`` with this sha256 is kept: ``cache_dir/weights/<sha256[:16]>/name``."""
+    return _weights_cache(cache_dir) / _check_hex(sha256)[:16] / name
+
+
 def fetch_weights(source: str | os.PathLike[str], *, sha256: str | None = None, cache_dir: str | Path | None = None,
                   progress: bool | None = None) -> tuple[Path, str]:
     """(local path, sha256) of a weights file given by path or URL.
@@ -185,7 +203,7 @@ def fetch_weights(source: str | os.PathLike[str], *, sha256: str | None = None, 
         name = Path(urllib.parse.unquote(parts.path)).name
         if name in ("", ".", "..") or len(name.encode()) > 200:  # a cache file name must be one short component
             name = "weights.safetensors"
-        dest = _weights_cache(cache_dir) / expected[:16] / name
+        dest = cached_path(name, expected, cache_dir)
         if dest.is_file():
             got = sha256_file(dest)
             if got != expected:

@@ -189,8 +189,9 @@ def comparison_sentence(cs: Sequence[Contrast], tag: str, *, full_protocol: bool
     return f"{_headline(tested, tag)}: " + "; ".join(parts) + ". " + (f"{_SEEDS_TAIL}." if full_protocol else _TAIL)
 
 
-def verdict_table(cs: Sequence[Contrast], tag: str) -> list[Block]:
-    """:func:`comparison_sentence` as a headline, a short table and its closing clause (the README's block)."""
+def verdict_table(cs: Sequence[Contrast], tag: str, holm_over: int | None = None) -> list[Block]:
+    """:func:`comparison_sentence` as a headline, a short table and its closing clause (the README's block);
+    ``holm_over``: the number of comparisons Holm's adjustment ran over, when the table shows only some."""
     tested = [c for c in cs if c.tested]
     if not tested:
         return [_headline(tested, tag)]
@@ -199,4 +200,6 @@ def verdict_table(cs: Sequence[Contrast], tag: str) -> list[Block]:
              {"shown": "yes", "unadjusted": "no (only before Holm)", "none": "no"}[_verdict(c)]] for c in tested]
     return ([_headline(tested, tag) + ":", ""]
             + table(["comparison", "depth", "pairs", "difference (points) [95% CI]", "Holm p", "paper (printed)",
-                     "difference shown?"], rows) + ["", _TAIL])
+                     "difference shown?"], rows)
+            + ["", _TAIL + (f" Holm's adjustment ran over all {holm_over} comparisons of the findings page."
+                            if holm_over else "")])

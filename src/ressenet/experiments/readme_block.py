@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ressenet.files import atomic_write_text
-from ressenet.experiments.contrasts import Contrast, mean_sd, table
+from ressenet.experiments.contrasts import Contrast, mean_sd
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.runs import Group
 from ressenet.experiments.stats import fmt_num, fmt_p
 from ressenet.experiments.tables import Block, render
 
-__all__ = ["check_readme", "refresh_readme", "rel", "README_START", "README_END"]
+__all__ = ["check_readme", "refresh_readme", "rel", "block_lines", "README_START", "README_END"]
 
 README_START, README_END = "<!-- findings:start -->", "<!-- findings:end -->"
 
@@ -26,16 +26,17 @@ def rel(path: Path, base: Path) -> str:
     return os.path.relpath(Path(path).resolve(), Path(base).resolve())
 
 
-def _block_lines(lines: list[str], readme: Path) -> tuple[int, int]:
-    """(start, end) line indices of the one marker pair."""
-    empty = README_START + README_END  # an empty block on one line
-    starts = [i for i, ln in enumerate(lines) if ln.strip() in (README_START, empty)]
-    ends = [i for i, ln in enumerate(lines) if ln.strip() in (README_END, empty)]
+def block_lines(lines: list[str], readme: Path, start: str = README_START, end: str = README_END,
+                where: str = "where the findings summary goes") -> tuple[int, int]:
+    """(start, end) line indices of the one ``start`` ... ``end`` marker pair."""
+    empty = start + end  # an empty block on one line
+    starts = [i for i, ln in enumerate(lines) if ln.strip() in (start, empty)]
+    ends = [i for i, ln in enumerate(lines) if ln.strip() in (end, empty)]
     if not starts or not ends:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block; add the two markers, each on a "
-                         f"line of its own, where the findings summary goes")
+        raise ValueError(f"{readme} has no {start} ... {end} block; add the two markers, each on a line of its own, "
+                         f"{where}")
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-        raise ValueError(f"{readme} has {len(starts)} {README_START} and {len(ends)} {README_END} line(s)"
+        raise ValueError(f"{readme} has {len(starts)} {start} and {len(ends)} {end} line(s)"
                          f"{', the end first' if len(starts) == len(ends) == 1 else ''}: which block to replace is "
                          f"ambiguous; keep one start line followed by one end line")
     return starts[0], ends[0]
@@ -55,36 +56,31 @@ def check_readme(readme: Path, out_md: Path) -> tuple[list[str], int, int]:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"README {readme} cannot be read ({type(e).__name__}); check --readme") from None
     lines = text.splitlines(keepends=True)
-    return (lines, *_block_lines(lines, readme))
+    return (lines, *block_lines(lines, readme))
 
 
 def refresh_readme(readme: Path, groups: Sequence[Group], tests: Sequence[Contrast], out_md: Path,
                    extra: Sequence[Block] = ()) -> None:
-    """Replaces the README's block with the full-protocol table, one sentence, and the shorter schedules' blocks."""
+    """Replaces the README's block: what is known first (the shorter schedules' verdict tables, ``extra``), then one
+    sentence on the paper's full protocol; per-model tables stay on the findings page."""
     lines, start, end = check_readme(readme, out_md)
     page = rel(out_md, readme.parent)
-    block: list[Block] = [README_START, ""]
-    rows = []
+    block: list[Block] = [README_START, ""] + list(extra)
+    have = []
     for g in sorted(groups, key=lambda g: (g.label, g.depth or 0, g.family or "")):
-        s = g.stat("test_top1")
         pr = paper_result(g.family or "", g.depth or 0, g.compare_to) if g.compare_to else None
-        rows.append([g.label, g.model, s.n, mean_sd(s), f"{pr.top1:.2f}" if pr else "–"])
-    if rows:
-        block += table(["data", "model", "n", "final test top-1 (%), mean ± SD", "paper (best-on-test)"], rows)
-        block += [""]
+        have.append(f"{g.model} {mean_sd(g.stat('test_top1'))} (n = {g.n}{f'; paper {pr.top1:.2f}' if pr else ''})")
     tested = [t for t in tests if t.tested]
     if not tested:
-        block += [f"**No answer yet at the paper's protocol.** No comparison of the paper has two or more seeds of "
-                  f"both sides at 64,000 iterations, so nothing can be said there about whether Res-SE-Net beats "
-                  f"ResNet or SE-ResNet. What exists, and what it costs to fill in, is on the "
-                  f"[findings page]({page})."]
+        block += ["**At the paper's full protocol (64,000 iterations) there is no answer yet:** no comparison has two "
+                  "seeds of both sides" + (f"; finished: {', '.join(have)}" if have else "") + f". What exists, and "
+                  f"what it costs to fill in: [findings page]({page})."]
     else:
         parts = [f"{t.title} at depth {t.depth} on {t.label}: {fmt_num(t.paired.diff, 2, True)} points "
                  f"[{fmt_num(t.paired.ci_low, 2, True)}, {fmt_num(t.paired.ci_high, 2, True)}], "
                  f"Holm p={fmt_p(t.holm_p)}" for t in tested]
-        block += ["Paired t-test by seed, 95% intervals: " + "; ".join(parts) + f". Details: [findings page]({page})."]
-    if extra:
-        block += ["", f"At a shorter schedule (details and curves on the [findings page]({page})):", ""] + list(extra)
+        block += ["**At the paper's full protocol**, paired t-test by seed, 95% intervals: " + "; ".join(parts)
+                  + f". Details: [findings page]({page})."]
     while block[-1] == "":
         block.pop()
     block += ["", README_END]

@@ -210,14 +210,11 @@ def schedule_section(runs_dir: Path, fig_dir: Path, rel_fig: str, figures: bool)
                 out.page += ["What each paired interval says:", ""]
                 out.page += [f"- {interval_sentence(c)}." for c in mine] + [""]
             out.page += _seed_table(gs)
-            out.readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):", ""]
-            out.readme += table(["model", "n", "final test top-1 (%), mean ± SD"],
-                                [[g.model, g.n, mean_sd(g.stat("test_top1"))] for g in gs])
+            out.readme += [f"**{tag}** (from [`{runs_dir}`]({runs_dir})):"]
             # The README keeps the depth comparisons and each ablation against Res-SE-Net; the page has the rest.
             key = [c for c in mine if (c.family_a, c.family_b) in DEPTH_FIGURE or c.family_b == "res_se_net"]
-            out.readme += [""] + verdict_table(key, tag) + [""]
-            out.readme += [f"Holm's adjustment runs over all {sum(c.tested for c in mine)} comparisons of the findings "
-                           f"page; the others are there.", ""] if len(key) < len(mine) else []
+            holm_over = sum(c.tested for c in mine) if len(key) < len(mine) else None
+            out.readme += [""] + verdict_table(key, tag, holm_over) + [""]
         out.page += provenance(rs) + curves
     analysis = fig_dir.parent / f"analysis-{runs_dir.name}" / "analysis.md"
     if by_protocol and analysis.is_file():

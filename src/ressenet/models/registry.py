@@ -27,6 +27,7 @@ from torch import nn
 
 from ressenet.errors import RessenetError
 from ressenet.names import natural_key
+from ressenet.pretrained import get_weights, is_tag, pretrained_cfg, weights_path
 from ressenet.weights import MODEL_OPTIONS, check_expected, fetch_weights, read_header, read_tensors
 
 __all__ = ["register_model", "create_model", "load_pretrained", "list_models", "is_model", "model_info",
@@ -71,21 +72,25 @@ def is_model(name: str) -> bool:
 def create_model(name: str, pretrained: str | os.PathLike[str] | bool | None = None, **kwargs: Any) -> nn.Module:
     """Build a registered model. ``None`` values are dropped so the model's own defaults apply (as timm does).
 
-    ``pretrained``: a weights file ``ressenet export`` wrote, by path or URL (``sha256=`` or a ``#sha256=HEX``
-    URL suffix checks a download; ``cache_dir=`` says where it is kept). Its header must be for this model, and for
-    ``kwargs`` when given; see :func:`load_pretrained`.
+    ``pretrained``: ``True`` for the model's published weights (its default tag), a tag (``"c10-jpeg-compressed"``)
+    for named ones (``ressenet models --pretrained`` lists them), or a weights file ``ressenet export`` wrote, by
+    path or URL (``sha256=`` or a ``#sha256=HEX`` URL suffix checks a download; ``cache_dir=`` says where it is
+    kept). Its header must be for this model, and for ``kwargs`` when given; see :func:`load_pretrained`.
 
     Raises:
         ValueError: unknown name (the message lists the valid ones) or a bad option value.
-        RessenetError: a weights file for another model, options or class count, or an unreadable one.
+        RessenetError: a weights file for another model, options or class count, or an unreadable one; a model or
+            tag without published weights; a published file whose sha256 is not the manifest's.
     """
     if name not in _MODELS:
         close = [n for n in list_models() if n.split("_")[0] == name.split("_")[0]][:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ValueError(f"unknown model {name!r}{hint}; `ressenet models` lists all {len(_MODELS)} names")
-    if pretrained is True:
-        raise ValueError("ressenet publishes no weights to download by name: pass pretrained=PATH_OR_URL of a file "
-                         "`ressenet export RUN_DIR` wrote")
+    if pretrained is True or is_tag(pretrained):  # the published weights (ressenet/pretrained.py)
+        w = get_weights(name, None if pretrained is True else str(pretrained))
+        model = load_pretrained(weights_path(w, kwargs.pop("cache_dir", None)), sha256=w.sha256, name=name, **kwargs)
+        model.pretrained_cfg = {**model.pretrained_cfg, **pretrained_cfg(w)}
+        return model
     if pretrained is not None and pretrained is not False:
         if not isinstance(pretrained, (str, os.PathLike)):  # 0, 1.0, a dict: a slip, not a file
             raise ValueError(f"pretrained={pretrained!r}: expected the path or URL of a weights file "
