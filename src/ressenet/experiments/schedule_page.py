@@ -15,21 +15,29 @@ from typing import Any
 from ressenet.engine.config import Config
 from ressenet.experiments.contrasts import (PRIMARY_TEST, Contrast, contrast_table, contrasts, interval_sentence,
                                             mean_sd, seed_values, table, title_of, verdict_table)
+from ressenet.experiments.gridspec import list_presets, load_grid
 from ressenet.experiments.paper import paper_result
 from ressenet.experiments.readme_block import rel
 from ressenet.experiments.runs import (FinishedRun, Group, collect_runs, family_order, group_runs, parse_model,
                                        protocol_text)
 from ressenet.experiments.tables import Block, slug
 
-__all__ = ["ScheduleSection", "schedule_section", "schedule_text", "seed_ranges", "provenance", "PLANS"]
+__all__ = ["ScheduleSection", "schedule_section", "schedule_text", "seed_ranges", "provenance", "planned_runs"]
 
-# The runs each shorter-schedule folder is meant to hold (by folder name): the compressed grid at depth 20, its two
-# ablations, and the depth-56 comparison; 5 seeds each. The page lists what of it has not arrived.
-PLANS: dict[str, tuple[tuple[str, ...], int]] = {
-    "compressed": (("resnet20", "res_se_net20", "se_resnet20", "resnet20_nobridge", "res_se_net20_se_before_conv",
-                    "res_se_net20_se_all_identity", "resnet56", "res_se_net56", "resnet56_nobridge"), 5),
-}
 DEPTH_FIGURE = (("res_se_net", "resnet"), ("resnet_nobridge", "resnet"))  # (a, b) drawn against depth
+
+
+def planned_runs(runs_dir: Path) -> dict[str, tuple[int, ...]]:
+    """The seeds of each model a shorter-schedule folder is meant to hold, read from the presets that train into it:
+    the preset of its name and those named ``<name>-...`` (``compressed``, ``compressed-ablations``,
+    ``compressed-depth56`` all go into ``results/compressed`` so that every comparison pairs by seed)."""
+    plan: dict[str, tuple[int, ...]] = {}
+    for name in list_presets():
+        if name == runs_dir.name or name.startswith(f"{runs_dir.name}-"):
+            spec = load_grid(name)
+            for m in spec.models:
+                plan[m] = tuple(sorted(set(plan.get(m, ())) | set(spec.seeds)))
+    return plan
 
 
 @dataclass
@@ -128,7 +136,7 @@ def _seed_table(gs: list[Group]) -> list[Block]:
 
 def _absent_depths(runs_dir: Path, groups: list[Group]) -> list[Block]:
     """A line naming the planned depths of this folder with no finished run yet (the figure shows them later)."""
-    plan = PLANS.get(runs_dir.name, ((), 0))[0]
+    plan = planned_runs(runs_dir)
     have = {g.depth for g in groups}
     absent: dict[int, list[str]] = {}
     for m in plan:
@@ -140,15 +148,15 @@ def _absent_depths(runs_dir: Path, groups: list[Group]) -> list[Block]:
 
 
 def _missing(runs_dir: Path, present: set[tuple[str, int]]) -> list[Block]:
-    plan = PLANS.get(runs_dir.name)
-    if plan is None:
+    plan = planned_runs(runs_dir)
+    if not plan:
         return []
-    models, n_seeds = plan
-    lacking = {m: [s for s in range(n_seeds) if (m, s) not in present] for m in models}
+    size = f"{len(plan)} models, {sum(len(s) for s in plan.values())} runs, from the presets that train into it"
+    lacking = {m: [s for s in seeds if (m, s) not in present] for m, seeds in plan.items()}
     lacking = {m: s for m, s in lacking.items() if s}
     if not lacking:
-        return [f"Every planned run of `{runs_dir}` ({len(models)} models x {n_seeds} seeds) has finished.", ""]
-    return [f"Planned for `{runs_dir}` ({len(models)} models x {n_seeds} seeds) and not finished yet: "
+        return [f"Every planned run of `{runs_dir}` ({size}) has finished.", ""]
+    return [f"Planned for `{runs_dir}` ({size}) and not finished yet: "
             + "; ".join(f"{m} {seed_ranges(s)}" for m, s in lacking.items()) + ".", ""]
 
 
