@@ -520,11 +520,13 @@ def test_create_model_and_load_pretrained_refuse_slips_in_one_line(tmp_path, mon
         ressenet.load_pretrained(tmp_path / "w.safetensors", map_location="cuda")
 
 
-def test_export_overwrite_onto_a_folder_is_refused(trained, tmp_path, capsys):
+def test_export_overwrite_onto_a_folder_writes_into_it_not_over_it(trained, tmp_path, capsys):
+    # --out naming a folder is where the hash-named file goes (as for weights/); the folder is never replaced.
     folder = tmp_path / "w.safetensors"
     folder.mkdir()
-    assert main(["export", str(trained), "--out", str(folder), "--overwrite"]) == 2
-    assert "is a folder" in capsys.readouterr().err and folder.is_dir()
+    assert main(["export", str(trained), "--out", str(folder), "--overwrite"]) == 0
+    files = sorted(p.name for p in folder.iterdir())
+    assert folder.is_dir() and len(files) == 2 and files[1].endswith(".safetensors") and files[0].endswith(".md")
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
