@@ -50,6 +50,10 @@ CPU_BF16_COMPILE: tuple[CompileFact, ...] = (
     CompileFact("Intel Xeon with AMX-BF16", frozenset({"amx_bf16"}), depth=20, eager=758.0, compiled=867.0,
                 source="the AMX machine's report: compiled bf16 1.14x eager at depth 20 (with AMX switched off, "
                        "bf16 fell to 329 images/s, below fp32's 415)"),
+    CompileFact("AMD EPYC with AVX-512 BF16, no AMX", frozenset({"avx512_bf16"}), depth=56, eager=617.4,
+                compiled=584.0,
+                source="BENCHMARKS.md, compile at depth 56: `python benchmarks/cpu_grid.py --model res_se_net56 "
+                       "--compare-compile`, 2 processes x 1 thread, real data, median of 3 rounds (0.90x)"),
     CompileFact("AMD EPYC with AVX-512 BF16, no AMX", frozenset({"avx512_bf16"}), depth=20, eager=743.5,
                 compiled=752.0,
                 source="BENCHMARKS.md, CPU grids: 752 images/s compiled against 691-796 eager (the middle of that "
