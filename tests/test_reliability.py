@@ -555,3 +555,12 @@ def test_analyze_out_naming_a_file_is_refused_before_the_analysis(tmp_path, caps
     assert main(["analyze", str(tmp_path), "--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "Errno" not in err and target.read_text() == "a file"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "\"99.9\"", "250"])
+def test_a_metrics_accuracy_that_is_no_percentage_is_dropped(value):
+    # export --allow-unfinished reads the last evaluation from metrics.jsonl: a NaN there must not become "nan%".
+    from ressenet.engine.runfiles import parse_metrics_line
+
+    rec = parse_metrics_line(f'{{"kind": "eval", "iter": 8, "test_top1": {value}, "test_top5": 99.0}}')
+    assert rec is not None and "test_top1" not in rec and rec["test_top5"] == 99.0

@@ -142,6 +142,10 @@ def test_imports_sit_at_the_top_unless_a_comment_says_why():
     late = [(str(p.relative_to(SRC)), node.lineno) for m, p in FILES.items() for node, inside in _import_nodes(p)
             if inside and any(t for t, _ in _imports_of(node, m, p))]
     assert len(late) <= LATE_IMPORT_LIMIT, f"{len(late)} in-function imports of the package's own modules: {late}"
+    # Each says why it is late, in a comment on its line or on the line above (start-up cost, optional dependency).
+    lines = {p: p.read_text().splitlines() for p in FILES.values()}
+    silent = [(f, n) for f, n in late if "#" not in lines[SRC / f][n - 1] and "#" not in lines[SRC / f][n - 2]]
+    assert not silent, f"in-function imports without a comment saying why: {silent}"
 
 
 def _imports_of(node: ast.Import | ast.ImportFrom, me: str, path: Path) -> list[tuple[str, bool]]:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ressenet.analysis.gates import CONSTANT_STD
 from ressenet.analysis.pipeline import analyze
 from ressenet.engine.config import check_choice
+from ressenet.errors import not_a_folder
 
 __all__ = ["add_parser", "cmd_analyze"]
 
@@ -40,11 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    import sys
-
     check_choice("run.device", args.device)
-    from ressenet.errors import not_a_folder
-
     if args.out is not None and (blocked := not_a_folder(args.out)) is not None:
         raise blocked  # before the analysis, which takes minutes, not after it
 

@@ -1,18 +1,7 @@
 """Training engine: configuration, the training loop, checkpoints, evaluation, data-parallel helpers.
 
-The public face; each name is imported from its module when first used (``import ressenet.engine`` stays cheap, and
-the CLI's help never loads torch). Where things live:
-
-* engine/config.py: the ``Config`` dataclasses and overrides; every option's CLI flag comes from it.
-  engine/yamlfile.py: the one YAML reader.
-* engine/train.py ``train`` (imported from there: ``ressenet.engine.train`` is the module): one run, its loop read
-  top to bottom; engine/fused.py ``train_fused``: several runs of one depth together (engine/steppers.py: how).
-* engine/setup.py: ``resolve_settings`` (device, precision, channels-last, compile, once), ``load_data``
-  (``RunData``), the model. engine/run.py ``Run``: one run's objects, step, boundary work and summary.
-* engine/rundir.py ``RunDir``: the run directory's files; engine/checkpoint.py: atomic writes, ``open_checkpoint``,
-  ``restore_checkpoint``; engine/evaluation.py: evaluation and eval.
-* engine/runfiles.py: one validated reader per run file (summary.json, metrics.jsonl, config.yaml): a damaged
-  file is one ``RunFileError`` line naming the file and field.
+The public face; each name is imported from its module when first used. Which module holds what: the one map,
+docs/design.md section 7.
 """
 from __future__ import annotations
 

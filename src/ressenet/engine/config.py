@@ -21,6 +21,8 @@ from typing import Any
 
 from ressenet.engine.yamlfile import read_config_file
 from ressenet.errors import ConfigError, quote
+from ressenet.data.constants import DATASETS, DOWNLOADABLE
+from ressenet.models import list_models
 from ressenet.models.resnet import LAYOUTS, SHORTCUTS
 from ressenet.names import suggest
 
@@ -55,20 +57,14 @@ def option(default: Any = MISSING, *, help: str, choices: tuple[str, ...] | Call
 
 
 def _model_names() -> list[str]:
-    from ressenet.models import list_models  # imported when asked: building the CLI's flags never loads torch
-
     return list_models()
 
 
 def _dataset_names() -> tuple[str, ...]:
-    from ressenet.data.constants import DATASETS  # imported when asked: the config does not load the data code
-
     return DATASETS
 
 
 def _downloadable_names() -> tuple[str, ...]:
-    from ressenet.data.constants import DOWNLOADABLE  # imported when asked, as above
-
     return DOWNLOADABLE
 
 

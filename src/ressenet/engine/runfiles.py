@@ -121,7 +121,8 @@ def read_summary(path: Path) -> dict[str, Any] | None:
 def parse_metrics_line(line: str | bytes) -> dict[str, Any] | None:
     """One ``metrics.jsonl`` record, or None for a torn or damaged line (no object, no valid ``iter``).
 
-    Numbers no float can hold (a 400-digit loss) become infinities, so every later ``float()`` is safe.
+    Numbers no float can hold (a 400-digit loss) become infinities, so every later ``float()`` is safe. An accuracy
+    that is not a finite percentage (NaN, infinite, a string, outside 0-100) is dropped: the record has no such result.
     """
     try:
         rec = json.loads(line)
@@ -135,6 +136,9 @@ def parse_metrics_line(line: str | bytes) -> dict[str, Any] | None:
     for key, value in rec.items():
         if isinstance(value, int) and not isinstance(value, bool) and key != "iter" and not finite(value):
             rec[key] = math.inf if value > 0 else -math.inf
+    for key in PERCENT_KEYS:
+        if key in rec and not (finite(rec[key]) and 0 <= rec[key] <= 100):
+            del rec[key]
     return rec
 
 

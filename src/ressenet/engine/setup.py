@@ -20,6 +20,7 @@ from ressenet import __version__
 from ressenet.data import ImageDataset, load_datasets, normalization, train_val_split
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.config import Config
+from ressenet.engine.measured import bf16_compile_fact
 from ressenet.errors import RessenetError
 from ressenet.models import create_model
 
@@ -87,9 +88,7 @@ CPU_COMPILE_MIN_ITERS = 2_000
 def cpu_bf16_compile_pays() -> bool:
     """Whether compiling the bf16 step was measured faster than eager on a CPU like this one
     (:data:`ressenet.engine.measured.CPU_BF16_COMPILE`); False where nothing was measured."""
-    from ressenet.engine import measured
-
-    fact = measured.bf16_compile_fact()
+    fact = bf16_compile_fact()
     return fact is not None and fact.pays
 
 

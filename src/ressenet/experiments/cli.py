@@ -159,8 +159,6 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None, GridResult | 
     spec, runs_dir, cells = _cells(args)
     fuse = _fuse(args)
     if str(getattr(args, "jobs", "auto")) != "auto":  # checked before a dry run too: it lists what a run would do
-        from ressenet.experiments.runner import resolve_jobs
-
         resolve_jobs(str(args.jobs), gpus=[], cuda=False)
     if args.dry_run:
         print(format_plan(spec, cells, runs_dir))

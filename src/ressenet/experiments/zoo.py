@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ressenet.experiments.contrasts import mean_sd
+from ressenet.experiments.gridspec import list_presets, load_grid
 from ressenet.experiments.readme_block import block_lines
 from ressenet.experiments.runs import collect_runs
 from ressenet.experiments.stats import summarize
@@ -23,6 +24,13 @@ __all__ = ["manifest_row", "pretrained_block", "refresh_pretrained_block", "ZOO_
 
 ZOO_START, ZOO_END = "<!-- pretrained:start -->", "<!-- pretrained:end -->"
 SCHEDULE = "paper protocol compressed 8x"  # the schedule of results/compressed, as every weights label says it
+
+
+def _preset_of(model: str, folder: str) -> str | None:
+    """The preset that trains ``model`` into the runs folder ``folder`` (``compressed``, ``compressed-ablations``,
+    ``compressed-depth56`` all train into ``results/compressed``), or None."""
+    return next((name for name in list_presets() if (name == folder or name.startswith(f"{folder}-"))
+                 and model in load_grid(name).models), None)
 
 
 def manifest_row(path: str | Path, *, tag: str, default: bool = True, schedule: str = SCHEDULE,
@@ -46,7 +54,7 @@ def manifest_row(path: str | Path, *, tag: str, default: bool = True, schedule: 
         "meta": {
             "test_top1": h["test_top1"], "test_top5": h["test_top5"], "data_label": h["data_label"],
             "schedule": schedule, "seed": h["seed"],
-            "recipe": {"preset": preset, "iters": h["iters"],
+            "recipe": {"preset": preset or _preset_of(h["model"], Path(results).name), "iters": h["iters"],
                        "command": f"ressenet train --config {results}/{h['run']}/config.yaml --out runs/{h['run']}"},
             "params": h["params"], "macs": count_macs(net), "num_classes": h["num_classes"],
             "classes": (h.get("data") or {}).get("classes") or [], "mean": h["mean"], "std": h["std"],
