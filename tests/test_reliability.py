@@ -564,3 +564,18 @@ def test_a_metrics_accuracy_that_is_no_percentage_is_dropped(value):
 
     rec = parse_metrics_line(f'{{"kind": "eval", "iter": 8, "test_top1": {value}, "test_top5": 99.0}}')
     assert rec is not None and "test_top1" not in rec and rec["test_top5"] == 99.0
+
+
+def test_data_loss_emit_commands_never_replaces_a_file(tmp_path, capsys):
+    # --emit-commands FILE and FILE.slurm may be someone's files: refused in one line, both left as they were.
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nseeds: 1\nmodels: [resnet20]\ndatasets: [synthetic]\n")
+    for name in ("cmds.txt", "cmds.slurm"):
+        other = tmp_path / name
+        other.write_text("mine\n")
+        rc = main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands", str(tmp_path / "cmds.txt")])
+        assert rc == 2 and f"{other} exists" in capsys.readouterr().err and other.read_text() == "mine\n"
+        other.unlink()
+    assert main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands",
+                 str(tmp_path / "cmds.txt")]) == 0
+    assert (tmp_path / "cmds.txt").read_text().count("ressenet train") == 1 and (tmp_path / "cmds.slurm").is_file()

@@ -12,6 +12,7 @@ from pathlib import Path
 from ressenet.engine.config import Config, ConfigError, flatten_config
 from ressenet.experiments.cells import cell_state
 from ressenet.experiments.gridspec import AXIS_KEYS, Cell, value_text
+from ressenet.files import atomic_write_text
 from ressenet.models import model_info
 
 __all__ = ["FLAG_KEYS", "FUSE_AUTO_CUDA", "Job", "train_command", "member_template", "resolve_fuse", "plan_jobs",
@@ -156,6 +157,11 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
     path = Path(path)
     if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,128}", job_name):  # sbatch reads the line; bash would run a newline's rest
         raise ConfigError(f"Slurm job name {job_name[:60]!r} is not safe in a script; use letters, digits and _.+-")
+    script = path.with_suffix(".slurm") if path.suffix else path.with_name(path.name + ".slurm")
+    for existing in (path, script):  # someone's file, or an earlier emit: never replaced silently
+        if existing.exists() or existing.is_symlink():
+            raise FileExistsError(f"{existing} exists; delete it (and {script.name if existing == path else path.name}) "
+                                  f"to emit the commands again, or name another file with --emit-commands")
     todo, conflicts = [], []
     for c in cells:
         st = cell_state(c)
@@ -165,13 +171,12 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
             conflicts.append(c)
     path.parent.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(todo, fuse)
-    path.write_text("".join(shlex.join(job_command(j, mechanism=mechanism)) + "\n" for j in jobs))
+    atomic_write_text(path, "".join(shlex.join(job_command(j, mechanism=mechanism)) + "\n" for j in jobs))
     if not todo:
         return path, None, conflicts
-    script = path.with_suffix(".slurm") if path.suffix else path.with_name(path.name + ".slurm")
     logs = Path(log_dir) if log_dir is not None else path.parent / "slurm-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    script.write_text(_SLURM_TEMPLATE.format(
+    atomic_write_text(script, _SLURM_TEMPLATE.format(
         n=len(jobs), job=job_name, logs=shlex.quote(str(logs.absolute())), commands=shlex.quote(str(path.absolute())),
         file=_comment_text(path.name), script=_comment_text(script.name)))
     return path, script, conflicts
