@@ -579,3 +579,13 @@ def test_data_loss_emit_commands_never_replaces_a_file(tmp_path, capsys):
     assert main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands",
                  str(tmp_path / "cmds.txt")]) == 0
     assert (tmp_path / "cmds.txt").read_text().count("ressenet train") == 1 and (tmp_path / "cmds.slurm").is_file()
+
+
+def test_a_missing_dataset_names_a_command_that_fetches_it_from_any_command(tmp_path):
+    # eval has no --download: the hint names `ressenet data download`, which works wherever the error appears.
+    from ressenet.data import DataError
+    from ressenet.data.datasets import load_datasets
+
+    with pytest.raises(DataError, match=r"ressenet data download --dataset cifar10 --data-root DIR") as e:
+        load_datasets("cifar10", tmp_path)
+    assert len(str(e.value).splitlines()) == 1

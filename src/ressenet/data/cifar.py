@@ -247,7 +247,7 @@ def load_cifar_split(name: str, split: str, variant: str, folder: Path) -> Image
         raise _root_error(folder, e) from e
     if missing:
         raise DataError(f"{folder} is an incomplete {spec.folder} folder: missing {', '.join(missing)}; delete the "
-                        f"folder and download it again (--download)")
+                        f"folder and download it again (`ressenet data download`, or --download when training)")
     coarse = coarse_classes = None
     if variant == "python":
         keys = ("labels",) if name == "cifar10" else ("fine_labels", "coarse_labels")

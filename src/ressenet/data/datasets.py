@@ -121,7 +121,8 @@ def _read_cifar(name: str, splits: tuple[str, ...], root: str | os.PathLike[str]
             raise DataError(f"{root_path} holds an image folder (train/<class>/, test/<class>/), not "
                             f"{DATASET_INFO[name].title}'s official files; read it with --dataset imagefolder")
         raise DataError(f"no {DATASET_INFO[name].title} found: looked for {describe_expected(name, search)}; "
-                        f"pass --download to fetch it, or --data-root pointing at a folder holding {python_folder}/")
+                        f"fetch it with `ressenet data download --dataset {name} --data-root DIR` (or --download when "
+                        f"training), or pass --data-root pointing at a folder holding {python_folder}/")
     return {split: load_cifar_split(name, split, *found) for split in splits}
 
 
