@@ -589,3 +589,17 @@ def test_a_missing_dataset_names_a_command_that_fetches_it_from_any_command(tmp_
     with pytest.raises(DataError, match=r"ressenet data download --dataset cifar10 --data-root DIR") as e:
         load_datasets("cifar10", tmp_path)
     assert len(str(e.value).splitlines()) == 1
+
+
+def test_the_report_data_table_gives_each_runs_own_split_sizes(tmp_path):
+    # A label's runs with another split (here a 45,000 / 5,000 validation split) get their own row, not the first's.
+    from fixtures_runs import DATA
+
+    from ressenet.experiments.report import write_report
+
+    runs = tmp_path / "runs"
+    make_run(runs, "a", model="resnet20", seed=0)
+    make_run(runs, "b", model="resnet20", seed=1, data={**DATA["cifar10"], "train_size": 45000, "val_size": 5000})
+    text = write_report(runs, tmp_path / "report", figures=False).report.read_text()
+    data = text[text.index("## Data"):].split("\n\n")[1]
+    assert "| 50000/0/10000 | 1 |" in data and "| 45000/5000/10000 | 1 |" in data

@@ -182,23 +182,25 @@ def _duplicate_seed_notes(groups: Iterable[Group]) -> list[str]:
 
 
 def _data_section(runs: list[FinishedRun]) -> list[Block]:
+    """One row per distinct data a label covers: runs with other split sizes (a validation split, a limit) or another
+    source get their own row, never the first run's figures."""
     if not runs:
         return []
-    by_label: dict[str, list[FinishedRun]] = {}
+    by_data: dict[tuple[str, str, str, str], list[FinishedRun]] = {}
     for r in runs:
-        by_label.setdefault(r.label, []).append(r)
-    rows = []
-    for label in sorted(by_label, key=label_order):
-        rs = by_label[label]
-        data = rs[0].summary.get("data") or {}
+        data = r.summary.get("data") or {}
         sizes = "/".join(str(data.get(k, "?")) for k in ("train_size", "val_size", "test_size"))
+        key = (r.label, str(data.get("source", r.summary.get("dataset", "?"))), str(data.get("description", "–")),
+               sizes)
+        by_data.setdefault(key, []).append(r)
+    rows = []
+    for (label, source, description, sizes), rs in sorted(by_data.items(), key=lambda kv: (label_order(kv[0][0]),
+                                                                                              kv[0][1:])):
         compared = f"with the paper's {rs[0].compare_to.upper().replace('CIFAR', 'CIFAR-')}" if rs[0].compare_to \
             else "no (not the paper's data)"
-        rows.append([label, data.get("source", rs[0].summary.get("dataset", "?")), data.get("description", "–"),
-                     sizes, len(rs), compared])
+        rows.append([label, source, description, sizes, len(rs), compared])
     return ["## Data", "", Table(["Dataset label", "Source", "Description", "Train/val/test images", "Runs",
                                   "Compared"], rows, "lllrrl"), ""]
-
 
 
 _RUNS_COLUMNS = ["dir", "protocol", "model", "family", "depth", "dataset", "compared_with", "seed", "iters", "params",
