@@ -603,3 +603,26 @@ def test_the_report_data_table_gives_each_runs_own_split_sizes(tmp_path):
     text = write_report(runs, tmp_path / "report", figures=False).report.read_text()
     data = text[text.index("## Data"):].split("\n\n")[1]
     assert "| 50000/0/10000 | 1 |" in data and "| 45000/5000/10000 | 1 |" in data
+
+
+def test_resuming_a_compiled_run_with_no_compile_says_so():
+    # The choice a run started with changes only when asked, and then not silently: the kernels change.
+    from types import SimpleNamespace
+
+    import torch
+
+    from ressenet.engine.config import load_config
+    from ressenet.engine.setup import resolve_settings
+
+    data = SimpleNamespace(train=SimpleNamespace(description="d"), fingerprint="f", mean=(0.5,) * 3, std=(0.25,) * 3)
+    cfg = load_config(None, {"run.compile": False, "run.precision": "fp32"})
+    said = r"started compiled and resumes eager, as --no-compile asks.*meta.compile now records False"
+    with pytest.warns(UserWarning, match=said):
+        s = resolve_settings(cfg, torch.device("cpu"), data, {"compile": "default", "precision": "fp32"})
+    assert s.compile is False
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recorded choice kept (no flag): nothing to say
+        resolve_settings(load_config(None, {"run.precision": "fp32"}), torch.device("cpu"), data,
+                         {"compile": False, "precision": "fp32"})

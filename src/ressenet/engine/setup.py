@@ -8,6 +8,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,12 @@ def resolve_settings(cfg: Config, device: torch.device, data: RunData, recorded:
                                    precision=precision, recorded=recorded.get("compile"))
         check_cpu_compiler(cfg.run.compile, on, device)
         compile_mode = mode if on else False
+        was = recorded.get("compile")
+        if was is not None and cfg.run.compile is not None and (was is not False) != on:
+            warnings.warn(f"this run started {'compiled' if was is not False else 'eager'} and resumes "
+                          f"{'compiled' if on else 'eager'}, as --{'' if on else 'no-'}compile asks: the kernels change, "
+                          f"so its remaining steps will not match an uninterrupted run to the last bit; config.yaml's "
+                          f"meta.compile now records {compile_mode!r}", stacklevel=2)
     return Settings(**versions(device), precision=precision,
                     channels_last=resolve_channels_last(cfg.run.channels_last, device, recorded.get("channels_last")),
                     world_size=world_size, data=data.train.description, data_fingerprint=data.fingerprint,
