@@ -573,7 +573,8 @@ def test_data_loss_emit_commands_never_replaces_a_file(tmp_path, capsys):
     for name in ("cmds.txt", "cmds.slurm"):
         other = tmp_path / name
         other.write_text("mine\n")
-        rc = main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands", str(tmp_path / "cmds.txt")])
+        rc = main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands",
+                   str(tmp_path / "cmds.txt")])
         assert rc == 2 and f"{other} exists" in capsys.readouterr().err and other.read_text() == "mine\n"
         other.unlink()
     assert main(["grid", str(grid), "--runs-dir", str(tmp_path / "runs"), "--emit-commands",
@@ -626,3 +627,32 @@ def test_resuming_a_compiled_run_with_no_compile_says_so():
         warnings.simplefilter("error")  # the recorded choice kept (no flag): nothing to say
         resolve_settings(load_config(None, {"run.precision": "fp32"}), torch.device("cpu"), data,
                          {"compile": False, "precision": "fp32"})
+
+
+def test_a_deeply_nested_weights_header_is_one_line(trained, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ressenet.errors import RessenetError
+    from ressenet.export import export_run
+    from ressenet.weights import read_header
+
+    weights = export_run(trained, tmp_path / "w.safetensors", overwrite=True)["weights"]
+    with safe_open(weights, framework="pt") as f:
+        meta = f.metadata()
+    deep = tmp_path / "deep.safetensors"
+    nested = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    save_file(load_file(weights), str(deep), metadata={**meta, "ressenet": nested})
+    with pytest.raises(RessenetError, match="nested too deeply") as e:
+        read_header(deep)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_tensorboard_out_naming_a_file_is_one_line(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    runs = tmp_path / "runs"
+    make_run(runs, "a", model="resnet20")
+    (tmp_path / "f").write_text("x")
+    assert main(["tensorboard", str(runs), "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names a file, not a folder" in err[0] and (tmp_path / "f").read_text() == "x"

@@ -26,8 +26,8 @@ from ressenet.errors import RessenetError
 from ressenet.models import create_model
 
 __all__ = ["resolve_device", "resolve_precision", "cpu_has_native_bf16", "resolve_compile", "cpu_compiler_found",
-           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last", "resolve_eval_batch_size",
-           "autocast_context", "RunData", "load_data", "build_model", "versions", "data_fingerprint", "Settings",
+           "cpu_bf16_compile_pays", "CPU_COMPILE_MIN_ITERS", "check_cpu_compiler", "resolve_channels_last",
+           "resolve_eval_batch_size", "autocast_context", "RunData", "load_data", "build_model", "versions", "data_fingerprint", "Settings",
            "resolve_settings"]
 
 
@@ -320,8 +320,8 @@ def resolve_settings(cfg: Config, device: torch.device, data: RunData, recorded:
         was = recorded.get("compile")
         if was is not None and cfg.run.compile is not None and (was is not False) != on:
             warnings.warn(f"this run started {'compiled' if was is not False else 'eager'} and resumes "
-                          f"{'compiled' if on else 'eager'}, as --{'' if on else 'no-'}compile asks: the kernels change, "
-                          f"so its remaining steps will not match an uninterrupted run to the last bit; config.yaml's "
+                          f"{'compiled' if on else 'eager'}, as --{'' if on else 'no-'}compile asks: the kernels "
+                          f"change, so its remaining steps will not match an uninterrupted run to the last bit; config.yaml's "
                           f"meta.compile now records {compile_mode!r}", stacklevel=2)
     return Settings(**versions(device), precision=precision,
                     channels_last=resolve_channels_last(cfg.run.channels_last, device, recorded.get("channels_last")),

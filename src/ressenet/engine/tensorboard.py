@@ -18,7 +18,7 @@ from typing import Any
 from ressenet.engine import runfiles
 from ressenet.engine.rundir import RunDir
 from ressenet.engine.runfiles import RunFileError
-from ressenet.errors import RessenetError
+from ressenet.errors import RessenetError, not_a_folder
 
 __all__ = ["TAGS", "EVENTS_GLOB", "OWN_EVENTS_GLOB", "scalars", "read_metrics", "EventLog", "convert_runs",
            "require_tensorboard"]
@@ -103,6 +103,8 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
     root = Path(runs_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"runs directory {root} not found; pass the folder holding run directories")
+    if out is not None and (blocked := not_a_folder(out)) is not None:
+        raise blocked  # before any run is converted, not once per run
     require_tensorboard()
     done = []
 

@@ -121,7 +121,8 @@ def _full_protocol(groups: list[Group], tests: list[Contrast], others: list[Fini
         page += ["No comparison is possible yet at this protocol: no depth has two seeds of both families of any "
                  "comparison.", ""]
     if figures and groups:
-        from ressenet.experiments.figures import plot_top1_vs, plot_train_loss  # Matplotlib loads only when figures are drawn
+        # Matplotlib loads only when figures are drawn
+        from ressenet.experiments.figures import plot_top1_vs, plot_train_loss
 
         fig_dir.mkdir(parents=True, exist_ok=True)
         several = any(g.n > 1 for g in groups)

@@ -160,8 +160,9 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
     script = path.with_suffix(".slurm") if path.suffix else path.with_name(path.name + ".slurm")
     for existing in (path, script):  # someone's file, or an earlier emit: never replaced silently
         if existing.exists() or existing.is_symlink():
-            raise FileExistsError(f"{existing} exists; delete it (and {script.name if existing == path else path.name}) "
-                                  f"to emit the commands again, or name another file with --emit-commands")
+            other = script.name if existing == path else path.name
+            raise FileExistsError(f"{existing} exists; delete it (and {other}) to emit the commands again, or name "
+                                  f"another file with --emit-commands")
     todo, conflicts = [], []
     for c in cells:
         st = cell_state(c)

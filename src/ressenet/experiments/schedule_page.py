@@ -163,7 +163,8 @@ def _missing(runs_dir: Path, present: set[tuple[str, int]]) -> list[Block]:
 def _figures(groups: list[Group], cs: list[Contrast], fig_dir: Path, rel_fig: str, name: str,
              sched: str) -> tuple[list[Block], list[Block]]:
     """(depth figure, curves) as page blocks."""
-    from ressenet.experiments.figures import plot_curves, plot_differences, plot_train_loss  # Matplotlib loads only when figures are drawn
+    # Matplotlib loads only when figures are drawn
+    from ressenet.experiments.figures import plot_curves, plot_differences, plot_train_loss
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     depth, curves = [], []
