@@ -656,3 +656,18 @@ def test_tensorboard_out_naming_a_file_is_one_line(tmp_path, capsys):
     assert main(["tensorboard", str(runs), "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "names a file, not a folder" in err[0] and (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.parametrize("name", ["..", "a" * 300])
+def test_a_url_with_an_odd_name_or_credentials_fails_in_one_line_without_echoing_them(tmp_path, name):
+    # Nothing listens on port 9 of this host: the download fails at once, and the message neither shows the password
+    # nor trips on a file name that cannot be a cache entry ("..", or longer than a file name may be).
+    from ressenet.errors import RessenetError
+    from ressenet.weights import fetch_weights
+
+    url = f"http://user:secret@127.0.0.1:9/{name}#sha256={'0' * 64}"
+    with pytest.raises((RessenetError, OSError)) as e:
+        fetch_weights(url, cache_dir=tmp_path)
+    text = str(e.value)
+    assert isinstance(e.value, RessenetError) and "secret" not in text and len(text.splitlines()) == 1
+    assert "File name too long" not in text and not list(tmp_path.rglob("*.part*"))
