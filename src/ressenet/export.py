@@ -32,12 +32,6 @@ def card_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".md")
 
 
-def _read_summary(run: RunDir) -> dict[str, Any] | None:
-    """The run's summary (engine/runfiles.py checks every field): a damaged one is refused before anything is
-    written, in one line naming the field."""
-    return run.read_summary()
-
-
 def _eval_at(run: RunDir, it: int) -> dict[str, Any] | None:
     """The eval record of metrics.jsonl at iteration ``it`` (None when the run was not evaluated there)."""
     found = [rec for rec in run.metrics("eval") if rec.get("iter") == it]
@@ -100,7 +94,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, *, allow_unfi
     if not isinstance(state.get("model"), dict):
         raise RessenetError(f"{ckpt_path} holds no weights; it was not written by ressenet train")
     it, planned = state.get("iter"), cfg.optim.iters
-    summary = _read_summary(files)
+    summary = files.read_summary()  # engine/runfiles.py checks every field: a damaged one is refused before writing
     finished = summary is not None and it == planned
     if not finished and not allow_unfinished:
         raise RessenetError(f"{run} did not finish (its last.pt is at iteration {it} of {planned}); run the same "
