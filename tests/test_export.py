@@ -20,7 +20,7 @@ from ressenet.engine.run import Run
 from ressenet.engine.setup import load_data
 from ressenet.engine.train import train
 from ressenet.errors import RessenetError
-from ressenet.export import export_run
+from ressenet.experiments.export import export_run
 from ressenet.weights import read_header, sha256_file
 from tiny import tiny_config
 

@@ -28,10 +28,16 @@ BASE = {"data.dataset": "synthetic", "data.train_limit": 256, "data.test_limit":
 MEMBERS = [("resnet20", 1), ("res_se_net20", 2), ("resnet20_nobridge", 3)]
 
 
-def _members(out: Path, members=MEMBERS) -> list:
+# The float64 comparisons: batch 4 (float64 convolutions are slow on a CPU, and four images exercise the same
+# arithmetic as sixteen), both lr milestones inside 12 iterations.
+FLOAT64 = {"optim.batch_size": 4, "optim.iters": 12, "optim.milestones": [4, 8], "run.eval_every": 6,
+           "run.ckpt_every": 6}
+
+
+def _members(out: Path, members=MEMBERS, over: dict | None = None) -> list:
     cfgs = []
     for model, seed in members:
-        cfgs += fused_configs(dict(BASE), [model], [seed], str(out))
+        cfgs += fused_configs({**BASE, **(over or {})}, [model], [seed], str(out))
     return cfgs
 
 
@@ -109,15 +115,16 @@ GROUPED = MEMBERS + [("se_resnet20", 4), ("res_se_net20_se_before_conv", 5), ("r
 def test_grouped_members_equal_separate_runs(tmp_path):
     # One network with convolutions grouped over the members (HFTA) against the single-run step member by member;
     # every family (all SE sites, a member without bridges) and both lr milestones, in float64.
-    seq = _float64(FusedGroup(_members(tmp_path / "seq", GROUPED), mechanism="sequential"))
-    grp = _float64(FusedGroup(_members(tmp_path / "grp", GROUPED), mechanism="grouped"))
-    for _ in range(BASE["optim.iters"]):
+    seq = _float64(FusedGroup(_members(tmp_path / "seq", GROUPED, FLOAT64), mechanism="sequential"))
+    grp = _float64(FusedGroup(_members(tmp_path / "grp", GROUPED, FLOAT64), mechanism="grouped"))
+    for _ in range(FLOAT64["optim.iters"]):
         seq.step()
         grp.step()
     seq.sync()
     grp.sync()
     for a, b in zip(seq.members, grp.members):
-        assert a.state.it == b.state.it == BASE["optim.iters"]
+        assert a.state.it == b.state.it == FLOAT64["optim.iters"]
+        assert a.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # past both milestones
         sa, sb = a.model.state_dict(), b.model.state_dict()
         assert sa.keys() == sb.keys()  # no parameter of another family leaks into a member
         worst = max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
@@ -197,12 +204,12 @@ def _assert_same(seq: FusedGroup, grp: FusedGroup) -> None:
 def test_grouped_levels_members_at_different_iterations(tmp_path):
     # A kill between two members' checkpoints resumes them at different iterations: the one behind takes
     # single-run steps until level, then the group fuses (float64, against the single-run step throughout).
-    seq = _float64(FusedGroup(_members(tmp_path / "seq", MEMBERS), mechanism="sequential"))
-    grp = _float64(FusedGroup(_members(tmp_path / "grp", MEMBERS), mechanism="grouped"))
+    seq = _float64(FusedGroup(_members(tmp_path / "seq", MEMBERS, FLOAT64), mechanism="sequential"))
+    grp = _float64(FusedGroup(_members(tmp_path / "grp", MEMBERS, FLOAT64), mechanism="grouped"))
     for g in (seq, grp):
         for _ in range(5):
             g.members[1].step()  # this member is 5 iterations ahead
-    for _ in range(BASE["optim.iters"]):
+    for _ in range(FLOAT64["optim.iters"]):
         seq.step()
         grp.step()
     assert grp.grouped is not None and len(grp.grouped.names) == 3  # fused once level
@@ -211,9 +218,9 @@ def test_grouped_levels_members_at_different_iterations(tmp_path):
 
 def test_grouped_refuses_after_a_member_leaves(tmp_path):
     # A member stops (non-finite loss, or finished): the group writes back, fuses the rest and goes on exactly.
-    seq = _float64(FusedGroup(_members(tmp_path / "seq", MEMBERS), mechanism="sequential"))
-    grp = _float64(FusedGroup(_members(tmp_path / "grp", MEMBERS), mechanism="grouped"))
-    for step in range(16):
+    seq = _float64(FusedGroup(_members(tmp_path / "seq", MEMBERS, FLOAT64), mechanism="sequential"))
+    grp = _float64(FusedGroup(_members(tmp_path / "grp", MEMBERS, FLOAT64), mechanism="grouped"))
+    for step in range(11):
         if step == 7:
             for g in (seq, grp):
                 g.sync()  # a boundary

@@ -345,7 +345,7 @@ def test_weights_header_with_degenerate_std_is_refused(trained, tmp_path, std):
     from safetensors.torch import load_file, save_file
 
     from ressenet.errors import RessenetError
-    from ressenet.export import export_run
+    from ressenet.experiments.export import export_run
     from ressenet.weights import read_header
 
     weights = export_run(trained, tmp_path / "w.safetensors")["weights"]
@@ -363,7 +363,7 @@ def test_security_model_card_escapes_names_and_quotes_the_command(trained, tmp_p
     import shutil
     import shlex
 
-    from ressenet.export import export_run
+    from ressenet.experiments.export import export_run
 
     run = Path(shutil.copytree(trained, tmp_path / "x`<img src=x onerror=alert(1)>|fake|row"))
     out = tmp_path / "$(touch${IFS}pwned).safetensors"
@@ -380,7 +380,7 @@ def _edited(trained: Path, tmp_path: Path, *, header: dict | None = None, tensor
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from ressenet.export import export_run
+    from ressenet.experiments.export import export_run
 
     weights = export_run(trained, tmp_path / "w.safetensors", overwrite=True)["weights"]
     with safe_open(weights, framework="pt") as f:
@@ -634,7 +634,7 @@ def test_a_deeply_nested_weights_header_is_one_line(trained, tmp_path):
     from safetensors.torch import load_file, save_file
 
     from ressenet.errors import RessenetError
-    from ressenet.export import export_run
+    from ressenet.experiments.export import export_run
     from ressenet.weights import read_header
 
     weights = export_run(trained, tmp_path / "w.safetensors", overwrite=True)["weights"]

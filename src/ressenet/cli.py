@@ -33,7 +33,7 @@ from ressenet.engine.train import train
 from ressenet.errors import USER_ERRORS, RessenetError
 from ressenet.experiments.cli import add_experiment_commands
 from ressenet.experiments.zoo import manifest_row, refresh_pretrained_block
-from ressenet.export import export_run
+from ressenet.experiments.export import export_run
 from ressenet.models import describe_model, is_model, list_models
 from ressenet.pretrained import get_weights, list_pretrained, weights_path
 from ressenet.options import TRAIN_FLAGS, TRAIN_SWITCHES, add_train_options, train_overrides
@@ -42,6 +42,7 @@ __all__ = ["main", "build_parser", "train_overrides", "TRAIN_FLAGS", "TRAIN_SWIT
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ressenet`` argument parser: one sub-command per verb, the train flags generated from the config fields."""
     parser = argparse.ArgumentParser(prog="ressenet", description="ResNet / SE-ResNet / Res-SE-Net on CIFAR.")
     parser.add_argument("--version", action="version", version=f"ressenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

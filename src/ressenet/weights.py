@@ -1,11 +1,11 @@
 """Trained weights as a portable file: a ``.safetensors`` file whose header says what the weights are.
 
-``ressenet export`` (ressenet/export.py) writes the file; ``ressenet.load_pretrained`` and ``create_model(name,
-pretrained=...)`` (models/registry.py) read it back. Safetensors holds raw tensors and a JSON header, so nothing executes on load (no
-pickle, unlike ``last.pt``). The header's ``ressenet`` entry (JSON) names the model, its options, the class count,
-the input normalisation, the data and the accuracy; a file is checked against what the caller asked for before any
-weight is copied. A URL is downloaded once into the cache (``$RESSENET_CACHE``/weights) and only kept when its
-sha256 is the one given.
+``ressenet export`` (experiments/export.py) writes the file; ``ressenet.load_pretrained`` and
+``create_model(name, pretrained=...)`` (models/registry.py) read it back. Safetensors holds raw tensors and a JSON
+header, so nothing executes on load (no pickle, unlike ``last.pt``). The header's ``ressenet`` entry (JSON) names
+the model, its options, the class count, the input normalisation, the data and the accuracy; a file is checked
+against what the caller asked for before any weight is copied. A URL is downloaded once into the cache
+(``$RESSENET_CACHE``/weights) and only kept when its sha256 is the one given.
 """
 from __future__ import annotations
 

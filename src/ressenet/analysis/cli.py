@@ -42,6 +42,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """``ressenet analyze``: checks the flags, runs the analysis, prints where the page went; the exit code."""
     check_choice("run.device", args.device)
     if args.out is not None and (blocked := not_a_folder(args.out)) is not None:
         raise blocked  # before the analysis, which takes minutes, not after it

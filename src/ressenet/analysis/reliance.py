@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,11 +22,25 @@ from ressenet.errors import RessenetError
 from ressenet.experiments.stats import PairedDrop, paired_drop
 from ressenet.models import model_info
 
-__all__ = ["RelianceRow", "RunAnalysis", "analyze_run"]
+__all__ = ["GroupKey", "RelianceRow", "RunAnalysis", "analyze_run"]
+
+
+class GroupKey(NamedTuple):
+    """What makes runs seeds of one another on the analysis page: same model, data, layout, options and length."""
+
+    model: str
+    dataset: str
+    layout: str
+    shortcut: str
+    se_reduction: int | None
+    iters: int
 
 
 @dataclass
 class RelianceRow:
+    """One row of the reliance table: test accuracy when the SE gates at ``target`` are replaced, paired with the
+    intact run."""
+
     target: str  # an SE block's module name, or "all" / "all bridge" / "all residual" / "all identity" / ...
     replacement: str  # "mean" or "one"
     result: PairedDrop
@@ -35,6 +49,9 @@ class RelianceRow:
 
 @dataclass
 class RunAnalysis:
+    """Everything ``ressenet analyze`` measured on one run's checkpoint: what it is, its gate statistics and its
+    reliance rows."""
+
     path: Path
     checkpoint: Path
     model: str
@@ -47,7 +64,7 @@ class RunAnalysis:
     iters: int
     dataset: str
     dataset_text: str
-    group: tuple
+    group: GroupKey
     classes: list[str]
     n_images: int
     intact_top1: float
@@ -62,9 +79,9 @@ class RunAnalysis:
 
 
 
-def _group_key(cfg: Any) -> tuple:
+def _group_key(cfg: Any) -> GroupKey:
     m = cfg.model
-    return (m.name, cfg.data.dataset, m.layout, m.shortcut, m.se_reduction, cfg.optim.iters)
+    return GroupKey(m.name, cfg.data.dataset, m.layout, m.shortcut, m.se_reduction, cfg.optim.iters)
 
 
 @torch.no_grad()

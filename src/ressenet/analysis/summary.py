@@ -4,22 +4,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ressenet.analysis.reliance import RunAnalysis
+from ressenet.analysis.reliance import GroupKey, RunAnalysis
 from ressenet.experiments.stats import summarize
 from ressenet.models import family_order, natural_key
 
 __all__ = ["model_groups", "group_title", "block_summary", "target_summary", "whole_target"]
 
 
-def model_groups(runs: Sequence[RunAnalysis]) -> dict[tuple, list[RunAnalysis]]:
-    out: dict[tuple, list[RunAnalysis]] = {}
+def model_groups(runs: Sequence[RunAnalysis]) -> dict[GroupKey, list[RunAnalysis]]:
+    """Runs grouped by model and protocol (``RunAnalysis.group``), in the families table's order, seeds sorted
+    within."""
+    out: dict[GroupKey, list[RunAnalysis]] = {}
     for r in runs:
         out.setdefault(r.group, []).append(r)
-    order = sorted(out, key=lambda k: (family_order(out[k][0].family), natural_key(k[0]), str(k)))
+    order = sorted(out, key=lambda k: (family_order(out[k][0].family), natural_key(k.model), str(k)))
     return {k: sorted(out[k], key=lambda r: (r.seed, str(r.path))) for k in order}
 
 
 def group_title(g: list[RunAnalysis]) -> str:
+    """A group's heading: model, family, data and iterations."""
     r = g[0]
     return f"{r.model} ({r.family_title}) on {r.dataset_text}, {r.iters:,} iterations"
 

@@ -102,6 +102,7 @@ def read_error(archive: Path, e: BaseException, what: str = "the archive is trun
 
 
 def truncated(archive: Path, why: str) -> DataError:
+    """The one-line error for an archive that ends early."""
     return DataError(f"{archive} is truncated ({why}); fetch it again")
 
 
@@ -197,6 +198,7 @@ class Member:
 
 
 def too_big(archive: Path, name: str, size: int, limit: int, why: str) -> DataError:
+    """The one-line error for a member above a size limit (an archive bomb or a wrong file)."""
     return DataError(f"refusing {archive}:{name}: the member is {size} bytes, above the limit of {limit} bytes "
                      f"({why}); remove it from the archive")
 

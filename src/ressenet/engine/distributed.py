@@ -15,6 +15,8 @@ __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "shutdow
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in a torchrun job (rank 0 of 1 when not distributed)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -43,16 +45,19 @@ def init_distributed(device_type: str) -> DistInfo:
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sums ``t`` over the processes in place (a no-op when not distributed); returns it."""
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def barrier(info: DistInfo) -> None:
+    """Waits for every process (a no-op when not distributed)."""
     if info.enabled:
         dist.barrier()
 
 
 def shutdown(info: DistInfo) -> None:
+    """Ends the process group, if this process started one."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -48,6 +48,7 @@ class LockHeld(RessenetError):
 
 
 def describe(holder: dict[str, Any]) -> str:
+    """A lock holder in words for an error: ``process 123 on host (since 2026-01-01 12:00:00)``."""
     started = holder.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
     return f"process {holder.get('pid', '?')} on {holder.get('host', '?')} (since {when})"

@@ -25,6 +25,8 @@ __all__ = ["CellState", "cell_state", "format_plan", "read_json_object"]
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CellState:
+    """What a grid cell's directory holds now, and why (``detail``), as ``grid --dry-run`` lists it."""
+
     state: str  # "done" | "partial" | "pending" | "conflict" | "running"
     detail: str = ""
 

@@ -195,10 +195,12 @@ def _run(args: argparse.Namespace) -> tuple[Any, Path, int | None, GridResult | 
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    """``ressenet grid``: runs (or lists, or emits) the unfinished cells; the exit code."""
     return _run(args)[2] or 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``ressenet report``: the report of a runs folder, or the findings page (and README block); the exit code."""
     if args.findings:
         page = write_findings(args.runs_dir, args.findings, partial_dirs=args.partial, schedule_dirs=args.schedule,
                               readme=args.readme, figures=args.figures)
@@ -215,6 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``ressenet reproduce``: the grid, then the report of what finished; the exit code."""
     spec, runs_dir, code, result = _run(args)
     if result is None:  # a dry run or emitted commands: nothing ran, so there is nothing new to report
         return code or 0

@@ -41,6 +41,8 @@ SLIP_TOLERANCE = 0.005
 
 @dataclass(frozen=True)
 class PaperResult:
+    """One accuracy the paper prints (results.csv): table, family, depth, dataset, top-1 and top-5 in percent."""
+
     table: str
     family: str
     depth: int

@@ -52,6 +52,8 @@ __all__ = ["write_report", "ReportResult"]
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class ReportResult:
+    """What ``write_report`` wrote: the page, its CSVs and figures, and how many runs it read."""
+
     out_dir: Path
     report: Path
     csvs: list[Path]

@@ -133,6 +133,7 @@ def _hashable(v: Any) -> Any:
 
 
 def protocol_text(protocol: tuple[tuple[str, Any], ...]) -> str:
+    """A protocol (``config_protocol``) in words: the paper's, or its differences from it as ``key=value``."""
     if not protocol:
         return "the paper's protocol (64,000 iterations, batch 128, SGD momentum 0.9, lr 0.1 ÷10 at 32k and 48k, " \
                "weight decay 1e-4)"

@@ -33,6 +33,8 @@ def _sps() -> Any:
 
 @dataclass(frozen=True)
 class Summary:
+    """Count, mean and sample standard deviation of a set of values (a group's seeds)."""
+
     n: int
     mean: float  # nan when n == 0
     std: float  # sample std (ddof=1); nan when n < 2
@@ -190,6 +192,7 @@ def paired_drop(intact: Any, modified: Any, confidence: float = 0.95) -> PairedD
 
 
 def fmt_num(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    """A number with ``digits`` decimals (``signed``: with its sign); ``–`` for None or a non-finite value."""
     if value is None or not math.isfinite(value):
         return "–"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
@@ -203,6 +206,7 @@ def fmt_mean_std(s: Summary, digits: int = 2) -> str:
 
 
 def fmt_p(p: float) -> str:
+    """A p-value: three decimals, or scientific notation below 0.001; ``n/a`` when it is not finite."""
     if not math.isfinite(p):
         return "n/a"
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"

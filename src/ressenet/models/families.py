@@ -22,6 +22,8 @@ __all__ = ["SEPlacement", "Family", "FAMILIES", "FAMILY", "ModelInfo", "se_sites
 
 
 class SEPlacement(str, Enum):
+    """Where a family puts its SE blocks (SPEC: residual branch, bridge after or before its conv, every identity)."""
+
     NONE = "none"
     RESIDUAL = "residual"
     BRIDGE_AFTER = "bridge_after"

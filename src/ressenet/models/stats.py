@@ -16,6 +16,7 @@ __all__ = ["count_params", "count_macs", "count_se_blocks", "count_bridges", "de
 
 
 def count_params(model: nn.Module) -> int:
+    """Parameters of a model (every tensor, trainable or not)."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -55,6 +56,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 32, 32))
 
 
 def count_se_blocks(model: nn.Module) -> int:
+    """SE blocks in the network (0 for ResNet)."""
     return sum(isinstance(m, SEBlock) for m in model.modules())
 
 
