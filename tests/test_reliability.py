@@ -658,6 +658,55 @@ def test_tensorboard_out_naming_a_file_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "names a file, not a folder" in err[0] and (tmp_path / "f").read_text() == "x"
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # TensorBoard's writer thread
+def test_tensorboard_on_a_read_only_run_skips_it_in_one_line(tmp_path, capsys):
+    # Root writes through permission bits, so the folder is made immutable (chattr +i), which binds root too.
+    pytest.importorskip("tensorboard")
+    runs = tmp_path / "runs"
+    locked, free = make_run(runs, "a", model="resnet20"), make_run(runs, "b", model="resnet20", seed=2)
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here: no way to make a folder read-only for this user")
+    try:
+        assert main(["tensorboard", str(runs)]) == 0
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "Exception" not in out.err
+    line = next(x for x in out.out.splitlines() if x.startswith("a:"))
+    assert "cannot write event files" in line and "--out DIR" in line
+    assert not list(locked.glob("events.out.tfevents.*")) and len(list(free.glob("events.out.tfevents.*"))) == 1
+
+
+def test_tensorboard_a_folder_named_like_an_event_file_is_no_event_file(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    runs = tmp_path / "runs"
+    run = make_run(runs, "a", model="resnet20")
+    odd = run / "events.out.tfevents.1.host.ressenet"
+    odd.mkdir()
+    (odd / "keep").write_text("x")
+    assert main(["tensorboard", str(runs)]) == 0
+    assert "records ->" in capsys.readouterr().out  # converted, not "has event files already"
+    assert (odd / "keep").read_text() == "x"
+    assert len([p for p in run.glob("events.out.tfevents.*") if p.is_file()]) == 1
+    assert main(["tensorboard", str(runs), "--overwrite"]) == 0  # rewriting leaves the folder alone too
+    assert (odd / "keep").read_text() == "x"
+
+
+def test_tensorboard_an_iteration_beyond_int64_skips_that_line(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from ressenet.engine.tensorboard import read_metrics
+
+    runs = tmp_path / "runs"
+    run = make_run(runs, "a", model="resnet20")
+    before = len(read_metrics(run / "metrics.jsonl"))
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"kind": "train", "iter": ' + str(2 ** 63) + ', "train_loss": 1.0}\n')
+    assert len(read_metrics(run / "metrics.jsonl")) == before  # a damaged line, as resume reads it
+    assert main(["tensorboard", str(runs)]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "records ->" in out.out
+
+
 @pytest.mark.parametrize("name", ["..", "a" * 300])
 def test_a_url_with_an_odd_name_or_credentials_fails_in_one_line_without_echoing_them(tmp_path, name):
     # Nothing listens on port 9 of this host: the download fails at once, and the message neither shows the password

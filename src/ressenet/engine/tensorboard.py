@@ -11,6 +11,7 @@ TensorBoard is an optional extra (``pip install 'ressenet[tensorboard]'``); noth
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,8 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
         run, metrics = found.path, found.metrics_file
         rel = str(run.relative_to(root)) if run != root else "."
         target = run if out is None else Path(out) / run.relative_to(root)
-        if any(target.glob(EVENTS_GLOB)) and not overwrite:
+        # Only files count: a folder that happens to match the pattern holds no events.
+        if any(p.is_file() for p in target.glob(EVENTS_GLOB)) and not overwrite:
             done.append((rel, "has event files already; skipped (--overwrite rewrites them)"))
             continue
         try:
@@ -121,6 +123,11 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
             done.append((rel, f"{e}; skipped"))
             continue
         try:
+            # Probe first: TensorBoard opens its file in a background thread, which would print a traceback for a
+            # read-only folder instead of raising here.
+            target.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=target):
+                pass
             EventLog(target, records).close()
         except OSError as e:
             done.append((rel, f"cannot write event files in {target} ({e.strerror or type(e).__name__}); skipped "
