@@ -73,6 +73,10 @@ def test_seeds_parsing():
     for bad in ("0", "x", "1,1", "-1,2"):
         with pytest.raises(ConfigError):
             parse_seeds(bad)
+    assert parse_seeds("0,") == (0,)
+    for zero in ("0", 0):  # a count of none, most likely meant as seed 0: the message says how to ask for that
+        with pytest.raises(ConfigError, match=r"--seeds 0, \(or --seeds 1\)"):
+            parse_seeds(zero)
 
 
 def test_overrides_name_the_cells_and_precedence(tmp_path):

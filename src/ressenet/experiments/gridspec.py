@@ -104,6 +104,9 @@ def parse_seeds(value: int | str | Sequence[int]) -> tuple[int, ...]:
             seeds = tuple(int(s) for s in value)
         except (TypeError, ValueError):
             raise ConfigError(f"seeds={quote(value)}: expected a count or a list of integers") from None
+    if not seeds and str(value).strip() == "0":  # a count of none: the user almost surely meant seed 0
+        raise ConfigError(f"seeds={quote(value)}: a single number is a count (3: seeds 0, 1, 2), and 0 seeds run "
+                          f"nothing; for seed 0 alone pass the list --seeds 0, (or --seeds 1)")
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"seeds={quote(value)}: expected at least one seed, no repeats, none negative")
     return seeds
