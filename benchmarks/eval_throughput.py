@@ -21,6 +21,7 @@ on its first batches, then timed ``--repeats`` times alternating engine and refe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -68,7 +69,7 @@ def engine_eval(model: nn.Module, data: common.RunData, switch: common.Switch, d
                            channels_last=r.channels_last)
     res = evaluate(model, batches, amp=autocast_context(r.precision, device))
     common.sync(device)
-    return res["images"] / (time.perf_counter() - t0), res
+    return res.images / (time.perf_counter() - t0), dataclasses.asdict(res)
 
 
 class ReferenceEval:

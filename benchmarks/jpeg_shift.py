@@ -73,7 +73,7 @@ def main() -> int:
         top1 = {}
         for name, ds in (("exact", exact), ("jpeg", jpeg)):
             batches = eval_batches(ds, 100, mean=w.meta["mean"], std=w.meta["std"], channels_last=True)
-            top1[name] = round(evaluate(model, batches, amp=amp)["top1"], 2)
+            top1[name] = round(evaluate(model, batches, amp=amp).top1, 2)
         shift = {"images": len(exact.labels), "exact_top1": top1["exact"], "jpeg_top1": top1["jpeg"]}
         rows.append({"model": w.model, "tag": w.tag, "file": w.file, **shift})
         print(f"{w.model:32} exact {top1['exact']:6.2f}  JPEG {top1['jpeg']:6.2f}  exact - JPEG "

@@ -102,7 +102,7 @@ def test_create_model_pretrained_reproduces_the_final_test_top1(finished_run, ex
         exported["weights"], exported["sha256"], "synthetic", 10)
     data = load_data(_config(finished_run))
     batches = eval_batches(data.test, 100, mean=cfg["mean"], std=cfg["std"], device="cpu")
-    assert evaluate(model, batches)["top1"] == summary["test_top1"]
+    assert evaluate(model, batches).top1 == summary["test_top1"]
     assert ressenet.load_pretrained(exported["weights"]).pretrained_cfg == model.pretrained_cfg
 
 
@@ -301,7 +301,7 @@ def test_eval_weights_on_another_dataset_normalises_as_trained(exported, tmp_pat
     test = load_datasets("imagefolder", tmp_path / "folder", cache_dir=tmp_path / "cache")["test"]
     cfg = model.pretrained_cfg
     assert res["top1"] == evaluate(model, eval_batches(test, 100, mean=cfg["mean"], std=cfg["std"],
-                                                       device="cpu"))["top1"]
+                                                       device="cpu")).top1
     write_image_folder(tmp_path / "three", train_per_class=12, test_per_class=2)
     args[args.index(str(tmp_path / "folder"))] = str(tmp_path / "three")
     assert main(args) == 2

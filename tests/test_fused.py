@@ -182,8 +182,8 @@ def test_extracted_member_evaluates_as_inside_the_fused_network(tmp_path):
             inside = eval_split(_MemberOf(grp.grouped.net, i), grp.data.test, grp.data, m.cfg, m.device,
                                 m.channels_last, m.amp, m.dist)
             alone = m.evaluate("test")  # the member's own model, written back from the fused one
-            assert inside["top1"] == alone["top1"] and inside["top5"] == alone["top5"], m.name
-            assert inside["loss"] == pytest.approx(alone["loss"], rel=1e-4)
+            assert inside.top1 == alone.top1 and inside.top5 == alone.top5, m.name
+            assert inside.loss == pytest.approx(alone.loss, rel=1e-4)
     finally:
         grp.release_locks()
 

@@ -24,12 +24,22 @@ from ressenet.errors import RessenetError
 from ressenet.models import load_pretrained
 from ressenet.weights import fetch_weights, read_header
 
-__all__ = ["evaluate", "eval_split", "evaluate_checkpoint", "evaluate_weights", "data_as_given"]
+__all__ = ["Scores", "evaluate", "eval_split", "evaluate_checkpoint", "evaluate_weights", "data_as_given"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """What one evaluation measured: mean cross-entropy, top-1 and top-5 in percent, over ``images`` images."""
+
+    loss: float
+    top1: float
+    top5: float
+    images: int
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], *, amp: Any = None,
-             dist_info: DistInfo | None = None) -> dict[str, float]:
+             dist_info: DistInfo | None = None) -> Scores:
     """Loss, top-1 and top-5 (percent) over all batches, summed across ranks when data-parallel."""
     was_training = model.training
     model.eval()
@@ -49,11 +59,11 @@ def evaluate(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tenso
         raise RessenetError("evaluation got no images")
     all_reduce_sum(sums, dist_info or DistInfo())
     loss, top1, top5, n = sums.tolist()
-    return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "images": int(n)}
+    return Scores(loss=loss / n, top1=100.0 * top1 / n, top5=100.0 * top5 / n, images=int(n))
 
 
 def eval_split(model: nn.Module, ds: ImageDataset, data: RunData, cfg: Config, device: torch.device,
-               channels_last: bool, amp: Any, dist_info: DistInfo) -> dict[str, float]:
+               channels_last: bool, amp: Any, dist_info: DistInfo) -> Scores:
     """:func:`evaluate` on ``ds`` (a split of ``data``, normalised with its mean and std) as training evaluates:
     the run's evaluation batch size, memory format, autocast context and ranks."""
     batches = eval_batches(ds, resolve_eval_batch_size(cfg.run.eval_batch_size, device), mean=data.mean,
@@ -183,8 +193,7 @@ def _evaluate_on(model: nn.Module, cfg: Config, data: RunData, split: str, dev: 
     model.to(dev, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     res = eval_split(model, data.split(split), data, cfg, dev, channels_last, autocast_context(precision, dev),
                      DistInfo())
-    return {"top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "images": res["images"],
-            "precision": precision}
+    return {**dataclasses.asdict(res), "precision": precision}
 
 
 def evaluate_weights(path: str | Path, *, dataset: str | None = None, data_root: str | None = None,

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from ressenet.engine.runfiles import parse_metrics_line, read_regular
 
 from ressenet.engine.config import Config
+from ressenet.engine.evaluation import Scores
 from ressenet.engine.setup import RunData
 from ressenet.engine.tensorboard import EventLog, read_metrics
 from ressenet.files import atomic_write_text
@@ -107,7 +108,7 @@ class Progress:
 
 
 def summary_record(cfg: Config, data: RunData, *, params: int, final: dict[str, Any], best: dict[str, Any],
-                   selected: dict[str, Any] | None, wall_seconds: float, images_per_second: float | None,
+                   selected: Scores | None, wall_seconds: float, images_per_second: float | None,
                    world_size: int) -> dict[str, Any]:
     """``summary.json``: the run's data, its final evaluation (``final``: the last "eval" line's test and validation
     numbers), the best-on-test (the paper's reporting, optimistic), the validation-selected checkpoint's test
@@ -128,8 +129,8 @@ def summary_record(cfg: Config, data: RunData, *, params: int, final: dict[str, 
         "val_top1": final.get("val_top1"),
         "best_val_top1": best["val_top1"] if best["val_iter"] is not None else None,
         "best_val_iter": best["val_iter"],
-        "selected_test_top1": selected["top1"] if selected else None,
-        "selected_test_top5": selected["top5"] if selected else None,
+        "selected_test_top1": selected.top1 if selected else None,
+        "selected_test_top5": selected.top5 if selected else None,
         "wall_seconds": wall_seconds, "train_images_per_second": images_per_second,
         "world_size": world_size, "config": cfg.to_dict(),
     }

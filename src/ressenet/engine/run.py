@@ -19,7 +19,7 @@ from ressenet.data import TrainLoader
 from ressenet.engine.checkpoint import CHECKPOINT_VERSION, open_checkpoint, restore_checkpoint, save_checkpoint
 from ressenet.engine.config import Config
 from ressenet.engine.distributed import DistInfo, all_reduce_sum
-from ressenet.engine.evaluation import eval_split
+from ressenet.engine.evaluation import Scores, eval_split
 from ressenet.engine.gradprobe import GradProbe
 from ressenet.engine.records import MetricsLog, summary_record
 from ressenet.engine.rundir import RunDir
@@ -289,18 +289,18 @@ class Run:
         it, best = self.state.it, self.state.best
         rec["kind"] = "eval"
         test = self.evaluate("test")
-        rec.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
-        if test["top1"] > best["test_top1"]:
-            best.update(test_top1=test["top1"], test_top5=test["top5"], test_iter=it)
+        rec.update(test_top1=test.top1, test_top5=test.top5, test_loss=test.loss)
+        if test.top1 > best["test_top1"]:
+            best.update(test_top1=test.top1, test_top5=test.top5, test_iter=it)
         if self.data.val is not None:
             val = self.evaluate("val")
-            rec.update(val_top1=val["top1"], val_top5=val["top5"], val_loss=val["loss"])
-            if val["top1"] > best["val_top1"]:
-                best.update(val_top1=val["top1"], val_iter=it)
+            rec.update(val_top1=val.top1, val_top5=val.top5, val_loss=val.loss)
+            if val.top1 > best["val_top1"]:
+                best.update(val_top1=val.top1, val_iter=it)
                 self.save(RunDir.BEST, elapsed)
         self.state.last_eval = rec
 
-    def evaluate(self, split: str) -> dict[str, float]:
+    def evaluate(self, split: str) -> Scores:
         """Top-1, top-5 and loss of the run's model on ``split`` ("test" or "val"), as training evaluates."""
         return eval_split(self.model, self.data.split(split), self.data, self.cfg, self.device, self.channels_last,
                           self.amp, self.dist)
@@ -331,7 +331,7 @@ class Run:
         cfg, data, st = self.cfg, self.data, self.state
         if not st.last_eval:  # resumed from a checkpoint written at the last iteration: evaluate the final weights
             test = self.evaluate("test")
-            st.last_eval = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"]}
+            st.last_eval = {"test_top1": test.top1, "test_top5": test.top5, "test_loss": test.loss}
         selected = None
         if data.val is not None and self.dir.best.exists():
             model = open_checkpoint(self.dir.best).model(len(data.classes))
