@@ -141,7 +141,7 @@ def main() -> int:
     args.eval_batch_size = resolve_eval_batch_size(args.eval_batch_size, device)
     data = common.load_engine_data(args)
     n_classes = len(data.classes)
-    print(f"data: {data['test'].description}: {len(data['test'])} test images; engine batch {args.eval_batch_size}, "
+    print(f"data: {data.test.description}: {len(data.test)} test images; engine batch {args.eval_batch_size}, "
           f"reference batch {args.ref_batch_size} with {args.workers} workers; {args.repeats} alternating repeats "
           f"after {args.warmup_images} warm-up images; figures: images/s, median (min..max)")
     ref = ReferenceEval(data, device, batch_size=args.ref_batch_size, workers=args.workers) if use_ref else None

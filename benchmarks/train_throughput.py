@@ -196,7 +196,7 @@ def main() -> int:
     costs = {m: common.train_flops_per_image(m) for m in models}
     macs_min = min(c[0] for c in costs.values())
     data = common.load_engine_data(args)
-    print(f"data: {data['train'].description}: {len(data['train'])} training images; batch {args.batch_size}; "
+    print(f"data: {data.train.description}: {len(data.train)} training images; batch {args.batch_size}; "
           f"engine default on {device.type}: {default_sw.name}; reference in its own process")
     print(f"each run: 1 warm-up + {args.intervals} timed intervals of {log_base} iterations for the cheapest model "
           f"(fewer for costlier ones, by forward MACs); {args.repeats} alternating repeats; "
