@@ -50,6 +50,23 @@ def test_security_slurm_script_holds_only_safe_job_names(tmp_path):
     assert "sbatch c.slurm" in text and "c.txt.slurm" not in text  # the comment names the file written
 
 
+@pytest.mark.parametrize("where", ["value", "runs-dir"])
+def test_security_a_line_break_in_a_grid_value_never_splits_a_command(tmp_path, capsys, where):
+    # The commands file holds one command per line and the Slurm array runs line i: a value's line break would
+    # leave its tail ("touch PWNED") a line of its own, which a shell reading the file runs.
+    grid, runs = _grid_file(tmp_path, "ok"), tmp_path / "runs"
+    if where == "value":
+        grid.write_text(grid.read_text().replace("{optim.iters: 2}",
+                                                 '{optim.iters: 2, data.data_root: "x\\ntouch PWNED\\n#"}'))
+    else:
+        runs = tmp_path / "r\ntouch PWNED"
+    cmds = tmp_path / "cmds.txt"
+    rc = main(["grid", str(grid), "--runs-dir", str(runs), "--emit-commands", str(cmds)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "line break" in err and len(err.strip().splitlines()) == 1
+    assert not cmds.exists() and not cmds.with_suffix(".slurm").exists()
+
+
 @pytest.mark.parametrize("name", ["/some/dir", "../../OUTSIDE", "..", ".hidden", "a/b"])
 def test_security_grid_name_cannot_move_default_folders_outside(tmp_path, monkeypatch, capsys, name):
     monkeypatch.chdir(tmp_path)
@@ -220,6 +237,20 @@ def test_special_files_are_refused_not_read(tmp_path, capsys, no_hang):
         read_metrics(zero)
 
 
+def test_a_run_file_beyond_its_size_bound_is_skipped_unread(tmp_path, capsys, no_hang):
+    # A sparse file: 2 GiB on paper, nothing on disk; reading it whole would take the memory a MemoryError needs.
+    from ressenet.engine.runfiles import MAX_BYTES
+
+    runs = tmp_path / "runs"
+    make_run(runs, "good", model="resnet20", seed=1)
+    big = make_run(runs, "big", model="resnet20", seed=2) / "metrics.jsonl"
+    with big.open("r+b") as f:
+        f.truncate(MAX_BYTES[".jsonl"] * 2)
+    rc, err = _report(tmp_path, runs, capsys)
+    assert rc == 0 and "big" in err and f"{MAX_BYTES['.jsonl']:,}" in err and "skipped" in err
+    assert main(["grid", "quick", "--runs-dir", str(runs), "--dataset", "synthetic", "--dry-run"]) in (0, 2)
+
+
 def test_tensorboard_skips_special_and_huge_metrics(tmp_path, capsys, no_hang):
     pytest.importorskip("tensorboard")
     runs = tmp_path / "runs"
@@ -322,6 +353,23 @@ def test_export_refuses_a_damaged_summary_before_writing(trained, tmp_path, caps
     assert not out.exists() and not out.with_suffix(".md").exists()
 
 
+@pytest.mark.parametrize("edit,named", [("drop test_top1", "test_top1 is None"), ("data text", "data is a str")])
+def test_export_refuses_a_summary_without_a_result_or_with_bad_data(trained, tmp_path, capsys, edit, named):
+    import json
+
+    run = _copy(trained, tmp_path)
+    s = json.loads((run / "summary.json").read_text())
+    if edit == "drop test_top1":
+        del s["test_top1"]
+    else:
+        s["data"] = "text"
+    (run / "summary.json").write_text(json.dumps(s))
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"summary.json: {named}" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 @pytest.mark.parametrize("field,value", [("mean", [0.5, 0.5]), ("std", [0.2, 0.0, 0.2]), ("std", [0.2, -1, 0.2]),
                                          ("mean", ["a", "b", "c"])])
 def test_export_writes_no_file_its_loader_rejects(trained, tmp_path, capsys, field, value):
@@ -337,8 +385,9 @@ def test_export_writes_no_file_its_loader_rejects(trained, tmp_path, capsys, fie
     assert "config.yaml: meta" in err and field in err and not out.exists()
 
 
-@pytest.mark.parametrize("std", [[float("nan"), 0.2, 0.2], [1e-300, 0.2, 0.2]])
-def test_weights_header_with_degenerate_std_is_refused(trained, tmp_path, std):
+@pytest.mark.parametrize("field,value", [("std", [float("nan"), 0.2, 0.2]), ("std", [1e-300, 0.2, 0.2]),
+                                         ("mean", [float("nan"), 0.5, 0.5]), ("mean", [float("inf"), 0.5, 0.5])])
+def test_weights_header_with_degenerate_normalisation_is_refused(trained, tmp_path, field, value):
     import json
 
     from safetensors import safe_open
@@ -352,10 +401,10 @@ def test_weights_header_with_degenerate_std_is_refused(trained, tmp_path, std):
     with safe_open(weights, framework="pt") as f:
         meta = f.metadata()
     header = json.loads(meta["ressenet"])
-    header["std"] = std
+    header[field] = value
     edited = tmp_path / "edited.safetensors"
     save_file(load_file(weights), str(edited), metadata={**meta, "ressenet": json.dumps(header)})
-    with pytest.raises(RessenetError, match="malformed std"):
+    with pytest.raises(RessenetError, match=f"malformed {field}"):
         read_header(edited)
 
 
@@ -408,6 +457,8 @@ def test_weights_header_class_count_is_checked_before_building(trained, tmp_path
 @pytest.mark.parametrize("change,match", [
     (lambda s: s.update({"fc.weight": s["fc.weight"].double()}), "stored as F64"),
     (lambda s: s.update({"fc.weight": s["fc.weight"].to(__import__("torch").int8)}), "stored as I8"),
+    (lambda s: s.update({"fc.weight": s["fc.weight"].view(__import__("torch").int32)}), "stored as I32"),
+    (lambda s: s.update({"fc.weight": s["fc.weight"] > 0}), "stored as BOOL"),
     (lambda s: s["fc.weight"].view(-1)[0].fill_(float("nan")), "NaN or infinite"),
     (lambda s: s[next(k for k in s if k.endswith("running_var"))].fill_(-1.0), "negative variance"),
 ])
@@ -454,6 +505,28 @@ def test_a_stalled_download_times_out_and_leaves_no_temporary_file(tmp_path, mon
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
+def test_a_killed_downloads_old_temporary_file_is_removed_by_the_next(tmp_path):
+    # SIGKILL leaves ".NAME.XXXX.part" in the cache; the next download of NAME removes those older than an hour
+    # (younger ones may be another process's download in progress, and stay).
+    import time
+
+    from ressenet.errors import RessenetError
+    from ressenet.weights import STALE_PART_SECONDS, cached_path, fetch_weights
+
+    digest = "0" * 64
+    folder = cached_path("w.safetensors", digest, tmp_path).parent
+    folder.mkdir(parents=True)
+    old, young = folder / ".w.safetensors.killed.part", folder / ".w.safetensors.running.part"
+    old.write_bytes(b"x" * 100)
+    young.write_bytes(b"y")
+    then = time.time() - STALE_PART_SECONDS - 60
+    os.utime(old, (then, then))
+    with pytest.raises(RessenetError, match="cannot download"):  # nothing listens on port 9: fails at once
+        fetch_weights(f"http://127.0.0.1:9/w.safetensors#sha256={digest}", cache_dir=tmp_path)
+    assert not old.exists() and young.exists()
+    assert sorted(p.name for p in folder.iterdir()) == [young.name]  # the failed download's own file is gone too
+
+
 def test_eval_weights_refuses_other_class_names_as_eval_checkpoint_does(trained, tmp_path, capsys):
     import json
 
@@ -490,6 +563,18 @@ def test_a_symlinked_cell_directory_is_named_as_a_link(tmp_path):
     cell.out.symlink_to(tmp_path / "elsewhere")
     st = cell_state(cell)
     assert st.state == "conflict" and "symbolic link" in st.detail
+
+
+def test_a_symlinked_cell_directory_is_that_cells_conflict_not_the_grids(tmp_path, capsys):
+    # Made before the grid expands, pointing outside --runs-dir: the grid lists it, and runs the other cells.
+    grid, runs = _grid_file(tmp_path, "ok"), tmp_path / "runs"
+    grid.write_text(grid.read_text().replace("seeds: 1", "seeds: 2"))
+    runs.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (runs / "resnet20-synthetic-s0").symlink_to(tmp_path / "elsewhere")
+    assert main(["grid", str(grid), "--runs-dir", str(runs), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "symbolic link" in out and "check the grid" not in out and "1 pending, 1 conflict" in out
 
 
 @pytest.mark.parametrize("field,value,named", [("trained_with", "x", "trained_with"),
@@ -692,6 +777,20 @@ def test_tensorboard_a_folder_named_like_an_event_file_is_no_event_file(tmp_path
     assert (odd / "keep").read_text() == "x"
 
 
+def test_tensorboard_says_whose_event_files_a_run_holds(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    runs = tmp_path / "runs"
+    run = make_run(runs, "a", model="resnet20")
+    foreign = run / "events.out.tfevents.1.other-tool"
+    foreign.write_bytes(b"theirs")
+    assert main(["tensorboard", str(runs)]) == 0
+    assert "another tool's event files" in capsys.readouterr().out
+    assert main(["tensorboard", str(runs), "--overwrite"]) == 0
+    assert foreign.read_bytes() == b"theirs" and len(list(run.glob("events.out.tfevents.*.ressenet"))) == 1
+    assert main(["tensorboard", str(runs)]) == 0
+    assert "has event files already" in capsys.readouterr().out
+
+
 def test_tensorboard_an_iteration_beyond_int64_skips_that_line(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     from ressenet.engine.tensorboard import read_metrics
@@ -707,8 +806,8 @@ def test_tensorboard_an_iteration_beyond_int64_skips_that_line(tmp_path, capsys)
     assert "Traceback" not in out.err and "records ->" in out.out
 
 
-@pytest.mark.parametrize("name", ["..", "a" * 300])
-def test_a_url_with_an_odd_name_or_credentials_fails_in_one_line_without_echoing_them(tmp_path, name):
+@pytest.mark.parametrize("name", ["..", "a" * 240, "a" * 300])
+def test_security_a_url_with_credentials_or_an_odd_name_fails_in_one_line_without_echoing_them(tmp_path, name):
     # Nothing listens on port 9 of this host: the download fails at once, and the message neither shows the password
     # nor trips on a file name that cannot be a cache entry ("..", or longer than a file name may be).
     from ressenet.errors import RessenetError

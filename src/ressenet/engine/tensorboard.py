@@ -114,8 +114,13 @@ def convert_runs(runs_dir: str | Path, *, out: str | Path | None = None,
         rel = str(run.relative_to(root)) if run != root else "."
         target = run if out is None else Path(out) / run.relative_to(root)
         # Only files count: a folder that happens to match the pattern holds no events.
-        if any(p.is_file() for p in target.glob(EVENTS_GLOB)) and not overwrite:
-            done.append((rel, "has event files already; skipped (--overwrite rewrites them)"))
+        events = [p for p in target.glob(EVENTS_GLOB) if p.is_file()]
+        if events and not overwrite:
+            if any(p.match(OWN_EVENTS_GLOB) for p in events):
+                done.append((rel, "has event files already; skipped (--overwrite rewrites them)"))
+            else:  # only --overwrite's half applies: another tool's files are never removed
+                done.append((rel, "holds another tool's event files; skipped (--overwrite writes this run's beside "
+                                  "them and keeps them)"))
             continue
         try:
             records = read_metrics(metrics)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
@@ -286,8 +287,10 @@ def _make_cell(spec: GridSpec, runs: Path, model: str, dataset: str, seed: int, 
     tags = tuple((k, flat[k]) for k in sorted(tag_keys))
     name = "-".join([model, dataset, *_tag_strings(tags), f"s{seed}"])
     out = runs / name
-    # Names come from a grid file anyone can write: every cell directory must lie inside the runs directory.
-    if out.resolve().parent != runs.resolve() or "/" in name or name.startswith("."):
+    # Names come from a grid file anyone can write: every cell directory must lie inside the runs directory. The
+    # name decides that, not where the path resolves to: a cell folder that is a symbolic link is that cell's
+    # conflict (experiments/cells.py), not the grid's.
+    if "/" in name or os.sep in name or name.startswith("."):
         raise ConfigError(f"cell name {name!r} would leave the runs directory {runs}; check the grid's models, "
                           f"datasets and variants")
     cfg.run.out = str(out)

@@ -170,12 +170,23 @@ def emit_commands(cells: Iterable[Cell], path: str | Path, *, job_name: str = "r
             todo.append(c)
         elif st.state == "conflict":
             conflicts.append(c)
-    path.parent.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(todo, fuse)
-    atomic_write_text(path, "".join(shlex.join(job_command(j, mechanism=mechanism)) + "\n" for j in jobs))
+    lines = [shlex.join(job_command(j, mechanism=mechanism)) for j in jobs]
+    logs = Path(log_dir) if log_dir is not None else path.parent / "slurm-logs"
+    # One command per line, and the script reads them by line number: a line break inside a value (a grid file's
+    # string, a --runs-dir) would cut a command in two and leave its tail a line of its own, which a shell runs.
+    for text, what in [(str(path.absolute()), "the commands file's path"), (str(logs.absolute()), "the log folder")] \
+            + [(line, f"the command of {j.name}") for line, j in zip(lines, jobs)]:
+        bad = next((i for i, ch in enumerate(text) if not ch.isprintable()), None)
+        if bad is not None:
+            raise ConfigError(f"{what} holds a line break or another control character "
+                              f"(...{text[max(0, bad - 40):bad + 20]!r}...); a "
+                              f"commands file holds one command per line: remove it from the grid file's values, "
+                              f"--runs-dir or --emit-commands")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
     if not todo:
         return path, None, conflicts
-    logs = Path(log_dir) if log_dir is not None else path.parent / "slurm-logs"
     logs.mkdir(parents=True, exist_ok=True)
     atomic_write_text(script, _SLURM_TEMPLATE.format(
         n=len(jobs), job=job_name, logs=shlex.quote(str(logs.absolute())), commands=shlex.quote(str(path.absolute())),
