@@ -192,7 +192,11 @@ def load_engine_data(args: argparse.Namespace) -> RunData:
     from ressenet.engine.config import load_config
     from ressenet.engine.setup import load_data
 
-    return load_data(load_config(None, data_overrides(args)))
+    # load_data refuses a training split smaller than one batch: the script's --batch-size, not the engine's default
+    # 128 (which a small --train-limit is below although every run of the script fits); a script that only
+    # evaluates trains no batch.
+    batch = {"optim.batch_size": getattr(args, "batch_size", None) or 1}
+    return load_data(load_config(None, data_overrides(args) | batch))
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,9 @@ def main() -> int:
     p.add_argument("--new-switch", default=None, metavar="SWITCH",
                    help="the one-process-per-core setting's switch instead of the grid default's, e.g. "
                         "fp32+cl+compile: what the default resolves to on a CPU without native bf16")
+    p.add_argument("--old-switch", default="fp32+cl+compile", metavar="SWITCH",
+                   help="the one-process setting's switch (default fp32+cl+compile, the earlier default); e.g. "
+                        "fp32+cl for a quick check that compiles nothing")
     args = p.parse_args()
     from ressenet.experiments.runner import usable_cores
 
@@ -172,7 +175,7 @@ def main() -> int:
               f"{b_sw.name} (torch.compile, Inductor's C++ kernels); models {', '.join(models)}")
     else:
         new = common.parse_switch(args.new_switch) if args.new_switch else common.Switch().resolved(device)
-        old = common.Switch("fp32", True, True, "default")
+        old = common.parse_switch(args.old_switch)
         settings = {"old": (old, 1, cores), "new": (new, cores, 1)}
         print(f"old: 1 process x {cores} threads, {old.name};  new: {cores} processes x 1 thread, {new.name} "
               + ("(as given)" if args.new_switch else "(the grid default resolved for a full-length run)"))

@@ -16,6 +16,7 @@ torchvision does not import beside the project's torch 2.13.0 CPU build; run thi
     .venv-bench/bin/pip install torch==2.14.1 torchvision==0.29.1 && .venv-bench/bin/pip install -e .
     .venv-bench/bin/python benchmarks/data_pipeline.py            # CIFAR-10 JPEG copy from ../shared/data
     .venv-bench/bin/python benchmarks/data_pipeline.py --dataset synthetic
+    python3 benchmarks/data_pipeline.py --baseline none                   # TrainLoader only, no torchvision
 """
 from __future__ import annotations
 
@@ -76,17 +77,21 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=20, help="untimed batches before timing")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--baseline", choices=["auto", "none"], default="auto",
+                        help="auto: also time the torchvision DataLoader (needs torchvision); none: TrainLoader only")
     args = parser.parse_args()
 
-    try:
-        import torchvision
-        from torchvision import transforms
-    except Exception as e:  # noqa: BLE001  ImportError, or an operator-registration error against a mismatched torch
-        torchvision = None
-        tv_error = f"{type(e).__name__}: {e}"
+    torchvision, tv_error = None, ""
+    if args.baseline == "auto":
+        try:
+            import torchvision
+            from torchvision import transforms
+        except Exception as e:  # noqa: BLE001  ImportError, or an operator-registration error against mismatched torch
+            tv_error = f"{type(e).__name__}: {e}"
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__ if torchvision else 'NOT AVAILABLE'}, numpy {np.__version__}")
+    tv_version = torchvision.__version__ if torchvision else "not used" if args.baseline == "none" else "NOT AVAILABLE"
+    print(f"python {platform.python_version()}, torch {torch.__version__}, torchvision {tv_version}, "
+          f"numpy {np.__version__}")
     print(f"cpu: {common.cpu_model()}, {os.cpu_count()} logical cores, "
           f"torch intra-op threads {torch.get_num_threads()}")
 
@@ -105,6 +110,8 @@ def main() -> int:
     print(f"  TrainLoader (cpu, {torch.get_num_threads()} threads): {statistics.median(ours):8.1f}  "
           f"({min(ours):.1f}..{max(ours):.1f})")
 
+    if args.baseline == "none":
+        return 0
     if torchvision is None:
         print(f"torchvision is not importable here ({tv_error}); the DataLoader baseline needs it. Install it in a "
               f"separate venv: python3 -m venv .venv-bench && .venv-bench/bin/pip install torch==2.14.1 "
