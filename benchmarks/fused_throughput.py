@@ -36,7 +36,7 @@ import torch
 from ressenet.engine.config import load_config
 from ressenet.engine.fused import FusedGroup, fused_configs
 from ressenet.engine.steppers import WARMUP_STEPS
-from ressenet.engine.setup import load_data
+from ressenet.engine.setup import RunData, load_data
 
 FAMILIES = ("resnet", "se_resnet", "res_se_net")
 
@@ -70,7 +70,7 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, data: dict) -> dict[str, float]:
+def time_group(args: argparse.Namespace, mechanism: str, depth: int, n: int, data: RunData) -> dict[str, float]:
     parallel = mechanism != "graphs1s"
     mech = {"graphs1s": "graphs", "grouped-eager": "grouped"}.get(mechanism, mechanism)
     overrides = base_overrides(args) | ({"run.compile": False} if mechanism.endswith("-eager") else {})

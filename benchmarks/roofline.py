@@ -142,6 +142,7 @@ def main() -> int:
 
     # Achieved ------------------------------------------------------------------------------------------------
     rates: dict[str, dict[str, list[float]]] = {m: {"engine": [], "bare": []} for m in models}
+    shown = switch.label(device)
     if args.from_json:
         src = json.loads(args.from_json.read_text())
         for m in models:
@@ -151,6 +152,8 @@ def main() -> int:
                 continue
             sname = row["summary"].get("engine_default_switch") if switch == common.Switch() else switch.name
             rates[m]["engine"] = list(row["engine"].get(sname, [])) if sname else []
+            if sname and switch == common.Switch():  # the figures are the switch that was the default there
+                shown = f"{sname} (the default where {args.from_json.name} was measured)"
             rates[m]["bare"] = list(row["bare"].get(switch.name, []))
         print(f"images/s taken from {args.from_json}")
     else:
@@ -170,7 +173,7 @@ def main() -> int:
                       f"{rates[m]['bare'][-1]:8.1f} img/s", flush=True)
 
     print()
-    print(f"achieved, switch {switch.label(device)}, against the {peak_name} peak {peak / 1e9:.1f} GFLOP/s "
+    print(f"achieved, switch {shown}, against the {peak_name} peak {peak / 1e9:.1f} GFLOP/s "
           f"(images/s medians)")
     print(f"{'model':<15} {'GFLOP/img':>9} {'img/s @peak':>11} {'engine img/s':>12} {'GFLOP/s':>8} {'of peak':>8} "
           f"{'bare img/s':>10} {'GFLOP/s':>8} {'of peak':>8}")

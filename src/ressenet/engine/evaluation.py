@@ -95,7 +95,7 @@ def data_as_given(cfg: Config, *, data_root: str | None, cache_dir: str | None, 
 
 
 def _eval_data(cfg: Config, *, data_root: str | None, cache_dir: str | None, batch_size: int | None,
-               device: str, source: str | Path, other_data: bool) -> tuple[torch.device, dict[str, Any]]:
+               device: str, source: str | Path, other_data: bool) -> tuple[torch.device, RunData]:
     """The device and the data an evaluation of ``cfg`` (a checkpoint's or a weights header's) reads, its data
     settings taken as given (:func:`data_as_given`) and its batch size the caller's."""
     data_as_given(cfg, data_root=data_root, cache_dir=cache_dir, source=source, other_data=other_data)
