@@ -82,9 +82,9 @@ def test_pretrained_true_takes_the_default_tag_from_the_checkout():
 
 def test_a_model_or_tag_without_weights_is_refused_naming_those_with_weights():
     with pytest.raises(RessenetError) as e:
-        ressenet.create_model("resnet56", pretrained=True)
+        ressenet.create_model("resnet110", pretrained=True)
     text = _one_line(e)
-    assert "resnet56" in text and "res_se_net20" in text and "se_resnet20" in text
+    assert "resnet110" in text and "res_se_net20" in text and "se_resnet20" in text
     with pytest.raises(RessenetError, match="its tags: c10-jpeg-compressed"):
         ressenet.create_model("res_se_net20", pretrained="c100-paper")
 
@@ -238,6 +238,6 @@ def test_a_published_file_reproduces_its_recorded_top1(w, cifar10_jpeg_root, dat
 
 
 def test_eval_by_name_refuses_a_model_without_weights(capsys):
-    assert main(["eval", "--weights", "resnet56"]) == 2
+    assert main(["eval", "--weights", "resnet110"]) == 2
     err = capsys.readouterr().err
-    assert "publishes no weights for resnet56" in err and len(err.strip().splitlines()) == 1
+    assert "publishes no weights for resnet110" in err and len(err.strip().splitlines()) == 1
