@@ -1,25 +1,11 @@
-"""The report: the paper's tables beside ours (mean ± std over seeds), improvements with tests, parameters, figures.
+"""The report of a runs folder: the paper's tables beside ours (mean ± SD over seeds), comparisons with tests,
+parameters, figures; it only reads run directories, never trains.
 
-Reproduces the tables of Varshaneya et al., "Res-SE-Net: Boosting Performance of Resnets by Enhancing
-Bridge-connections" (arXiv:1902.06066) from run directories written by ``ressenet train``. Reporting only reads run
-directories (``summary.json``, ``config.yaml``, ``metrics.jsonl``); it never trains.
-
-Three kinds of accuracy are kept apart, because the paper's way is optimistic:
-
-* **final**: the weights after the last iteration (``test_top1``) — our primary number;
-* **best-on-test**: the best test accuracy seen during training (``best_test_top1``), the paper's way (its code
-  selects the model on the test set);
-* **validation-selected**: test accuracy of the checkpoint chosen on a held-out validation split
-  (``selected_test_top1``), only for runs trained with ``data.val_split``.
-
-Runs are grouped by protocol (the result-relevant config keys other than model, dataset and seed), dataset label
-and model; an image-folder copy of CIFAR-10 is labelled "CIFAR-10 (JPEG copy)" and compared with the paper's
-CIFAR-10 numbers with that label, synthetic data is never compared.
-
-The sections compute their numbers and return :class:`~ressenet.experiments.tables.Section` objects (prose lines,
-tables, CSV records): the results of each protocol in ``report_results.py``, the paper's own improvement tables and
-the parameter counts in ``report_paper.py``, the rest here. ``write_report`` renders them into ``report.md`` and the
-CSV files.
+Three accuracies are kept apart: **final** (the last iteration's weights, our primary number), **best-on-test** (the
+paper's way: the best test accuracy seen while training, optimistic) and **validation-selected** (runs trained with
+``data.val_split``). Runs group by protocol, dataset label and model. Each part returns a ``Section``
+(experiments/tables.py): ``report_results.py`` per protocol, ``report_paper.py`` for the paper's own tables and the
+parameter counts, the rest here; ``write_report`` renders ``report.md`` and its CSVs.
 """
 from __future__ import annotations
 
