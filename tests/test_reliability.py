@@ -819,3 +819,24 @@ def test_security_a_url_with_credentials_or_an_odd_name_fails_in_one_line_withou
     text = str(e.value)
     assert isinstance(e.value, RessenetError) and "secret" not in text and len(text.splitlines()) == 1
     assert "File name too long" not in text and not list(tmp_path.rglob("*.part*"))
+
+
+def test_atomic_writes_leave_the_permissions_a_plain_write_would(tmp_path):
+    # A temporary file is made 0o600; renamed as it is, every summary, card and weights file would be private to
+    # its writer, unreadable to a group that shares a results folder.
+    from ressenet.files import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        os.umask(0o002)
+        atomic_write_text(tmp_path / "group.json", "{}")
+        assert (tmp_path / "group.json").stat().st_mode & 0o777 == 0o664
+        kept = tmp_path / "kept.json"
+        kept.write_text("x")
+        kept.chmod(0o640)
+        atomic_write_text(kept, "{}")  # a file that exists keeps its own
+        assert kept.stat().st_mode & 0o777 == 0o640 and kept.read_text() == "{}"
+    finally:
+        os.umask(old)
