@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CompileFact", "CPU_BF16_COMPILE", "COMPILE_PAYS", "cpu_features", "bf16_compile_fact"]
+__all__ = ["CompileFact", "CPU_BF16_COMPILE", "COMPILE_PAYS", "cpu_features", "cpu_description", "bf16_compile_fact"]
 
 # Compiled / eager at or above this: compiling pays. Below it the gain is within the spread of repeated timings
 # on a shared machine and the minute or two of compilation is not earned back on a short run.
@@ -90,6 +90,21 @@ def cpu_features() -> frozenset[str]:
     if cap and cap != "ALL" and "AMX" not in cap:
         flags = {f for f in flags if not f.startswith("amx")}
     return frozenset(flags)
+
+
+def cpu_description() -> str:
+    """This CPU as a run's provenance names it: the model and the bf16 path its kernels take, e.g. "AMD EPYC 9R14
+    (avx512_bf16, no AMX)" (bf16 results differ by a few hundredths between AMX and AVX-512 BF16 kernels)."""
+    model = "CPU model unknown"
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                     model)
+    except OSError:
+        pass
+    feats = cpu_features()
+    path = "amx_bf16" if "amx_bf16" in feats else "avx512_bf16, no AMX" if "avx512_bf16" in feats else "no native bf16"
+    return f"{' '.join(model.split())} ({path})"
 
 
 def bf16_compile_fact(features: frozenset[str] | None = None) -> CompileFact | None:

@@ -21,7 +21,7 @@ from ressenet import __version__
 from ressenet.data import ImageDataset, load_datasets, normalization, train_val_split
 from ressenet.data.constants import DATASET_INFO
 from ressenet.engine.config import Config
-from ressenet.engine.measured import bf16_compile_fact
+from ressenet.engine.measured import bf16_compile_fact, cpu_description
 from ressenet.errors import RessenetError
 from ressenet.models import create_model
 
@@ -253,7 +253,7 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
 
 def versions(device: torch.device) -> dict[str, Any]:
-    """The software and machine a run used: versions, git commit, device, threads, host."""
+    """The software and machine a run used: versions, git commit, device, threads, host, CPU."""
     commit = None
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, text=True,
@@ -265,7 +265,7 @@ def versions(device: torch.device) -> dict[str, Any]:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     return {"ressenet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "git_commit": commit, "device": str(device), "device_name": dev_name, "threads": torch.get_num_threads(),
-            "host": platform.node()}
+            "host": platform.node(), "cpu": cpu_description()}
 
 
 @dataclass(frozen=True)
@@ -283,6 +283,7 @@ class Settings:
     device_name: str
     threads: int
     host: str
+    cpu: str  # model and bf16 path (engine/measured.py): bf16 results differ in the last digits between them
     precision: str
     channels_last: bool
     world_size: int

@@ -130,7 +130,8 @@ def interval_sentence(c: Contrast) -> str:
     """What the paired interval says: its span, whether it excludes zero, and where the paper's number falls."""
     p = c.paired
     if not c.tested:
-        return f"{c.title} at depth {c.depth}: {fmt_num(p.diff, 2, True)} points, not testable ({p.n_a} pairs)"
+        pairs = f"{p.n_a} pair{'' if p.n_a == 1 else 's'}"
+        return f"{c.title} at depth {c.depth}: {fmt_num(p.diff, 2, True)} points, not testable ({pairs})"
     lo, hi = fmt_num(p.ci_low, 2, True), fmt_num(p.ci_high, 2, True)
     text = (f"{c.title} at depth {c.depth} ({p.n_a} pairs): {fmt_num(p.diff, 2, True)} points, interval "
             f"[{lo}, {hi}], Holm p={fmt_p(c.holm_p)}; the interval excludes differences below {lo} and above {hi}")
