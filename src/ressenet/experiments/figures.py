@@ -10,7 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -109,13 +109,8 @@ def plot_curves(groups: Sequence[Group], path: Path, title: str, key: str, kind:
         ax.set_title(f"depth {depth}" if depth else "other models")
         ax.set_xlabel("iteration")
         ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(title)
-    if drawn:
-        fig.savefig(path, dpi=110)
-    return drawn
+        _finish_axis(ax)
+    return _save(fig, title, path, drawn)
 
 
 def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str, paper: bool = True) -> bool:
@@ -142,11 +137,11 @@ def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str, paper:
                 for xi, g, s in zip(xs, gs, stats):
                     ax.annotate(str(g.depth), (xi, s.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
             compare = gs[0].compare_to
-            if compare and paper and x == "depth":
-                paper = [(g.depth, paper_result(fam, g.depth, compare)) for g in gs]
-                paper = [(d, p.top1) for d, p in paper if p is not None]
-                if paper:
-                    ax.plot([d for d, _ in paper], [v for _, v in paper], linestyle="--", marker="o",
+            if compare and paper and x == "depth":  # (``printed``, not ``paper``: that flag holds for every family)
+                found = [(g.depth, paper_result(fam, g.depth, compare)) for g in gs]
+                printed = [(d, p.top1) for d, p in found if p is not None]
+                if printed:
+                    ax.plot([d for d, _ in printed], [v for _, v in printed], linestyle="--", marker="o",
                             markerfacecolor="none", color=color, alpha=0.7, linewidth=0.8,
                             label=f"{_label(gs[0])} (paper, best-on-test)")
             drawn = True
@@ -155,9 +150,19 @@ def plot_top1_vs(groups: Sequence[Group], path: Path, x: str, title: str, paper:
         if x == "depth":
             ax.set_xticks(sorted({g.depth for gs in fams.values() for g in gs}))
         ax.set_ylabel("test top-1 (%)")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        _finish_axis(ax)
+    return _save(fig, title, path, drawn)
+
+
+def _finish_axis(ax: Any) -> None:
+    """A light grid, and a legend when anything is labelled."""
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _save(fig: Figure, title: str, path: Path, drawn: bool) -> bool:
+    """Titles the figure and writes it when anything was drawn; whether it was."""
     fig.suptitle(title)
     if drawn:
         fig.savefig(path, dpi=110)
