@@ -290,3 +290,21 @@ def test_reproduce_compares_its_runs_with_the_kept_ones_cell_by_cell(tmp_path, m
     assert "6 run(s) here have a namesake" in section
     assert "| `resnet20-cifar10-iters=5-milestones=3-s0` | 67.10 | 67.20 | -0.10 | bf16 / fp32 |" in section
     assert "| resnet20 |" in section and "| agree |" in section and "| differ |" in section
+
+
+def test_each_family_gets_its_paper_line_whatever_came_before(tmp_path, monkeypatch):
+    # resnet1202 has no printed number; the family drawn after it (SE-ResNet) still gets its dashed paper line.
+    from matplotlib.axes import Axes
+
+    from ressenet.experiments.figures import plot_top1_vs
+    from ressenet.experiments.runs import group_runs
+
+    for seed in (0, 1):
+        make_run(tmp_path / "runs", f"resnet1202-cifar10-s{seed}", model="resnet1202", seed=seed)
+        make_run(tmp_path / "runs", f"se_resnet20-cifar10-s{seed}", model="se_resnet20", seed=seed)
+    labels: list[str] = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: labels.append(k.get("label", "")) or plot(self, *a, **k))
+    groups = list(group_runs(collect_runs(tmp_path / "runs")[0]).values())
+    assert plot_top1_vs(groups, tmp_path / "f.png", "depth", "t")
+    assert [lbl for lbl in labels if "paper" in lbl] == ["SE-ResNet (paper, best-on-test)"]
