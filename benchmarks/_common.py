@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -120,10 +121,30 @@ def footer(info: dict[str, Any]) -> None:
     print(f"load average at end: {info['load_average_end']}")
 
 
+def portable(value: Any) -> Any:
+    """``value`` with this machine's paths made general, for a results file that gets committed: the interpreter as
+    its name (``python3``), the temporary folder as ``$TMPDIR``, paths in the checkout relative to it and paths
+    beside it (``../shared``) relative to it too."""
+    def cut(v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.replace(sys.executable, Path(sys.executable).name)
+            v = re.sub(rf"(?<![\w.~/-]){re.escape(tempfile.gettempdir().rstrip('/'))}/", "$TMPDIR/", v)
+            v = re.sub(rf"(?<![\w.~/-]){re.escape(str(REPO))}/", "", v)
+            return re.sub(rf"(?<![\w.~/-]){re.escape(str(REPO.parent))}/", "../", v)
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(cut(x) for x in v)
+        return v
+
+    return cut(value)
+
+
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
+    """Writes ``payload`` (its paths made :func:`portable`) as indented JSON to ``path``, when given."""
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(payload, indent=1) + "\n")
+        path.write_text(json.dumps(portable(payload), indent=1) + "\n")
         print(f"wrote {path}")
 
 

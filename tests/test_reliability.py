@@ -135,14 +135,17 @@ REWRITE = ("PYTHONPATH=src python3 -c \"import os,pathlib,sys; from ressenet.eng
            "!=f.read_text()]\" /path/of/the/training/checkout")
 
 
+RESULT_FOLDERS = ("results", "benchmarks/results")  # the measured results the repository publishes
+
+
 def _results_files() -> list[Path]:
-    """The files under results/ that git commits (tracked, or new and not ignored): a run still training here, or its
-    git-ignored train.log, is not committed; on a fresh clone this is every file there."""
+    """The files under the result folders that git commits (tracked, or new and not ignored): a run still training
+    here, or its git-ignored train.log, is not committed; on a fresh clone this is every file there."""
     try:
-        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "results"],
-                             cwd=REPO, capture_output=True, check=True).stdout.decode()
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z",
+                              *RESULT_FOLDERS], cwd=REPO, capture_output=True, check=True).stdout.decode()
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an unpacked sdist): every file
-        return sorted(f for f in (REPO / "results").rglob("*") if f.is_file())
+        return sorted(f for folder in RESULT_FOLDERS for f in (REPO / folder).rglob("*") if f.is_file())
     return sorted(REPO / name for name in out.split("\0") if name)
 
 
