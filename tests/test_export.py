@@ -201,8 +201,8 @@ def test_a_header_for_another_model_options_or_classes_is_refused_before_copying
         assert text in str(e.value) and "\n" not in str(e.value)
     assert "reset_classifier" in str(pytest.raises(RessenetError, ressenet.create_model, "resnet20",
                                                    pretrained=f, num_classes=100).value)
-    with pytest.raises(RessenetError, match="publishes no weights for resnet20; models with weights: "):
-        ressenet.create_model("resnet20", pretrained=True)
+    with pytest.raises(RessenetError, match="publishes no weights for resnet110; models with weights: "):
+        ressenet.create_model("resnet110", pretrained=True)
 
 
 class _Bomb:
