@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from ressenet.engine.config import Config
+from ressenet.engine.rundir import map_strings
 from ressenet.engine.setup import RunData
+from ressenet.files import atomic_write_text
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -125,27 +127,24 @@ def portable(value: Any) -> Any:
     """``value`` with this machine's paths made general, for a results file that gets committed: the interpreter as
     its name (``python3``), the temporary folder as ``$TMPDIR``, paths in the checkout relative to it and paths
     beside it (``../shared``) relative to it too."""
-    def cut(v: Any) -> Any:
-        if isinstance(v, str):
-            v = v.replace(sys.executable, Path(sys.executable).name)
-            v = re.sub(rf"(?<![\w.~/-]){re.escape(tempfile.gettempdir().rstrip('/'))}/", "$TMPDIR/", v)
-            v = re.sub(rf"(?<![\w.~/-]){re.escape(str(REPO))}/", "", v)
-            return re.sub(rf"(?<![\w.~/-]){re.escape(str(REPO.parent))}/", "../", v)
-        if isinstance(v, dict):
-            return {k: cut(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return type(v)(cut(x) for x in v)
-        return v
+    def cut(v: str) -> str:
+        v = v.replace(sys.executable, Path(sys.executable).name)
+        v = re.sub(rf"(?<![\w.~/-]){re.escape(tempfile.gettempdir().rstrip('/'))}/", "$TMPDIR/", v)
+        v = re.sub(rf"(?<![\w.~/-]){re.escape(str(REPO))}/", "", v)
+        return re.sub(rf"(?<![\w.~/-]){re.escape(str(REPO.parent))}/", "../", v)
 
-    return cut(value)
+    return map_strings(value, cut)
 
 
-def write_json(path: Path | None, payload: dict[str, Any]) -> None:
-    """Writes ``payload`` (its paths made :func:`portable`) as indented JSON to ``path``, when given."""
+def write_json(path: str | Path | None, payload: dict[str, Any], announce: bool = True) -> None:
+    """Writes ``payload`` (its paths made :func:`portable`) as indented JSON to ``path``, when given, atomically: a
+    script that writes after every case and is killed mid-way leaves the cases it finished, never half a file."""
     if path is not None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(portable(payload), indent=1) + "\n")
-        print(f"wrote {path}")
+        atomic_write_text(path, json.dumps(portable(payload), indent=1) + "\n")
+        if announce:
+            print(f"wrote {path}")
 
 
 def summary_stats(values: list[float]) -> dict[str, float]:

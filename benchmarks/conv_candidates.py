@@ -15,14 +15,14 @@ devices, as the engine trains.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+import _common as common
 
 SHAPES = ((16, 32), (32, 16), (64, 8))  # (channels, spatial size) of the three stages
 
@@ -95,9 +95,8 @@ def main() -> int:
                   flush=True)
             rows.append({"channels": c, "size": s, "members": n, **{f"{k}_images_per_second": v
                                                                     for k, v in rate.items()}})
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": str(device), "torch": torch.__version__,
-                                               "threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")
+    common.write_json(args.json, {"device": str(device), "torch": torch.__version__,
+                                  "threads": torch.get_num_threads(), "rows": rows})
     return 0
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+import _common as common
 from ressenet.engine.config import load_config
 from ressenet.engine.fused import FusedGroup, fused_configs
 from ressenet.engine.steppers import WARMUP_STEPS
@@ -195,11 +196,11 @@ def main() -> int:
         print(f"{mech:<11}{depth:>6}{n:>4}{r['images_per_second']:>12,.0f}{r['per_member']:>12,.0f}{ratio:>8.2f}"
               f"{r['mib_per_member']:>12,.0f}", flush=True)
         results.append({"mechanism": mech, "depth": depth, "members": n, **r, "x_single": ratio})
+        # After every case: a run killed at its time limit (fused_gpu.sh) keeps the cases it measured.
+        common.write_json(args.json, {"info": info, "results": results}, announce=False)
     if args.device == "cpu":
         info["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "results": results}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    common.write_json(args.json, {"info": info, "results": results})
     return 0
 
 

@@ -45,8 +45,11 @@ def test_findings_page_compares_paired_and_counts_missing(tmp_path):
     text = page.read_text()
     assert "CIFAR-10 (JPEG copy)" in text and "91.03 ± 0.15 (n=3); paper 91.40" in text
     c = paired({1: 91.6, 2: 91.9, 3: 91.4}, {1: 91.0, 2: 91.2, 3: 90.9})
-    row = next(line for line in text.splitlines() if "Res-SE-Net over ResNet" in line)
+    row = next(line for line in text.splitlines() if line.startswith("|") and "Res-SE-Net over ResNet" in line)
     assert f"{c.diff:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}]" in row
+    # The answer leads with the same comparison, its pairs, and where the paper's printed difference falls.
+    assert (f"Res-SE-Net over ResNet at depth 20 is {c.diff:+.2f} points [{c.ci_low:+.2f}, {c.ci_high:+.2f}] over 3 "
+            f"pairs, and the paper's +0.50 lies inside it.") in text
     # Two tested comparisons (paired): Res-SE-Net over ResNet (3 pairs) and over SE-ResNet (2 pairs).
     assert "all 2 tested comparisons" in text
     assert "| 20 | 2 |" in text  # the SE-ResNet comparison has two seed pairs

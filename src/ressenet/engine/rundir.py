@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ressenet.engine.yamlfile import load_yaml
 from ressenet.errors import RessenetError
 from ressenet.files import atomic_write_json, atomic_write_text, remove_orphans
 
-__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir", "portable_paths"]
+__all__ = ["RunDir", "RUN_FILES", "RESULT_KEYS", "missing_results", "prepare_run_dir", "portable_paths", "map_strings"]
 
 class RunDir:
     """One run's directory and what it holds: the only place its file names are spelled.
@@ -127,6 +128,17 @@ class RunDir:
             if isinstance(meta, dict) else {}
 
 
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (nested dicts, lists, tuples, strings) with ``fn`` applied to every string in it; other leaves kept."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_strings(x, fn) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_strings(x, fn) for x in value)
+    return value
+
+
 def portable_paths(value: Any, base: str | Path | None = None) -> Any:
     """``value`` (nested dicts, lists, strings) with the absolute prefix of ``base`` (default: the current
     directory) cut from every string, so the recorded ``run.out`` and ``data.data_root`` read as relative paths.
@@ -137,17 +149,7 @@ def portable_paths(value: Any, base: str | Path | None = None) -> Any:
     root = str(Path(base if base is not None else Path.cwd()).absolute())
     # The prefix where a path starts (not inside a longer one: /mnt/work/main/x is not under /work/main).
     prefix = re.compile(rf"(?<![\w.~/-]){re.escape(root.rstrip(os.sep) + os.sep)}")
-
-    def cut(v: Any) -> Any:
-        if isinstance(v, str):
-            return "." if v == root else prefix.sub("", v)
-        if isinstance(v, dict):
-            return {k: cut(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return type(v)(cut(x) for x in v)
-        return v
-
-    return cut(value)
+    return map_strings(value, lambda v: "." if v == root else prefix.sub("", v))
 
 
 # What a run writes and --overwrite removes (train.log is the grid's, and .lock the lock's).

@@ -79,8 +79,17 @@ def _answer(schedules: Sequence[ScheduleSection], full: Sequence[Contrast], grou
         first = "No shorter schedule has two seeds of both sides of any comparison yet."
     n_full = sum(g.n for g in groups)
     if any(c.tested for c in full):
-        second = (f"At the paper's full protocol, {sum(c.shown for c in full)} of {sum(c.tested for c in full)} "
-                  f"comparisons show a difference (details below).")
+        ft = [c for c in full if c.tested]
+        lead = next((c for c in ft if (c.family_a, c.family_b) == ("res_se_net", "resnet")), ft[0])
+        p = lead.paired
+        second = (f"At the paper's full protocol (64,000 iterations), {sum(c.shown for c in ft)} of {len(ft)} "
+                  f"comparisons show a difference; {lead.title} at depth {lead.depth} is {fmt_num(p.diff, 2, True)} "
+                  f"points [{fmt_num(p.ci_low, 2, True)}, {fmt_num(p.ci_high, 2, True)}] over {p.n_a} pairs")
+        if lead.paper_diff is not None:
+            where = ("inside it" if p.ci_low <= lead.paper_diff <= p.ci_high else
+                     "above its upper end" if lead.paper_diff > p.ci_high else "below its lower end")
+            second += f", and the paper's {fmt_num(lead.paper_diff, 2, True)} lies {where}"
+        second += "."
     else:
         have = f" (the {n_full} finished: " + ", ".join(
             f"{g.model} {mean_sd(g.stat('test_top1'))}" for g in groups) + ")" if groups else ""

@@ -77,7 +77,7 @@ def refresh_readme(readme: Path, groups: Sequence[Group], tests: Sequence[Contra
                   f"what it costs to fill in: [findings page]({page})."]
     else:
         parts = [f"{t.title} at depth {t.depth} on {t.label}: {fmt_num(t.paired.diff, 2, True)} points "
-                 f"[{fmt_num(t.paired.ci_low, 2, True)}, {fmt_num(t.paired.ci_high, 2, True)}], "
+                 f"[{fmt_num(t.paired.ci_low, 2, True)}, {fmt_num(t.paired.ci_high, 2, True)}] over {t.paired.n_a} pairs, "
                  f"Holm p={fmt_p(t.holm_p)}" for t in tested]
         block += ["**At the paper's full protocol**, paired t-test by seed, 95% intervals: " + "; ".join(parts)
                   + f". Details: [findings page]({page})."]
