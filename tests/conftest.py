@@ -1,4 +1,5 @@
-"""Shared fixtures: where the offline data stand-ins live, and the CIFAR-10 JPEG copy loaded once per session."""
+"""Shared fixtures: where the offline data stand-ins live, the CIFAR-10 JPEG copy loaded once per session, and one
+two-process DDP run."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,8 @@ try:  # an uninstalled checkout still tests its own sources
     import ressenet  # noqa: F401
 except ImportError:
     sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from tiny import ddp_train  # noqa: E402  (after the path above: tiny imports ressenet)
 
 
 REQUIRE_SHARED_DATA = "RESSENET_REQUIRE_SHARED_DATA"
@@ -60,3 +63,11 @@ def cifar10_jpeg(cifar10_jpeg_root: Path, data_cache_dir: Path) -> dict:
     from ressenet.data import load_datasets
 
     return load_datasets("imagefolder", cifar10_jpeg_root, cache_dir=data_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory):
+    """``(out, completed process)`` of one DDP training run (``tiny.ddp_train``), shared by the engine's DDP test and
+    TensorBoard's rank-0 test: a torchrun start costs three interpreter start-ups."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    return out, ddp_train(out)

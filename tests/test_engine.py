@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,27 +22,16 @@ from ressenet.engine.setup import resolve_eval_batch_size
 from ressenet.engine.evaluation import evaluate_checkpoint
 from ressenet.engine.train import train
 from ressenet.errors import RessenetError
-from tiny import tiny_config
+from tiny import DDP_COMMON, HAS_TENSORBOARD, SMOKE, subprocess_env, tiny_config
 
-REPO = Path(__file__).resolve().parents[1]
 
 # A small, fast, learnable problem: synthetic 10-class images, resnet20 at batch 32.
-SMOKE = ["--model", "resnet20", "--dataset", "synthetic", "--set", "data.train_limit=512",
-         "--set", "data.test_limit=256", "--batch-size", "32", "--milestones", "30,45", "--progress", "plain",
-         "--device", "cpu"]
 
 
 def smoke_config(out: Path, **over) -> Config:
     return tiny_config(out, **{"data.train_limit": 512, "data.test_limit": 256, "optim.iters": 20,
                                "optim.milestones": [10, 15], "run.eval_every": 10, "run.log_every": 5,
                                "run.ckpt_every": 10, "run.compile": None, **over})
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"  # same threads in every process: bit-exact comparisons need the same kernels
-    return env
 
 
 def _train_cmd(out: Path, iters: int, *extra: str) -> list[str]:
@@ -230,11 +218,11 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, compiled):
     # generated afresh in the resuming process).
     iters, flags = 48, ["--compile" if compiled else "--no-compile"]
     ref = tmp_path / "ref"  # trained alongside the killed run (one thread each): only its end result is compared
-    ref_proc = subprocess.Popen(_train_cmd(ref, iters, *flags), env=_env(), stdout=subprocess.DEVNULL,
+    ref_proc = subprocess.Popen(_train_cmd(ref, iters, *flags), env=subprocess_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(run, iters, *flags), env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_cmd(run, iters, *flags), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     _wait_for(run / "last.pt", proc)
     time.sleep(0.15)  # somewhere between checkpoints, mid-step
@@ -244,7 +232,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, compiled):
     killed_at = load_checkpoint(run / "last.pt")["iter"]
     assert 0 < killed_at < iters
 
-    done = subprocess.run(_train_cmd(run, iters, *flags), env=_env(), capture_output=True, text=True)
+    done = subprocess.run(_train_cmd(run, iters, *flags), env=subprocess_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"resuming {run} at iteration {killed_at}" in done.stdout
     ref_err = ref_proc.communicate()[1]
@@ -260,7 +248,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path, compiled):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_sigint_checkpoint_and_exit_cleanly(tmp_path, sig):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, 400, "--ckpt-every", "1000"), env=_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_train_cmd(run, 400, "--ckpt-every", "1000"), env=subprocess_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     _wait_for(run / "metrics.jsonl", proc)
     proc.send_signal(sig)
@@ -387,22 +375,19 @@ def test_real_data_short_run(tmp_path, cifar10_jpeg_root, data_cache_dir):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo_matches_single_process(tmp_path):
-    # fp32: the reference below computes in fp32, whatever auto picks on this CPU.
-    common = ["--iters", "40", "--log-every", "5", "--eval-every", "20", "--ckpt-every", "20",
-              "--progress", "plain", "--set", "optim.lr=0.05", "--precision", "fp32"]
+def test_ddp_two_processes_gloo_matches_single_process(tmp_path, ddp_run):
     single = tmp_path / "single"
-    proc = subprocess.Popen([sys.executable, "-m", "ressenet", "train", *SMOKE, *common, "--out", str(single)],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ressenet", "train", *SMOKE, *DDP_COMMON, "--out", str(single)],
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ghost = _ghost_batch_losses(iters=40, lr=0.05, halves=2)  # meanwhile, here (one thread each)
     err = proc.communicate()[1]
     assert proc.returncode == 0, err
-    ddp = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "ressenet", "train", *SMOKE, *common, "--out", str(ddp)]
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    ddp, res = ddp_run  # tiny.ddp_train: the same run under torchrun, two processes
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in ddp.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
+    files = sorted(p.name for p in ddp.iterdir())
+    events = [f for f in files if f.startswith("events.out.tfevents.")]  # TensorBoard's, when the extra is there
+    assert len(events) == (1 if HAS_TENSORBOARD else 0)
+    assert [f for f in files if f not in events] == ["config.yaml", "last.pt", "metrics.jsonl", "summary.json"]
     s = json.loads((ddp / "summary.json").read_text())
     assert s["world_size"] == 2 and s["iters"] == 40 and s["data"]["test_size"] == 256
     a = [json.loads(ln)["train_loss"] for ln in (single / "metrics.jsonl").read_text().splitlines()]

@@ -19,8 +19,8 @@ from ressenet.engine.fused import FusedGroup, fused_configs, train_fused
 from ressenet.engine.evaluation import evaluate_checkpoint
 from ressenet.engine.train import train
 from ressenet.errors import RessenetError
+from tiny import subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = {"data.dataset": "synthetic", "data.train_limit": 256, "data.test_limit": 128, "optim.batch_size": 16,
         "optim.iters": 24, "optim.milestones": [12, 18], "run.eval_every": 12, "run.log_every": 4,
         "run.ckpt_every": 6, "run.progress": "none", "run.device": "cpu", "run.compile": False}
@@ -260,21 +260,14 @@ def _cli_cmd(out: Path, iters: int, mechanism: str = "sequential") -> list[str]:
             "--out", str(out)]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"  # the same kernels in every process: bit-exact comparisons
-    return env
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mechanism", ["sequential", "grouped"])
 def test_fused_group_resumes_bit_exactly_after_sigkill(tmp_path, mechanism):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     # The reference trains alongside the killed group (one thread each): only its end result is compared.
-    ref_proc = subprocess.Popen(_cli_cmd(ref, 40, mechanism), env=_env(), stdout=subprocess.DEVNULL,
+    ref_proc = subprocess.Popen(_cli_cmd(ref, 40, mechanism), env=subprocess_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(_cli_cmd(killed, 40, mechanism), env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli_cmd(killed, 40, mechanism), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     last = killed / "se_resnet20-s5" / "last.pt"
     deadline = time.time() + 120
@@ -286,7 +279,7 @@ def test_fused_group_resumes_bit_exactly_after_sigkill(tmp_path, mechanism):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "resnet20-s4" / "summary.json").exists()
-    subprocess.run(_cli_cmd(killed, 40, mechanism), env=_env(), check=True, capture_output=True)
+    subprocess.run(_cli_cmd(killed, 40, mechanism), env=subprocess_env(), check=True, capture_output=True)
     ref_err = ref_proc.communicate()[1]
     assert ref_proc.returncode == 0, ref_err
     for name in ("resnet20-s4", "resnet20-s5", "se_resnet20-s4", "se_resnet20-s5"):

@@ -133,19 +133,8 @@ def test_a_missing_extra_is_named_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_under_ddp_only_rank_0_writes_events(tmp_path):
-    import os
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ressenet",
-           "train", "--model", "resnet20", "--dataset", "synthetic", "--set", "data.train_limit=256", "--set",
-           "data.test_limit=128", "--batch-size", "32", "--iters", "4", "--milestones", "2", "--log-every", "2",
-           "--eval-every", "4", "--progress", "none", "--device", "cpu", "--tensorboard", "--out", str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def test_under_ddp_only_rank_0_writes_events(ddp_run):
+    out, res = ddp_run  # tiny.ddp_train: two processes under torchrun, --tensorboard (the extra is installed here)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list(out.glob(EVENTS_GLOB))) == 1  # one writer: rank 0's
     assert read_events(out) == expected_from_metrics(out)

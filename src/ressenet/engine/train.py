@@ -60,7 +60,11 @@ def train(cfg: Config, *, overwrite: bool = False) -> dict[str, Any] | None:
         if cfg.optim.batch_size % dist_info.world_size:
             raise RessenetError(f"batch size {cfg.optim.batch_size} does not split over {dist_info.world_size} "
                                 f"processes; use a multiple of {dist_info.world_size}")
-        return _train(cfg, out, device, dist_info)
+        summary = _train(cfg, out, device, dist_info)
+        # Every process leaves together: a rank that tore its process group down while rank 0 was still writing
+        # the summary aborted (gloo, "terminate called without an active exception") under load.
+        barrier(dist_info)
+        return summary
     finally:
         lock.release()
         shutdown(dist_info)
