@@ -259,6 +259,29 @@ def test_sigterm_sigint_checkpoint_and_exit_cleanly(tmp_path, sig):
     assert 4 <= stopped < 400
 
 
+def test_signal_during_an_evaluation_still_checkpoints_before_it_exits(tmp_path, monkeypatch, capsys):
+    # A SIGTERM landing while a boundary evaluates (no checkpoint due there) must not end the run with "checkpoint
+    # saved" and no last.pt: the run takes one more step, checkpoints and exits.
+    import os
+    from ressenet.engine.run import Run
+
+    evaluate = Run.evaluate
+
+    def evaluate_then_signal(self, split):
+        scores = evaluate(self, split)
+        if self.state.it == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return scores
+
+    monkeypatch.setattr(Run, "evaluate", evaluate_then_signal)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        train(smoke_config(out, **{"run.ckpt_every": 0, "run.progress": "none"}))
+    assert e.value.code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at iteration 11; checkpoint saved" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.pt")["iter"] == 11 and not (out / "summary.json").exists()
+
+
 def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
     out = tmp_path / "run"
     train(smoke_config(out))

@@ -290,6 +290,28 @@ def test_fused_group_resumes_bit_exactly_after_sigkill(tmp_path, mechanism):
             _drop_times(_metrics(killed / name / "metrics.jsonl"))
 
 
+def test_signal_during_a_members_evaluation_checkpoints_every_member(tmp_path, monkeypatch, capsys):
+    # A SIGTERM landing while the first member evaluates: every member checkpoints at one later step, none is
+    # announced as checkpointed without a last.pt.
+    from ressenet.engine.run import Run
+
+    evaluate = Run.evaluate
+
+    def evaluate_then_signal(self, split):
+        scores = evaluate(self, split)
+        if self.state.it == 12 and self.cfg.model.name == MEMBERS[0][0]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return scores
+
+    monkeypatch.setattr(Run, "evaluate", evaluate_then_signal)
+    with pytest.raises(SystemExit) as e:
+        train_fused(_members(tmp_path, over={"run.ckpt_every": 0}))
+    assert e.value.code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at iteration 13; every member checkpointed" in capsys.readouterr().err
+    for model, seed in MEMBERS:
+        assert load_checkpoint(tmp_path / f"{model}-s{seed}" / "last.pt")["iter"] == 13, model
+
+
 def test_model_typo_creates_nothing_and_suggests(tmp_path, capsys):
     out = tmp_path / "x"
     rc = cli_main(["train", "--model", "resnet20,res_se_nett20", "--seed", "1,2", "--dataset", "synthetic",

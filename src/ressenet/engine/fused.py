@@ -252,14 +252,15 @@ def run_group(stepper: Stepper, progress: Progress) -> float:
             due = [r for r in stepper.step() if r.due()]
             if not due and not stop:
                 continue
+            stopping = bool(stop)  # decided once per boundary, as in engine/train.py: every member or none saves
             stepper.sync()
             now = time.perf_counter()
-            ending = due + [r for r in stepper.active() if r not in due] if stop else due
+            ending = due + [r for r in stepper.active() if r not in due] if stopping else due
             steps = {r.name: r.state.it - r.it_interval for r in due}
             recs = []
             for r in ending:
                 try:
-                    rec = r.boundary(now - t_interval, now - t_start, stopping=bool(stop))
+                    rec = r.boundary(now - t_interval, now - t_start, stopping=stopping)
                 except NonFiniteLoss as e:  # this run stops; the others go on
                     stepper.failed[r.name] = e
                     if len(runs) > 1:
@@ -270,7 +271,7 @@ def run_group(stepper: Stepper, progress: Progress) -> float:
             stepper.release()
             progress.boundary(recs, sum(steps[r.name] * r.cfg.optim.batch_size for r in due), now - t_interval)
             barrier(runs[0].dist)
-            if stop and stepper.active():
+            if stopping and stepper.active():
                 exit_stopped(stop[0], runs, progress)
             t_interval = time.perf_counter()
     progress.close()

@@ -103,14 +103,17 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) ->
             due = run.due()
             if not due and not stop:
                 continue
+            # Decided once: a signal that lands during this boundary's evaluation is acted on at the next step's
+            # boundary, never announced as "checkpoint saved" by one that did not save.
+            stopping = bool(stop)
             synchronize(device)
             now = time.perf_counter()
             steps = run.state.it - run.it_interval if due else 0
-            rec = run.boundary(now - t_interval, now - t_start, stopping=bool(stop))  # raises NonFiniteLoss
+            rec = run.boundary(now - t_interval, now - t_start, stopping=stopping)  # raises NonFiniteLoss
             progress.boundary([(rec, steps)] if rec is not None else [], steps * cfg.optim.batch_size,
                               now - t_interval)
             barrier(dist_info)
-            if stop and run.state.it < cfg.optim.iters:
+            if stopping and run.state.it < cfg.optim.iters:
                 exit_stopped(stop[0], [run], progress)
             t_interval = time.perf_counter()
     summary = run.finish(time.perf_counter() - t_start)
