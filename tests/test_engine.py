@@ -1,7 +1,9 @@
 """Training engine: run directory contract, exact resume after SIGKILL, errors, config precedence, eval, DDP."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -262,7 +264,6 @@ def test_sigterm_sigint_checkpoint_and_exit_cleanly(tmp_path, sig):
 def test_signal_during_an_evaluation_still_checkpoints_before_it_exits(tmp_path, monkeypatch, capsys):
     # A SIGTERM landing while a boundary evaluates (no checkpoint due there) must not end the run with "checkpoint
     # saved" and no last.pt: the run takes one more step, checkpoints and exits.
-    import os
     from ressenet.engine.run import Run
 
     evaluate = Run.evaluate
@@ -420,6 +421,52 @@ def test_ddp_two_processes_gloo_matches_single_process(tmp_path, ddp_run):
     # Exactly what DDP should compute: the same global batches with BatchNorm statistics per half-batch
     # ("ghost batches" of 16), gradients averaged. This pins the sharding and the gradient reduction.
     assert b == pytest.approx(ghost, abs=2e-3)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
+def test_ddp_signal_to_one_process_stops_every_process_with_a_checkpoint(tmp_path):
+    # torchrun's workers get a signal at slightly different steps; here only rank 1 gets one. Both must stop at
+    # the same boundary, rank 0 saving last.pt, instead of one waiting forever in a collective the other left.
+    out = tmp_path / "ddp"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "ressenet", "train", *SMOKE, *DDP_COMMON, "--iters", "400", "--ckpt-every", "0",
+                             "--eval-every", "0", "--out", str(out)],
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        _wait_for(out / "metrics.jsonl", proc)
+        workers = _children(proc.pid)
+        rank1 = [pid for pid in workers if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+        assert len(workers) == 2 and len(rank1) == 1, workers
+        os.kill(rank1[0], signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the processes did not stop within 120 s of a signal to rank 1 (one waits on the other)")
+    finally:
+        if proc.poll() is None:  # torchrun starts its workers in their own sessions: kill them by name
+            for pid in [*workers, proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.communicate()
+    assert "stopped by SIGTERM at iteration" in err and "checkpoint saved" in err, err[-3000:]
+    stopped = load_checkpoint(out / "last.pt")["iter"]
+    assert 5 <= stopped < 400 and stopped % 5 == 0  # a log boundary, which both processes reach
+    assert not (out / "summary.json").exists()
 
 
 def _ghost_batch_losses(iters: int, lr: float, halves: int) -> list[float]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "agreed_signal", "barrier", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,17 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def agreed_signal(stop: list[int], info: DistInfo, device: torch.device) -> int:
+    """The stop signal any process has received (0: none), the same in every process. torchrun's processes get a
+    signal at slightly different steps; one that stopped alone would leave the others waiting in a collective."""
+    signum = stop[0] if stop else 0
+    if info.enabled:
+        t = torch.tensor([signum], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        signum = int(t.item())
+    return signum
 
 
 def barrier(info: DistInfo) -> None:

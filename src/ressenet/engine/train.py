@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ressenet.engine.config import Config
-from ressenet.engine.distributed import DistInfo, barrier, init_distributed, shutdown
+from ressenet.engine.distributed import DistInfo, agreed_signal, barrier, init_distributed, shutdown
 from ressenet.engine.lock import RunLock
 from ressenet.engine.records import Progress
 from ressenet.engine.run import Run
@@ -101,11 +101,12 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) ->
         while run.state.it < cfg.optim.iters:
             run.step()
             due = run.due()
-            if not due and not stop:
-                continue
-            # Decided once: a signal that lands during this boundary's evaluation is acted on at the next step's
-            # boundary, never announced as "checkpoint saved" by one that did not save.
-            stopping = bool(stop)
+            if not due and not (stop and not dist_info.enabled):
+                continue  # under torchrun a signal waits for the next boundary, which every process reaches
+            # Decided once, and agreed between processes: a signal that lands during this boundary's evaluation is
+            # acted on at the next one, never announced as "checkpoint saved" by a boundary that did not save.
+            signum = agreed_signal(stop, dist_info, device)
+            stopping = bool(signum)
             synchronize(device)
             now = time.perf_counter()
             steps = run.state.it - run.it_interval if due else 0
@@ -114,7 +115,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) ->
                               now - t_interval)
             barrier(dist_info)
             if stopping and run.state.it < cfg.optim.iters:
-                exit_stopped(stop[0], [run], progress)
+                exit_stopped(signum, [run], progress)
             t_interval = time.perf_counter()
     summary = run.finish(time.perf_counter() - t_start)
     return summary if dist_info.is_main else None
