@@ -255,3 +255,21 @@ def test_fused_group_folder_and_cli_entry(runs: dict[str, Path], tmp_path: Path)
 
     with pytest.raises(RessenetError, match="does not exist"):
         analyze([tmp_path / "nope"], tmp_path / "q")
+
+
+def test_gate_constant_in_every_run_and_dead_in_some_reads_as_one_sentence() -> None:
+    from types import SimpleNamespace
+
+    from ressenet.analysis.prose import group_findings
+    from ressenet.experiments.stats import summarize
+
+    stds = [(0, 0.0), (1, 0.004), (2, 0.0)]  # near-constant in all three runs, exactly constant in seeds 0 and 2
+    block = {"site": SimpleNamespace(name="layer2.0.shortcut.se_before", kind="bridge_before"), "constant": 3,
+             "n": 3, "std_max_runs": stds, "std_max": summarize([v for _, v in stds]),
+             "eta2": summarize([0.0, 0.1, 0.0])}
+    runs = [SimpleNamespace(reliance=[]) for _ in stds]
+    first = group_findings(runs, [block], [], constant_std=0.02, pct=95)[0]
+    assert first.startswith("The gate of `layer2.0.shortcut.se_before` (a bridge SE, before the conv) is nearly the "
+                            "same for every image in all 3 runs (largest per-channel std ")
+    assert first.endswith("below 0.02), and dead (zero variance over all test images) in seeds 0, 2: a learned "
+                          "per-channel scale that the bridge's conv1x1 could carry.")

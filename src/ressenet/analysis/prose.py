@@ -44,9 +44,9 @@ def group_findings(g: list[RunAnalysis], blocks: list[dict[str, Any]], targets: 
                      f"in the other runs)")
         what = ("is dead (zero variance over all test images: the same vector for every image)" if len(dead) ==
                 len(flagged) else "is nearly the same for every image")
-        if dead and len(dead) < len(flagged):
-            what += f", dead in seed{'s' if len(dead) > 1 else ''} {', '.join(str(seed) for seed, _ in dead)},"
-        out.append(f"The gate of `{s.name}` ({KIND_PHRASE.get(s.kind, s.kind)}) {what} in {where}: "
+        dead_note = (f", and dead (zero variance over all test images) in seed{'s' if len(dead) > 1 else ''} "
+                     f"{', '.join(str(seed) for seed, _ in dead)}" if dead and len(dead) < len(flagged) else "")
+        out.append(f"The gate of `{s.name}` ({KIND_PHRASE.get(s.kind, s.kind)}) {what} in {where}{dead_note}: "
                    f"{CARRIER.get(s.kind, CARRIER['other'])}.")
     if not const:
         lo = min(blocks, key=lambda b: b["std_max"].mean)
