@@ -24,7 +24,7 @@ from ressenet.engine.setup import resolve_eval_batch_size
 from ressenet.engine.evaluation import evaluate_checkpoint
 from ressenet.engine.train import train
 from ressenet.errors import RessenetError
-from tiny import DDP_COMMON, HAS_TENSORBOARD, SMOKE, subprocess_env, tiny_config
+from tiny import DDP_COMMON, HAS_TENSORBOARD, SMOKE, signal_during_evaluation, subprocess_env, tiny_config
 
 
 # A small, fast, learnable problem: synthetic 10-class images, resnet20 at batch 32.
@@ -264,17 +264,7 @@ def test_sigterm_sigint_checkpoint_and_exit_cleanly(tmp_path, sig):
 def test_signal_during_an_evaluation_still_checkpoints_before_it_exits(tmp_path, monkeypatch, capsys):
     # A SIGTERM landing while a boundary evaluates (no checkpoint due there) must not end the run with "checkpoint
     # saved" and no last.pt: the run takes one more step, checkpoints and exits.
-    from ressenet.engine.run import Run
-
-    evaluate = Run.evaluate
-
-    def evaluate_then_signal(self, split):
-        scores = evaluate(self, split)
-        if self.state.it == 10:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return scores
-
-    monkeypatch.setattr(Run, "evaluate", evaluate_then_signal)
+    signal_during_evaluation(monkeypatch, at_iter=10)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         train(smoke_config(out, **{"run.ckpt_every": 0, "run.progress": "none"}))

@@ -19,7 +19,7 @@ from ressenet.engine.fused import FusedGroup, fused_configs, train_fused
 from ressenet.engine.evaluation import evaluate_checkpoint
 from ressenet.engine.train import train
 from ressenet.errors import RessenetError
-from tiny import subprocess_env
+from tiny import signal_during_evaluation, subprocess_env
 
 BASE = {"data.dataset": "synthetic", "data.train_limit": 256, "data.test_limit": 128, "optim.batch_size": 16,
         "optim.iters": 24, "optim.milestones": [12, 18], "run.eval_every": 12, "run.log_every": 4,
@@ -293,17 +293,7 @@ def test_fused_group_resumes_bit_exactly_after_sigkill(tmp_path, mechanism):
 def test_signal_during_a_members_evaluation_checkpoints_every_member(tmp_path, monkeypatch, capsys):
     # A SIGTERM landing while the first member evaluates: every member checkpoints at one later step, none is
     # announced as checkpointed without a last.pt.
-    from ressenet.engine.run import Run
-
-    evaluate = Run.evaluate
-
-    def evaluate_then_signal(self, split):
-        scores = evaluate(self, split)
-        if self.state.it == 12 and self.cfg.model.name == MEMBERS[0][0]:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return scores
-
-    monkeypatch.setattr(Run, "evaluate", evaluate_then_signal)
+    signal_during_evaluation(monkeypatch, at_iter=12, model=MEMBERS[0][0])
     with pytest.raises(SystemExit) as e:
         train_fused(_members(tmp_path, over={"run.ckpt_every": 0}))
     assert e.value.code == 128 + signal.SIGTERM

@@ -49,3 +49,21 @@ def ddp_train(out: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ressenet",
            "train", *SMOKE, *DDP_COMMON, *(["--tensorboard"] if HAS_TENSORBOARD else []), "--out", str(out)]
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+def signal_during_evaluation(monkeypatch: Any, at_iter: int, model: str | None = None) -> None:
+    """Makes ``Run.evaluate`` send SIGTERM to this process right after evaluating at ``at_iter`` (of ``model``'s
+    runs only, when given): a stop signal landing in the middle of a boundary."""
+    import signal
+
+    from ressenet.engine.run import Run
+
+    evaluate = Run.evaluate
+
+    def evaluate_then_signal(self: Run, split: str) -> Any:
+        scores = evaluate(self, split)
+        if self.state.it == at_iter and model in (None, self.cfg.model.name):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return scores
+
+    monkeypatch.setattr(Run, "evaluate", evaluate_then_signal)

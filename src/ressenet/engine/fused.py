@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ressenet.engine.config import FUSED_MECHANISMS, Config, load_config
-from ressenet.engine.distributed import barrier
+from ressenet.engine.distributed import agreed_signal, barrier
 from ressenet.engine.lock import LockHeld, RunLock, describe
 from ressenet.engine.records import Progress
 from ressenet.engine.run import NonFiniteLoss, Run
@@ -252,7 +252,9 @@ def run_group(stepper: Stepper, progress: Progress) -> float:
             due = [r for r in stepper.step() if r.due()]
             if not due and not stop:
                 continue
-            stopping = bool(stop)  # decided once per boundary, as in engine/train.py: every member or none saves
+            # Decided once per boundary, as in engine/train.py: every member saves, or none does.
+            signum = agreed_signal(stop, runs[0].dist, runs[0].device)
+            stopping = bool(signum)
             stepper.sync()
             now = time.perf_counter()
             ending = due + [r for r in stepper.active() if r not in due] if stopping else due
@@ -272,7 +274,7 @@ def run_group(stepper: Stepper, progress: Progress) -> float:
             progress.boundary(recs, sum(steps[r.name] * r.cfg.optim.batch_size for r in due), now - t_interval)
             barrier(runs[0].dist)
             if stopping and stepper.active():
-                exit_stopped(stop[0], runs, progress)
+                exit_stopped(signum, runs, progress)
             t_interval = time.perf_counter()
     progress.close()
     return time.perf_counter() - t_start

@@ -101,7 +101,7 @@ def _train(cfg: Config, out: Path, device: torch.device, dist_info: DistInfo) ->
         while run.state.it < cfg.optim.iters:
             run.step()
             due = run.due()
-            if not due and not (stop and not dist_info.enabled):
+            if not due and (not stop or dist_info.enabled):
                 continue  # under torchrun a signal waits for the next boundary, which every process reaches
             # Decided once, and agreed between processes: a signal that lands during this boundary's evaluation is
             # acted on at the next one, never announced as "checkpoint saved" by a boundary that did not save.
